@@ -1,0 +1,1 @@
+"""Ceph: a micro cluster for labs and tests, and RBD helpers."""

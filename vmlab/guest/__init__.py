@@ -1,0 +1,1 @@
+"""The guest side: the default image, SSH access, readiness."""

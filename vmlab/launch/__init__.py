@@ -1,0 +1,1 @@
+"""Launchers: QEMU directly (argv + QMP), libvirt, and the sidecars a guest needs."""

@@ -1,0 +1,1 @@
+"""Lab networks: bridges, taps, macvtap and namespaces."""

@@ -1,0 +1,32 @@
+"""Where vmlab keeps its cache (guest images, keys) and its runtime state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Built guest images and downloaded packages; safe to delete, rebuilt on demand."""
+    if os.environ.get("VMLAB_CACHE"):
+        return Path(os.environ["VMLAB_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "vmlab"
+
+
+def state_dir() -> Path:
+    """Per-lab state that must survive a crash (keys, VFIO binding records, micro Ceph)."""
+    base = os.environ.get("VMLAB_STATE")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "vmlab"
+
+
+def runtime_dir() -> Path:
+    """Sockets and pidfiles of running guests; short paths (unix sockets are limited to 107)."""
+    base = os.environ.get("VMLAB_RUNTIME")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(xdg) / "vmlab" if xdg else Path("/tmp") / f"vmlab-{os.getuid()}"

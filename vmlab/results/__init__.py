@@ -1,0 +1,1 @@
+"""Run directories, the SQLite index, and import of foreign fio JSON."""
