@@ -1,0 +1,108 @@
+"""Golden argv files for every rendered case; `pytest --regenerate-golden` rewrites them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmlab.fio.jobs import render_job
+from vmlab.plan import Case, plan
+from vmlab.render import BootImage, GuestRuntime, qemu_quote, render_qemu
+from vmlab.spec import BenchSpec, default_lab, load_spec
+
+DATA = Path(__file__).parent.parent / "data"
+GOLDEN = DATA / "golden" / "qemu"
+
+
+def _specs() -> list[tuple[str, BenchSpec]]:
+    specs = [("default-lab", default_lab())]
+    specs += [(p.stem, load_spec(p)) for p in sorted((DATA / "specs").glob("*.yaml"))]
+    return specs
+
+
+def _cases() -> list[tuple[str, Case]]:
+    return [(name, case) for name, spec in _specs() for case in plan(spec)]
+
+
+def fixed_render(case: Case, accel: str = "tcg") -> list[str]:
+    disks = {
+        d.name: d.backend.path or Path(f"/scratch/{d.name}.{d.backend.format}")
+        for d in case.variant.guest.disks
+    }
+    runtime = GuestRuntime(
+        qmp_socket=Path("/run/g/qmp.sock"),
+        serial_log=Path("/r/serial.log"),
+        pidfile=Path("/run/g/qemu.pid"),
+        ssh_port=40022,
+    )
+    boot = BootImage(Path("/img/vmlinux"), Path("/img/initrd.img"), "console=ttyS0 vmlab.x=1")
+    return render_qemu(
+        case, qemu="qemu-system-x86_64", accel=accel, boot=boot, disk_paths=disks, runtime=runtime
+    ).argv
+
+
+@pytest.mark.parametrize(("spec_name", "case"), _cases(), ids=lambda v: getattr(v, "id", v))
+def test_argv_matches_golden(spec_name: str, case: Case, regenerate_golden: bool) -> None:
+    golden = GOLDEN / spec_name / f"{case.id}.argv"
+    text = "\n".join(fixed_render(case)) + "\n"
+    if regenerate_golden:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert golden.exists(), f"no golden file {golden}: run pytest --regenerate-golden"
+    assert text == golden.read_text()
+
+
+def test_every_golden_file_belongs_to_a_case() -> None:
+    expected = {f"{name}/{case.id}.argv" for name, case in _cases()}
+    present = {str(p.relative_to(GOLDEN)) for p in GOLDEN.glob("*/*.argv")}
+    assert present == expected
+
+
+def test_commas_in_paths_are_doubled_and_tokens_are_whole() -> None:
+    case = next(c for n, c in _cases() if n == "devices" and c.id.startswith("virtio-blk"))
+    argv = fixed_render(case)
+    (blockdev,) = [a for a in argv if "data,,1.raw" in a]
+    assert blockdev.startswith("driver=file,node-name=file-data,filename=/srv/images/data,,1.raw,")
+    assert all(a == a.strip() and a for a in argv)
+    assert qemu_quote("a,b,,c") == "a,,b,,,,c"
+
+
+def test_kvm_uses_host_cpu_and_tcg_uses_max() -> None:
+    case = plan(default_lab())[0]
+    assert fixed_render(case, "kvm")[fixed_render(case, "kvm").index("-cpu") + 1] == "host"
+    assert fixed_render(case, "tcg")[fixed_render(case, "tcg").index("-cpu") + 1] == "max"
+    assert "q35,accel=kvm" in fixed_render(case, "kvm")
+
+
+def test_cache_modes_map_to_blockdev_and_device_flags() -> None:
+    by_id = {c.id: fixed_render(c) for n, c in _cases() if n == "devices"}
+    wb = by_id["virtio-blk_writeback"]
+    assert any("cache.direct=off,cache.no-flush=off" in a for a in wb if "file-data" in a)
+    assert any(a.startswith("virtio-blk-pci,id=dev-data") and "write-cache=on" in a for a in wb)
+    aux = [a for a in wb if "aux" in a]
+    assert any("write-cache=off" in a for a in aux)  # directsync
+    assert any(
+        "iothread=iot-aux" in a and "num-queues=2" in a and "queue-size=128" in a for a in aux
+    )
+    assert "throttle-group,id=tg-aux,x-iops-total=500,x-bps-total=10485760" in aux
+    assert any(a.startswith("virtio-blk-pci") and "drive=disk-aux" in a for a in aux)
+
+
+def test_fio_job_file() -> None:
+    case = plan(default_lab())[0]
+    text = render_job(case.jobs[1], filename="/dev/vdb", case_id=case.id)
+    lines = text.splitlines()
+    for expected in (
+        "[throughput]",
+        "filename=/dev/vdb",
+        "rw=randrw",
+        "rwmixread=90",
+        "bs=4k",
+        "iodepth=64",
+        "direct=1",
+        "time_based=1",
+        "runtime=10",
+        "ioengine=libaio",
+    ):
+        assert expected in lines

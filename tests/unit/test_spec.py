@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vmlab.errors import SpecError
+from vmlab.plan import plan
+from vmlab.spec import default_lab, expand_matrix, load_spec, parse_size, parse_spec
+
+SPECS = Path(__file__).parent.parent / "data" / "specs"
+
+
+def spec(text: str):  # type: ignore[no-untyped-def]
+    return parse_spec(yaml.safe_load(text), source=text)
+
+
+def test_default_lab_is_three_device_models_with_reference_jobs() -> None:
+    lab = default_lab()
+    cases = plan(lab)
+    assert [c.id for c in cases] == ["virtio-blk", "virtio-scsi", "nvme"]
+    assert [j.name for j in lab.jobs] == ["latency", "throughput"]
+    latency, throughput = lab.jobs
+    assert (latency.rw, latency.rwmixread, latency.bs, latency.iodepth) == ("randrw", 90, "4k", 1)
+    assert throughput.iodepth == 64 and throughput.direct
+    # the lab's short runtime replaces the reference 120 s in every planned job
+    assert {j.runtime_s for c in cases for j in c.jobs} == {10}
+
+
+def test_every_list_is_an_axis_and_ids_are_readable() -> None:
+    s = spec("""
+name: m
+guest:
+  cpus: [1, 2]
+  disks:
+    - model: [virtio-blk, nvme]
+      iothread: [true, false]
+""")
+    ids = [c.id for c in plan(s)]
+    assert ids == [
+        "cpus-1_virtio-blk_iothread",
+        "cpus-1_virtio-blk_no-iothread",
+        "cpus-1_nvme_iothread",
+        "cpus-1_nvme_no-iothread",
+        "cpus-2_virtio-blk_iothread",
+        "cpus-2_virtio-blk_no-iothread",
+        "cpus-2_nvme_iothread",
+        "cpus-2_nvme_no-iothread",
+    ]
+    assert plan(s)[2].variant.guest.disks[0].model == "nvme"
+    assert plan(s)[2].variant.guest.cpus == 1
+
+
+def test_case_ids_are_stable_across_loads() -> None:
+    a = [c.id for c in plan(load_spec(SPECS / "devices.yaml"))]
+    b = [c.id for c in plan(load_spec(SPECS / "devices.yaml"))]
+    assert a == b and len(set(a)) == len(a) == 6
+
+
+def test_a_list_valued_field_is_not_an_axis_but_a_list_of_lists_is() -> None:
+    raw = {"guest": {"disks": [[{"name": "a"}], [{"name": "a"}, {"name": "b"}]]}}
+    variants = expand_matrix(raw)
+    assert len(variants) == 2
+    assert [len(v["guest"]["disks"]) for _, v in variants] == [1, 2]
+
+
+def test_errors_name_every_bad_field_with_its_path() -> None:
+    with pytest.raises(SpecError) as err:
+        spec("""
+name: bad
+guest:
+  memry: 512
+  disks:
+    - model: [virtio-blkk, nvme]
+      cache: writeback
+      aio: native
+jobs:
+  - {name: x, rw: sideways}
+""")
+    text = str(err.value)
+    assert "guest.memry: unknown key" in text
+    assert "guest.disks.0.model" in text and "'virtio-blkk'" in text
+    assert "aio=native needs O_DIRECT" in text
+    assert "jobs.0.rw" in text
+    assert err.value.hint
+
+
+def test_unknown_top_level_key_and_missing_disk_are_reported() -> None:
+    with pytest.raises(SpecError, match="runtime: unknown key"):
+        spec("name: a\nruntime: 3\n")
+    with pytest.raises(SpecError, match="no disk named 'nope'"):
+        spec("name: a\njobs: [{name: j, rw: read, disk: nope}]\n")
+
+
+def test_yaml_errors_name_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "s.yaml"
+    bad.write_text("name: a\nguest: [\n")
+    with pytest.raises(SpecError, match=r"s.yaml: not valid YAML at line 3"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="cannot read spec"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_models_are_frozen() -> None:
+    lab = default_lab()
+    with pytest.raises(ValueError, match="frozen"):
+        lab.jobs[0].iodepth = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("4k", 4096),
+        ("1G", 1 << 30),
+        ("512M", 512 << 20),
+        ("1.5k", 1536),
+        (123, 123),
+        ("2GiB", 2 << 30),
+    ],
+)
+def test_sizes(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_bad_size_is_rejected_with_the_field() -> None:
+    with pytest.raises(SpecError, match="size"):
+        spec("name: a\nguest:\n  disks:\n    - backend: {type: file, size: lots}\n")

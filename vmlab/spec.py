@@ -1,0 +1,438 @@
+"""The bench spec: YAML validated once, at the edge, into frozen pydantic models.
+
+A spec describes a matrix of guests. Any scalar field may be given as a list; each list is an
+axis, and the guests to run are the cross product of the axes (see :func:`expand_matrix`). Each
+combination is validated on its own, so an error names the exact field path that is wrong.
+
+    name: compare-devices
+    runtime_s: 10
+    guest:
+      memory_mib: 512
+      disks:
+        - model: [virtio-blk, virtio-scsi, nvme]     # an axis: three guests
+          backend: {type: file, format: raw, size: 1G}
+    jobs: reference                                   # the two jobs of the reference experiment
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from vmlab.errors import SpecError
+
+SLUG = r"^[a-z0-9][a-z0-9_.-]{0,39}$"
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: str | int) -> int:
+    """'1G', '512M', '4k', 1048576 -> bytes (binary units, as QEMU and fio read them)."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE_RE.match(value)
+    if not match:
+        raise ValueError(f"not a size: {value!r} (expected e.g. 512M, 1G, 4k or a byte count)")
+    number, unit, _ = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FileBackend(Model):
+    """A file on the host: raw or qcow2. Without a path, a scratch file made for the run."""
+
+    type: Literal["file"] = "file"
+    path: Path | None = None
+    format: Literal["raw", "qcow2"] = "raw"
+    size: str = "1G"
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        parse_size(v)
+        return v
+
+    @property
+    def size_bytes(self) -> int:
+        return parse_size(self.size)
+
+
+Backend = Annotated[Union[FileBackend], Field(discriminator="type")]  # noqa: UP007
+
+
+class Throttle(Model):
+    """QEMU I/O limits on one disk (a throttle group of its own): the ground truth."""
+
+    iops_total: int | None = Field(default=None, gt=0)
+    iops_read: int | None = Field(default=None, gt=0)
+    iops_write: int | None = Field(default=None, gt=0)
+    bps_total: int | None = Field(default=None, gt=0)
+
+
+class Disk(Model):
+    """One disk under test: the device model the guest sees and the backend behind it."""
+
+    name: str = Field(default="data", pattern=r"^[a-z0-9][a-z0-9-]{0,13}$")
+    model: Literal["virtio-blk", "virtio-scsi", "nvme"] = "virtio-blk"
+    backend: Backend = Field(default_factory=FileBackend)
+    cache: Literal["none", "directsync", "writeback", "writethrough", "unsafe"] = "none"
+    aio: Literal["threads", "native", "io_uring"] = "threads"
+    iothread: bool = False
+    num_queues: int | None = Field(default=None, ge=1, le=64)
+    queue_size: int | None = Field(default=None, ge=4, le=1024)
+    discard: bool = False
+    throttle: Throttle | None = None
+
+    @model_validator(mode="after")
+    def _aio_needs_direct(self) -> Disk:
+        if self.aio == "native" and self.cache not in ("none", "directsync"):
+            raise ValueError(
+                f"aio=native needs O_DIRECT: use cache none or directsync "
+                f"(got cache={self.cache}), or aio threads/io_uring"
+            )
+        return self
+
+    @property
+    def serial(self) -> str:
+        """What the guest reads back to find this disk (virtio and NVMe allow 20 chars)."""
+        return f"vmlab-{self.name}"
+
+
+class Guest(Model):
+    """One guest's hardware. The default image is vmlab's own initramfs guest."""
+
+    memory_mib: int = Field(default=512, ge=256, le=1 << 20)
+    cpus: int = Field(default=2, ge=1, le=256)
+    machine: str = "q35"
+    cpu_model: str | None = None
+    image: Literal["default"] = "default"
+    disks: list[Disk] = Field(default_factory=lambda: [Disk()], min_length=1)
+    kernel_args: str = ""
+
+    @field_validator("disks")
+    @classmethod
+    def _unique_disk_names(cls, disks: list[Disk]) -> list[Disk]:
+        names = [d.name for d in disks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"disk names must be unique, repeated: {', '.join(dupes)}")
+        return disks
+
+
+class FioJob(Model):
+    """One fio job, run inside the guest against one disk."""
+
+    name: str = Field(pattern=SLUG)
+    disk: str = "data"
+    rw: Literal["read", "write", "randread", "randwrite", "rw", "randrw", "trim", "randtrim"]
+    rwmixread: int | None = Field(default=None, ge=0, le=100)
+    bs: str = "4k"
+    iodepth: int = Field(default=1, ge=1, le=4096)
+    numjobs: int = Field(default=1, ge=1, le=256)
+    direct: bool = True
+    ioengine: str = "libaio"
+    runtime_s: int = Field(default=120, ge=1)
+    ramp_s: int = Field(default=0, ge=0)
+    size: str | None = None
+    options: dict[str, str | int] = Field(default_factory=dict)
+
+    @field_validator("bs")
+    @classmethod
+    def _bs(cls, v: str) -> str:
+        parse_size(v)
+        return v
+
+
+def reference_jobs() -> list[FioJob]:
+    """The two fio jobs of the reference experiment (design.md): latency and throughput."""
+    common: dict[str, Any] = {
+        "rw": "randrw",
+        "rwmixread": 90,
+        "bs": "4k",
+        "numjobs": 1,
+        "direct": True,
+        "runtime_s": 120,
+    }
+    return [
+        FioJob(name="latency", iodepth=1, **common),
+        FioJob(name="throughput", iodepth=64, **common),
+    ]
+
+
+class Variant(Model):
+    """One point of the matrix: the axis values that chose it and the guest it describes."""
+
+    params: dict[str, str]
+    launcher: Literal["qemu"] = "qemu"
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    guest: Guest = Field(default_factory=Guest)
+
+
+class BenchSpec(Model):
+    name: str = Field(pattern=SLUG)
+    description: str = ""
+    runtime_s: int | None = Field(default=None, ge=1, description="overrides every job's runtime")
+    jobs: list[FioJob] = Field(min_length=1)
+    variants: list[Variant] = Field(min_length=1)
+    source: str = Field(default="", description="the spec text as the user wrote it")
+
+    def job_runtime_s(self, job: FioJob) -> int:
+        return self.runtime_s if self.runtime_s is not None else job.runtime_s
+
+
+# Keys of the spec file that describe one guest and can therefore be matrix axes.
+_VARIANT_KEYS = ("launcher", "accel", "guest")
+_TOP_KEYS = ("name", "description", "runtime_s", "jobs", *_VARIANT_KEYS)
+
+
+def _list_annotation(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The alternatives of an annotation: Optional/Union members, Annotated stripped."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        out: list[Any] = []
+        for arg in typing.get_args(annotation):
+            out.extend(_unwrap(arg))
+        return out
+    return [annotation]
+
+
+def _model_for(annotation: Any, value: Mapping[str, Any]) -> type[BaseModel] | None:
+    """Which model a mapping will validate as (picks a discriminated union member by `type`)."""
+    models = [a for a in _unwrap(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    if len(models) == 1:
+        return models[0]
+    for model in models:
+        field = model.model_fields.get("type")
+        if field is not None and typing.get_args(field.annotation) == (value.get("type"),):
+            return model
+    return None
+
+
+def _axes(value: Any, model: type[BaseModel], path: str) -> Iterator[tuple[str, list[Any]]]:
+    """Yield (path, values) for every field of `value` that is a list where one value belongs."""
+    if not isinstance(value, Mapping):
+        return
+    for key, item in value.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            continue  # unknown keys are reported by validation, with their path
+        here = f"{path}.{key}" if path else key
+        annotation = field.annotation
+        if _list_annotation(annotation):
+            if isinstance(item, list) and item and all(isinstance(i, list) for i in item):
+                yield here, item
+                continue
+            (inner,) = typing.get_args(annotation)
+            if isinstance(item, list):
+                for index, element in enumerate(item):
+                    if isinstance(element, Mapping) and (sub := _model_for(inner, element)):
+                        yield from _axes(element, sub, f"{here}.{index}")
+            continue
+        if isinstance(item, list):
+            yield here, item
+        elif isinstance(item, Mapping) and (sub := _model_for(annotation, item)):
+            yield from _axes(item, sub, here)
+
+
+def _set_path(data: Any, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    if isinstance(data, list):
+        data[int(last)] = value
+    else:
+        data[last] = value
+
+
+def _label(path: str, value: Any) -> str:
+    """A readable, file-name-safe token for one axis value, used in case ids."""
+    key = path.rsplit(".", 1)[-1]
+    if isinstance(value, bool):
+        text = key if value else f"no-{key}"
+    elif isinstance(value, int | float):
+        text = f"{key}-{value}"
+    elif isinstance(value, Mapping):
+        text = "-".join(str(v) for k, v in value.items() if k in ("type", "format", "path"))
+    elif isinstance(value, list):
+        text = "+".join(_label(path, v) for v in value)
+    else:
+        text = str(value)
+    return re.sub(r"[^a-z0-9.+-]+", "-", text.lower()).strip("-") or key
+
+
+class _VariantFields(Model):
+    """The part of the spec file that describes one guest (for axis discovery)."""
+
+    launcher: Literal["qemu"] = "qemu"
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    guest: Guest = Field(default_factory=Guest)
+
+
+def expand_matrix(raw: Mapping[str, Any]) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    """Cross product of every axis in the guest part of a raw spec.
+
+    Returns (params, variant) pairs where params maps axis path -> readable label, in the order
+    the axes appear in the file, and variant is the raw mapping with one value per axis.
+    """
+    base = {k: raw[k] for k in _VARIANT_KEYS if k in raw}
+    axes = list(_axes(base, _VariantFields, ""))
+    out: list[tuple[dict[str, str], dict[str, Any]]] = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        variant = _deepcopy(base)
+        params: dict[str, str] = {}
+        for (path, _), value in zip(axes, combo, strict=True):
+            _set_path(variant, path, value)
+            params[path] = _label(path, value)
+        out.append((params, variant))
+    return out
+
+
+def _deepcopy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deepcopy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy(v) for v in data]
+    return data
+
+
+def _problems(error: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"] if p not in ("function-after",))
+        where = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key")
+            continue
+        got = item.get("input")
+        shown = "" if isinstance(got, Mapping | list) or got is None else f" (got {got!r})"
+        lines.append(f"{where}: {item['msg']}{shown}")
+    return lines
+
+
+def parse_spec(raw: Any, *, file: Path | None = None, source: str = "") -> BenchSpec:
+    """Validate a spec given as parsed YAML. Raises SpecError naming every wrong field."""
+    where = str(file) if file else "spec"
+    if not isinstance(raw, Mapping):
+        raise SpecError(
+            f"{where}: a spec is a mapping of keys (name, guest, jobs, ...)",
+            file=file,
+            hint="see examples/ for complete specs",
+        )
+    unknown = sorted(set(raw) - set(_TOP_KEYS))
+    problems = [f"{k}: unknown key (expected one of: {', '.join(_TOP_KEYS)})" for k in unknown]
+    jobs_raw = raw.get("jobs", "reference")
+    jobs: list[FioJob] = []
+    if jobs_raw == "reference":
+        jobs = reference_jobs()
+    elif not isinstance(jobs_raw, list):
+        problems.append("jobs: expected a list of fio jobs or the word 'reference'")
+    else:
+        for index, job in enumerate(jobs_raw):
+            try:
+                jobs.append(FioJob.model_validate(job))
+            except ValidationError as exc:
+                problems.extend(_problems(exc, f"jobs.{index}."))
+    variants: list[Variant] = []
+    seen: set[str] = set()
+    for params, variant in expand_matrix(raw):
+        try:
+            variants.append(Variant.model_validate({"params": params, **variant}))
+        except ValidationError as exc:
+            for line in _problems(exc):
+                if line not in seen:
+                    seen.add(line)
+                    problems.append(line)
+    disk_names = {d.name for v in variants for d in v.guest.disks}
+    for job in jobs:
+        if variants and job.disk not in disk_names:
+            problems.append(
+                f"jobs.{job.name}.disk: no disk named {job.disk!r} "
+                f"(disks: {', '.join(sorted(disk_names))})"
+            )
+    if not problems:
+        try:
+            return BenchSpec.model_validate(
+                {
+                    "name": raw.get("name", file.stem if file else "spec"),
+                    "description": raw.get("description", ""),
+                    "runtime_s": raw.get("runtime_s"),
+                    "jobs": jobs,
+                    "variants": variants,
+                    "source": source,
+                }
+            )
+        except ValidationError as exc:
+            problems.extend(_problems(exc))
+    raise SpecError(
+        f"{where}: invalid spec",
+        file=file,
+        problems=problems,
+        hint="fix the fields above; `vmlab render SPEC` checks a spec without running it",
+    )
+
+
+def load_spec(path: Path) -> BenchSpec:
+    """Read and validate a spec file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(
+            f"{path}: cannot read spec: {exc.strerror}", file=path, hint="check the path"
+        ) from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(
+            f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}",
+            file=path,
+            hint="check indentation and quoting",
+        ) from exc
+    return parse_spec(raw, file=path, source=text)
+
+
+DEFAULT_LAB = """\
+# vmlab's embedded default lab: one scratch file behind three device models.
+name: default-lab
+description: virtio-blk vs virtio-scsi vs emulated NVMe on the same backing file
+runtime_s: 10
+guest:
+  memory_mib: 512
+  cpus: 2
+  disks:
+    - name: data
+      model: [virtio-blk, virtio-scsi, nvme]
+      backend: {type: file, format: raw, size: 1G}
+      cache: none
+      aio: threads
+jobs: reference
+"""
+
+
+def default_lab() -> BenchSpec:
+    return parse_spec(yaml.safe_load(DEFAULT_LAB), source=DEFAULT_LAB)
