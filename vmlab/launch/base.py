@@ -1,0 +1,44 @@
+"""What every launcher (QEMU directly, libvirt) gives the bench: a booted guest to reach."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from vmlab.launch.qemu import Deadlines
+from vmlab.plan import Case
+from vmlab.render import BootImage
+from vmlab.results.rundir import CaseDir
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    case: Case
+    case_dir: CaseDir
+    accel: str
+    boot: BootImage
+    disk_paths: Mapping[str, Path]
+    deadlines: Deadlines
+    ready_marker: str
+    failed_marker: str
+
+
+class RunningGuest(Protocol):
+    """A guest that printed its readiness marker; SSH is reachable at ssh_host:ssh_port."""
+
+    ssh_host: str
+    ssh_port: int
+    started_at: float
+    timings: dict[str, float]
+    accel_info: dict[str, Any]
+
+
+class Launcher(Protocol):
+    name: str
+
+    def launch(self, request: LaunchRequest) -> AbstractContextManager[RunningGuest]:
+        """Boot the guest and wait for its serial marker; stop it on exit, on every path."""
+        ...

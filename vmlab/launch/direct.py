@@ -1,0 +1,105 @@
+"""The QEMU launcher: render the argv, save it, run QemuProcess, wait for the serial marker."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmlab.errors import LaunchError
+from vmlab.launch.base import LaunchRequest
+from vmlab.launch.qemu import QemuProcess, new_guest_dir
+from vmlab.render import GuestRuntime, render_qemu
+
+log = logging.getLogger(__name__)
+
+PORT_ATTEMPTS = 3
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class QemuGuest:
+    ssh_host: str
+    ssh_port: int
+    started_at: float
+    timings: dict[str, float] = field(default_factory=dict)
+    accel_info: dict[str, Any] = field(default_factory=dict)
+
+
+def _port_taken(exc: LaunchError) -> bool:
+    text = exc.log.read_text(errors="replace") if exc.log and exc.log.exists() else ""
+    return "host forwarding" in text or "hostfwd" in text
+
+
+class QemuLauncher:
+    """Runs qemu-system-x86_64 directly. Retries with a new port if the one picked was taken."""
+
+    name = "qemu"
+
+    def __init__(self, qemu: str) -> None:
+        self.qemu = qemu
+
+    @contextmanager
+    def launch(self, request: LaunchRequest) -> Iterator[QemuGuest]:
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            suffix = "" if attempt == 1 else f".{attempt}"
+            try:
+                with self._launch_once(request, suffix) as guest:
+                    yield guest
+                    return
+            except LaunchError as exc:
+                if attempt == PORT_ATTEMPTS or not _port_taken(exc):
+                    raise
+                log.info("SSH port was taken by another process; trying another one")
+
+    @contextmanager
+    def _launch_once(self, request: LaunchRequest, suffix: str) -> Iterator[QemuGuest]:
+        case_dir = request.case_dir
+        guest_dir = new_guest_dir()
+        try:
+            runtime = GuestRuntime(
+                qmp_socket=guest_dir / "qmp.sock",
+                serial_log=case_dir.file(f"serial{suffix}.log"),
+                pidfile=guest_dir / "qemu.pid",
+                ssh_port=free_port(),
+            )
+            rendered = render_qemu(
+                request.case,
+                qemu=self.qemu,
+                accel=request.accel,
+                boot=request.boot,
+                disk_paths=request.disk_paths,
+                runtime=runtime,
+            )
+            # Saved before it runs: a guest that never boots still leaves its argv behind.
+            case_dir.write_json(f"argv{suffix}.json", rendered.argv)
+            case_dir.write_text(f"argv{suffix}.sh", shlex.join(rendered.argv) + "\n")
+            with QemuProcess(
+                rendered.argv,
+                guest_dir=guest_dir,
+                qmp_socket=runtime.qmp_socket,
+                serial_log=runtime.serial_log,
+                qemu_log=case_dir.file(f"qemu{suffix}.log"),
+                deadlines=request.deadlines,
+            ) as vm:
+                guest = QemuGuest("127.0.0.1", runtime.ssh_port, vm.started_at)
+                guest.timings["qmp_s"] = time.monotonic() - vm.started_at
+                guest.accel_info = dict(vm.kvm)
+                case_dir.write_json(f"kvm{suffix}.json", vm.kvm)
+                guest.timings["serial_ready_s"] = vm.wait_serial(
+                    request.ready_marker, failed=request.failed_marker
+                )
+                yield guest
+        finally:
+            shutil.rmtree(guest_dir, ignore_errors=True)

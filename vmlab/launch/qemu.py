@@ -1,0 +1,296 @@
+"""Run one QEMU process: Popen + QMP + serial log, and stop it on every path.
+
+QEMU runs in its own session, so Ctrl-C reaches vmlab (which then shuts the guest down in
+order) rather than killing QEMU behind its back, and with PR_SET_PDEATHSIG, so it cannot
+outlive a vmlab that was killed outright. A pidfile and an owner file let the next run sweep
+up anything that still escaped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from qemu.qmp import QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from vmlab.errors import LaunchError
+from vmlab.paths import runtime_dir
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long each stage may take. TCG is several times slower than KVM at everything."""
+
+    qmp_s: float
+    boot_s: float
+    banner_s: float
+    login_s: float
+    powerdown_s: float
+    quit_s: float = 5.0
+
+    @classmethod
+    def for_accel(cls, accel: str, scale: float = 1.0) -> Deadlines:
+        slow = 4.0 if accel == "tcg" else 1.0
+        return cls(
+            qmp_s=10 * scale,
+            boot_s=30 * slow * scale,
+            banner_s=10 * slow * scale,
+            login_s=15 * slow * scale,
+            powerdown_s=10 * slow * scale,
+        )
+
+
+def new_guest_dir(root: Path | None = None) -> Path:
+    """A short private directory for one guest's sockets (unix socket paths max 107 bytes)."""
+    root = root or runtime_dir()
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Path(tempfile.mkdtemp(prefix="g-", dir=root))
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (PID 1 here may never reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def sweep_stale(root: Path | None = None) -> list[int]:
+    """Kill QEMUs left by a vmlab that died without cleaning up; returns the pids killed."""
+    root = root or runtime_dir()
+    killed: list[int] = []
+    if not root.is_dir():
+        return killed
+    for guest_dir in root.glob("g-*"):
+        try:
+            owner = int((guest_dir / "owner").read_text())
+        except (OSError, ValueError):
+            owner = -1
+        if owner > 0 and _alive(owner):
+            continue
+        pidfile = guest_dir / "qemu.pid"
+        try:
+            pid = int(pidfile.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            pid, cmdline = -1, b""
+        if pid > 0 and str(pidfile).encode() in cmdline and _alive(pid):
+            log.warning("killing stale QEMU %d left behind in %s", pid, guest_dir)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        shutil.rmtree(guest_dir, ignore_errors=True)
+    return killed
+
+
+class QemuProcess:
+    """One QEMU: started on enter, stopped on exit (powerdown, quit, then kill)."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        guest_dir: Path,
+        qmp_socket: Path,
+        serial_log: Path,
+        qemu_log: Path,
+        deadlines: Deadlines,
+    ) -> None:
+        self.argv = argv
+        self.guest_dir = guest_dir
+        self.qmp_socket = qmp_socket
+        self.serial_log = serial_log
+        self.qemu_log = qemu_log
+        self.deadlines = deadlines
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.qmp: QEMUMonitorProtocol | None = None
+        self.kvm: dict[str, Any] = {}
+        self.started_at = 0.0
+
+    # -- start -----------------------------------------------------------------------------
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        (self.guest_dir / "owner").write_text(str(os.getpid()))
+        self.qemu_log.parent.mkdir(parents=True, exist_ok=True)
+        log.debug("starting %s", " ".join(self.argv))
+        with self.qemu_log.open("ab") as out:
+            self.started_at = time.monotonic()
+            try:
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+                )
+            except OSError as exc:
+                raise LaunchError(
+                    f"cannot run {self.argv[0]}: {exc.strerror}",
+                    hint="install QEMU: apt-get install qemu-system-x86",
+                ) from exc
+        self._connect_qmp()
+
+    def _connect_qmp(self) -> None:
+        deadline = time.monotonic() + self.deadlines.qmp_s
+        while True:
+            self._check_running("before QMP answered")
+            if self.qmp_socket.exists():
+                qmp = QEMUMonitorProtocol(str(self.qmp_socket))
+                try:
+                    qmp.connect(negotiate=True)
+                except (OSError, QMPError) as exc:
+                    qmp.close()
+                    log.debug("QMP not ready yet: %s", exc)
+                else:
+                    qmp.settimeout(self.deadlines.qmp_s)
+                    self.qmp = qmp
+                    kvm = qmp.cmd("query-kvm")
+                    self.kvm = dict(kvm) if isinstance(kvm, dict) else {}
+                    return
+            if time.monotonic() > deadline:
+                raise LaunchError(
+                    f"QMP did not answer within {self.deadlines.qmp_s:.0f} s", log=self.qemu_log
+                )
+            time.sleep(0.05)
+
+    def _check_running(self, when: str) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.qemu_log.read_text(errors="replace").strip().splitlines()[-5:]
+            detail = "; ".join(tail) or "no output"
+            raise LaunchError(
+                f"QEMU exited with status {self.proc.returncode} {when}: {detail}",
+                log=self.qemu_log,
+            )
+
+    # -- readiness -------------------------------------------------------------------------
+    def wait_serial(
+        self, marker: str, *, failed: str | None = None, timeout_s: float | None = None
+    ) -> float:
+        """Wait until `marker` appears on the serial console; returns seconds since launch."""
+        timeout_s = self.deadlines.boot_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        needle, bad = marker.encode(), failed.encode() if failed else None
+        while True:
+            data = self.serial_log.read_bytes() if self.serial_log.exists() else b""
+            if needle in data:
+                return time.monotonic() - self.started_at
+            if bad and bad in data:
+                line = data[data.index(bad) :].split(b"\n", 1)[0].decode(errors="replace")
+                raise LaunchError(f"guest init failed: {line.strip()}", log=self.serial_log)
+            if b"Kernel panic" in data:
+                raise LaunchError("guest kernel panicked", log=self.serial_log)
+            self._check_running(f"before the guest printed {marker}")
+            if time.monotonic() > deadline:
+                raise LaunchError(
+                    f"guest did not print {marker} within {timeout_s:.0f} s",
+                    log=self.serial_log,
+                    hint="read the serial log; under TCG try --timeout-scale 2",
+                )
+            time.sleep(0.1)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    # -- stop ------------------------------------------------------------------------------
+    def _wait_exit(self, timeout_s: float) -> bool:
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def stop(self) -> None:
+        """Graceful first: ACPI power button, then QMP quit, then SIGTERM, then SIGKILL."""
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self._powerdown_then_quit()
+            if self.proc is not None and self.proc.poll() is None:
+                self.note("sending SIGTERM")
+                self.proc.terminate()
+                if not self._wait_exit(3.0):
+                    log.warning("QEMU %d ignored SIGTERM, killing it", self.proc.pid)
+                    self.proc.kill()
+                    self.proc.wait()
+        finally:
+            if self.qmp is not None:
+                try:
+                    self.qmp.close()
+                except (QMPError, OSError, EOFError) as exc:  # raised after QEMU quit
+                    log.debug("closing QMP: %r", exc)
+                self.qmp = None
+            for leftover in (self.qmp_socket,):
+                leftover.unlink(missing_ok=True)
+
+    def note(self, text: str) -> None:
+        """Append a line of vmlab's own to the QEMU log, so the log tells the whole story."""
+        with self.qemu_log.open("a") as fh:
+            fh.write(f"vmlab: {time.monotonic() - self.started_at:.2f} s: {text}\n")
+
+    def save_events(self) -> None:
+        """QMP events seen so far (SHUTDOWN, POWERDOWN, BLOCK_IO_ERROR...) into the QEMU log."""
+        if self.qmp is None:
+            return
+        try:
+            events = self.qmp.get_events(wait=False)
+        except (QMPError, OSError, EOFError) as exc:
+            log.debug("reading QMP events: %r", exc)
+            return
+        for event in events:
+            self.note(f"QMP event {event.get('event')} {event.get('data', {})}")
+
+    def _powerdown_then_quit(self) -> None:
+        assert self.proc is not None
+        if self.qmp is None:
+            return
+        try:
+            self.save_events()
+            self.note("sending system_powerdown")
+            self.qmp.cmd("system_powerdown")
+            if self._wait_exit(self.deadlines.powerdown_s):
+                return
+            log.info(
+                "guest did not power off within %.0f s; sending quit", self.deadlines.powerdown_s
+            )
+            self.note("sending quit")
+            self.qmp.cmd("quit")
+        except (QMPError, OSError, EOFError) as exc:  # quit closes the socket under us
+            log.debug("QMP during shutdown: %r", exc)
+        self._wait_exit(self.deadlines.quit_s)
