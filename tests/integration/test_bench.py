@@ -1,0 +1,134 @@
+"""The default lab end to end through the real CLI: real QEMU (TCG), real guest, real fio."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from vmlab.guest.image import GuestImage
+
+pytestmark = pytest.mark.integration
+
+VMLAB = [sys.executable, "-m", "vmlab.cli"]
+
+
+def vmlab(
+    *args: str, env: dict[str, str], timeout_s: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*VMLAB, *args], env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
+def only_run(results: Path) -> Path:
+    (run,) = [p for p in results.iterdir() if p.is_dir()]
+    return run
+
+
+def test_default_lab_prints_a_table_from_three_real_guests(
+    guest_image: GuestImage, lab_env: dict[str, str], qemu_pids: Callable[[str], list[int]]
+) -> None:
+    results = Path(lab_env["RESULTS"])
+    done = vmlab("bench", "--runtime", "2", "--results", str(results), "--ci", env=lab_env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    for case in ("virtio-blk", "virtio-scsi", "nvme"):
+        rows = [line for line in lines if line.startswith(f"│ {case} ")]
+        assert len(rows) == 2, f"{case}: {rows}"  # latency and throughput
+    run = only_run(results)
+    assert json.loads((run / "status.json").read_text())["status"] == "complete"
+    # the interrupted attempt is kept beside, not among, the cases
+    (attempt,) = (run / "attempts").iterdir()
+    assert json.loads((attempt / "status.json").read_text())["status"] == "interrupted"
+    for case in ("virtio-blk", "virtio-scsi", "nvme"):
+        cdir = run / "cases" / case
+        argv = json.loads((cdir / "argv.json").read_text())
+        assert argv[0].endswith("qemu-system-x86_64")
+        assert "VMLAB-READY" in (cdir / "serial.log").read_text(errors="replace")
+        guest = json.loads((cdir / "guest.json").read_text())
+        assert "vmlab-data" in guest["disks"]
+        for job in ("latency", "throughput"):
+            jdir = cdir / "jobs" / job / "r1"
+            raw = (jdir / "fio.json").read_text()
+            assert '"fio version"' in raw
+            metrics = json.loads((jdir / "summary.json").read_text())["metrics"]
+            assert metrics["read_iops"] > 0 and metrics["write_iops"] > 0
+            assert metrics["read_lat_p99_ns"] >= metrics["read_lat_p50_ns"] > 0
+    # nothing left running or lying around
+    assert qemu_pids(str(run)) == []
+    assert list(Path(lab_env["VMLAB_RUNTIME"]).iterdir()) == []
+    assert list(Path(lab_env["VMLAB_SCRATCH"]).iterdir()) == []
+
+
+def test_sigint_stops_everything_and_keeps_finished_cases_then_resume_finishes(
+    guest_image: GuestImage, lab_env: dict[str, str], qemu_pids: Callable[[str], list[int]]
+) -> None:
+    results = Path(lab_env["RESULTS"])
+    proc = subprocess.Popen(
+        [*VMLAB, "bench", "--runtime", "3", "--results", str(results), "--ci"],
+        env=lab_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        first_ok = None
+        while time.monotonic() < deadline and first_ok is None:
+            for status in results.glob("*/cases/*/status.json"):
+                if json.loads(status.read_text())["status"] == "ok":
+                    first_ok = status.parent
+            time.sleep(0.5)
+        assert first_ok is not None, "no case finished in time"
+        # let the second guest start, then interrupt in the middle of it
+        time.sleep(4)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err and "Traceback" not in err
+    run = only_run(results)
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    assert (first_ok / "jobs" / "throughput" / "r1" / "summary.json").exists()
+    assert qemu_pids(str(run)) == []
+    assert list(Path(lab_env["VMLAB_RUNTIME"]).iterdir()) == []
+    assert list(Path(lab_env["VMLAB_SCRATCH"]).iterdir()) == []
+
+    resumed = vmlab("bench", "--resume", str(run), "--ci", env=lab_env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{first_ok.name}: skipped" in resumed.stdout
+    statuses = {
+        p.parent.name: json.loads(p.read_text())["status"] for p in run.glob("cases/*/status.json")
+    }
+    assert statuses == {"virtio-blk": "ok", "virtio-scsi": "ok", "nvme": "ok"}
+    assert json.loads((run / "status.json").read_text())["status"] == "complete"
+
+
+def test_missing_qemu_is_one_clear_message(lab_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**lab_env, "PATH": str(tmp_path)}  # no qemu-system-x86_64 on PATH
+    done = vmlab("bench", "--results", str(tmp_path / "r"), env=env, timeout_s=60)
+    assert done.returncode == 1
+    assert "qemu-system-x86_64 is not installed" in done.stderr
+    assert "apt-get install qemu-system-x86" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_spec_typo_is_one_clear_message(lab_env: dict[str, str], tmp_path: Path) -> None:
+    spec = tmp_path / "typo.yaml"
+    spec.write_text("name: typo\nguest:\n  disks:\n    - model: virtio-blck\n")
+    done = vmlab("bench", str(spec), "--results", str(tmp_path / "r"), env=lab_env, timeout_s=60)
+    assert done.returncode == 2
+    assert "typo.yaml: invalid spec" in done.stderr
+    assert "guest.disks.0.model" in done.stderr and "virtio-blck" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "r").exists()

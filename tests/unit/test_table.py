@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+from vmlab.report.table import build_rows, row_values
+
+
+def test_row_values_weight_latency_by_iops_and_take_worse_p99() -> None:
+    iops, mean_us, p99_us = row_values(
+        {
+            "read_iops": 900.0,
+            "write_iops": 100.0,
+            "read_lat_mean_ns": 1000.0,
+            "write_lat_mean_ns": 11000.0,
+            "read_lat_p99_ns": 5000.0,
+            "write_lat_p99_ns": 20000.0,
+        }
+    )
+    assert iops == 1000.0
+    assert mean_us == pytest.approx(2.0)
+    assert p99_us == pytest.approx(20.0)
+
+
+def test_ratio_is_against_the_first_configuration_of_the_same_job() -> None:
+    rows = build_rows(
+        [
+            ("virtio-blk", "latency", {"read_iops": 100.0}),
+            ("virtio-blk", "throughput", {"read_iops": 1000.0}),
+            ("nvme", "latency", {"read_iops": 150.0}),
+            ("nvme", "throughput", {"read_iops": 500.0}),
+        ]
+    )
+    got = {(r.case_id, r.job): r.ratio for r in rows}
+    assert got == {
+        ("virtio-blk", "latency"): 1.0,
+        ("nvme", "latency"): 1.5,
+        ("virtio-blk", "throughput"): 1.0,
+        ("nvme", "throughput"): 0.5,
+    }
+    assert [r.job for r in rows] == ["latency", "latency", "throughput", "throughput"]
+
+
+def test_repetitions_are_averaged() -> None:
+    (row,) = build_rows([("a", "j", {"read_iops": 100.0}), ("a", "j", {"read_iops": 300.0})])
+    assert row.iops == 200.0

@@ -1,0 +1,437 @@
+"""Run a bench: plan the cases, boot each guest once, run its fio jobs, store everything.
+
+Every case runs inside context managers that stop QEMU and remove scratch disks on every path,
+Ctrl-C included. A failing case is recorded and the bench moves on; an interrupt stops the
+bench, marks the run `interrupted`, and keeps every case that finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from vmlab import __version__
+from vmlab.errors import CommandError, GuestError, ResultError, VmlabError
+from vmlab.fio.jobs import fio_command, fio_timeout_s, render_job
+from vmlab.fio.parse import parse_fio_output, summarize
+from vmlab.guest.image import GuestImage, authkey_cmdline
+from vmlab.guest.ssh import GuestSSH, lab_key, public_line, wait_banner
+from vmlab.host import HostFacts, pick_accel, require_qemu, scratch_root
+from vmlab.launch.base import Launcher, LaunchRequest
+from vmlab.launch.direct import QemuLauncher
+from vmlab.launch.qemu import Deadlines, sweep_stale
+from vmlab.paths import state_dir
+from vmlab.plan import Case, plan
+from vmlab.render import BootImage
+from vmlab.resources import templates_dir
+from vmlab.results.index import default_index_path, index_run
+from vmlab.results.rundir import CaseDir, RunDir, now_iso
+from vmlab.spec import BenchSpec, FileBackend
+
+log = logging.getLogger(__name__)
+
+GUEST_JOB_PATH = "/tmp/vmlab-job.fio"
+GUEST_FACTS_PATH = "/tmp/vmlab-facts.sh"
+
+
+class BenchEvents(Protocol):
+    """What a front end (Rich progress, plain CI logs, tests) hears about a running bench."""
+
+    def case_started(self, case: Case, index: int, total: int) -> None: ...
+    def stage(self, case: Case, what: str) -> None: ...
+    def job_finished(
+        self, case: Case, job: str, repetition: int, metrics: dict[str, float]
+    ) -> None: ...
+    def case_finished(self, case: Case, status: str, error: str | None) -> None: ...
+
+
+class QuietEvents:
+    def case_started(self, case: Case, index: int, total: int) -> None:
+        log.info("case %d/%d: %s", index, total, case.id)
+
+    def stage(self, case: Case, what: str) -> None:
+        log.info("%s: %s", case.id, what)
+
+    def job_finished(
+        self, case: Case, job: str, repetition: int, metrics: dict[str, float]
+    ) -> None:
+        log.info("%s: %s r%d done", case.id, job, repetition)
+
+    def case_finished(self, case: Case, status: str, error: str | None) -> None:
+        log.info("%s: %s %s", case.id, status, error or "")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    results_root: Path
+    timeout_scale: float = 1.0
+    accel: str | None = None  # overrides the spec's accel for every case
+    lab_key_path: Path = field(default_factory=lambda: state_dir() / "lab" / "id_ed25519")
+
+
+@dataclass
+class JobOutcome:
+    case_id: str
+    job: str
+    repetition: int
+    metrics: dict[str, float]
+
+
+@dataclass
+class BenchOutcome:
+    run: RunDir
+    cases: list[Case]
+    failed: dict[str, str] = field(default_factory=dict)
+    results: list[JobOutcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class ScratchDisks:
+    """Backing files made for a run; shared by every case that asks for the same one."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.made: dict[tuple[str, str, int], Path] = {}
+
+    def path(self, name: str, backend: FileBackend) -> Path:
+        if backend.path is not None:
+            return backend.path
+        key = (name, backend.format, backend.size_bytes)
+        if key not in self.made:
+            self.root.mkdir(parents=True, exist_ok=True)
+            path = self.root / f"{name}-{backend.size}.{backend.format}"
+            if backend.format == "raw":
+                with path.open("wb") as fh:
+                    # Allocated, not sparse: guest writes never wait on host block allocation.
+                    fh.truncate(backend.size_bytes)
+                    try:
+                        os.posix_fallocate(fh.fileno(), 0, backend.size_bytes)
+                    except OSError as exc:
+                        log.debug("fallocate %s: %s (left sparse)", path, exc)
+            else:
+                argv = [
+                    "qemu-img",
+                    "create",
+                    "-q",
+                    "-f",
+                    backend.format,
+                    str(path),
+                    str(backend.size_bytes),
+                ]
+                done = subprocess.run(argv, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise CommandError(
+                        "cannot create a scratch disk",
+                        argv=argv,
+                        returncode=done.returncode,
+                        output=done.stderr,
+                    )
+            self.made[key] = path
+        return self.made[key]
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def scratch_disks(run_id: str) -> Iterator[ScratchDisks]:
+    disks = ScratchDisks(scratch_root() / run_id)
+    try:
+        yield disks
+    finally:
+        disks.cleanup()
+
+
+def parse_guest_facts(text: str) -> dict[str, Any]:
+    facts: dict[str, Any] = {"disks": {}}
+    for line in text.splitlines():
+        key, _, rest = line.partition(" ")
+        if key == "disk":
+            parts = rest.split()
+            if len(parts) >= 2:
+                facts["disks"][parts[0]] = {
+                    "device": parts[1],
+                    "queues": int(parts[2]) if len(parts) > 2 else None,
+                }
+        elif key:
+            facts[key] = rest.strip()
+    return facts
+
+
+def case_done(case_dir: CaseDir) -> bool:
+    return case_dir.status().get("status") == "ok"
+
+
+class Bench:
+    """One bench run over a spec's cases."""
+
+    def __init__(
+        self,
+        spec: BenchSpec,
+        *,
+        facts: HostFacts,
+        image: GuestImage,
+        options: BenchOptions,
+        events: BenchEvents | None = None,
+    ) -> None:
+        self.spec = spec
+        self.facts = facts
+        self.image = image
+        self.options = options
+        self.events: BenchEvents = events or QuietEvents()
+        self.key = lab_key(options.lab_key_path)
+        self.launchers: dict[str, Launcher] = {"qemu": QemuLauncher(require_qemu(facts))}
+
+    def run(self, *, resume: RunDir | None = None) -> BenchOutcome:
+        sweep_stale()
+        run = resume or self._new_run()
+        cases = plan(self.spec)
+        outcome = BenchOutcome(run=run, cases=cases)
+        run.set_status("running", started=now_iso(), cases=[c.id for c in cases])
+        status = "failed"
+        try:
+            with scratch_disks(run.run_id) as scratch:
+                for index, case in enumerate(cases, start=1):
+                    case_dir = run.case(case.id)
+                    if resume is not None and case_done(case_dir):
+                        self.events.case_finished(case, "skipped", "finished in an earlier run")
+                        outcome.results.extend(self._stored(case, case_dir))
+                        continue
+                    self.events.case_started(case, index, len(cases))
+                    self._run_case(case, case_dir, scratch, outcome)
+            status = "complete" if outcome.ok else "failed"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            self._index(run)
+            run.set_status(
+                status, finished=now_iso(), cases=[c.id for c in cases], failed=outcome.failed
+            )
+        return outcome
+
+    def _index(self, run: RunDir) -> None:
+        """Keep the SQLite index in step; the files are the truth, so a failure only warns."""
+        try:
+            index_run(default_index_path(self.options.results_root), run.path)
+        except VmlabError as exc:
+            log.warning("could not index %s: %s (run `vmlab results reindex`)", run.path, exc)
+
+    def _new_run(self) -> RunDir:
+        run = RunDir.create(self.options.results_root, self.spec.name)
+        run.write_text("spec.yaml", self.spec.source or "# built from Python, see spec.json\n")
+        run.write_json("spec.json", self.spec.model_dump(mode="json", exclude={"source"}))
+        run.write_json("host.json", self.facts.model_dump(mode="json"))
+        run.write_json(
+            "image.json",
+            {
+                "key": self.image.key,
+                "kernel": str(self.image.kernel),
+                "kernel_version": self.image.kernel_version,
+                "fio_version": self.image.fio_version,
+            },
+        )
+        run.write_json("vmlab.json", {"version": __version__})
+        return run
+
+    def _stored(self, case: Case, case_dir: CaseDir) -> list[JobOutcome]:
+        out = []
+        for summary in sorted(case_dir.path.glob("jobs/*/r*/summary.json")):
+            rep = int(summary.parent.name[1:])
+            metrics = stored_metrics(summary)
+            out.append(JobOutcome(case.id, summary.parent.parent.name, rep, metrics))
+        return out
+
+    # -- one case ------------------------------------------------------------------------
+    def _run_case(
+        self, case: Case, case_dir: CaseDir, scratch: ScratchDisks, outcome: BenchOutcome
+    ) -> None:
+        if case_dir.path.exists():  # resumed after a failure or interrupt: keep what it left
+            attempts = case_dir.path.parent.parent / "attempts"
+            attempts.mkdir(exist_ok=True)
+            n = 1 + sum(1 for _ in attempts.glob(f"{case.id}.*"))
+            case_dir.path.rename(attempts / f"{case.id}.{n}")
+        case_dir.write_json(
+            "case.json",
+            {
+                "id": case.id,
+                "params": dict(case.params),
+                "variant": case.variant.model_dump(mode="json"),
+            },
+        )
+        case_dir.set_status("running", started=now_iso())
+        timings: dict[str, float] = {}
+        try:
+            self._boot_and_measure(case, case_dir, scratch, outcome, timings)
+        except VmlabError as exc:
+            outcome.failed[case.id] = str(exc)
+            case_dir.set_status("failed", error=str(exc), hint=exc.hint, timings=timings)
+            self.events.case_finished(case, "failed", str(exc))
+            return
+        except KeyboardInterrupt:
+            case_dir.set_status("interrupted", timings=timings)
+            raise
+        case_dir.set_status("ok", finished=now_iso(), timings=timings)
+        self.events.case_finished(case, "ok", None)
+
+    def _boot_and_measure(
+        self,
+        case: Case,
+        case_dir: CaseDir,
+        scratch: ScratchDisks,
+        outcome: BenchOutcome,
+        timings: dict[str, float],
+    ) -> None:
+        guest = case.variant.guest
+        accel = pick_accel(self.facts, self.options.accel or case.variant.accel)
+        deadlines = Deadlines.for_accel(accel, self.options.timeout_scale)
+        nonce = secrets.token_hex(8)
+        cmdline = " ".join(
+            filter(
+                None,
+                [
+                    self.image.cmdline,
+                    authkey_cmdline(public_line(self.key)),
+                    f"vmlab.nonce={nonce}",
+                    guest.kernel_args,
+                ],
+            )
+        )
+        request = LaunchRequest(
+            case=case,
+            case_dir=case_dir,
+            accel=accel,
+            boot=BootImage(self.image.kernel, self.image.initrd, cmdline),
+            disk_paths={d.name: scratch.path(d.name, d.backend) for d in guest.disks},
+            deadlines=deadlines,
+            ready_marker=self.image.ready_marker,
+            failed_marker=self.image.failed_marker,
+        )
+        launcher = self.launchers[case.variant.launcher]
+        self.events.stage(case, f"booting ({launcher.name}, {accel})")
+        with launcher.launch(request) as vm:
+            timings.update(vm.timings)
+            self.events.stage(case, "waiting for SSH")
+            wait_banner(vm.ssh_host, vm.ssh_port, timeout_s=deadlines.banner_s)
+            timings["banner_s"] = time.monotonic() - vm.started_at
+            with GuestSSH.connect(
+                vm.ssh_host,
+                vm.ssh_port,
+                user=self.image.user,
+                key=self.key,
+                host_key=self.image.host_key,
+                timeout_s=deadlines.login_s,
+            ) as ssh:
+                timings["ssh_ready_s"] = time.monotonic() - vm.started_at
+                self._check_identity(ssh, nonce)
+                devices = self._guest_facts(ssh, case, case_dir)
+                self._run_jobs(case, case_dir, ssh, devices, deadlines, outcome)
+            self.events.stage(case, "powering off")
+
+    def _check_identity(self, ssh: GuestSSH, nonce: str) -> None:
+        """The guest on this port is the one we just booted, not a stale one."""
+        cmdline = ssh.run("cat /proc/cmdline", timeout_s=30).text
+        if f"vmlab.nonce={nonce}" not in cmdline:
+            raise GuestError(
+                "the guest that answered SSH is not the one vmlab booted",
+                hint="a stale guest holds the port: `pkill -f qemu-system` it",
+            )
+
+    def _guest_facts(self, ssh: GuestSSH, case: Case, case_dir: CaseDir) -> dict[str, str]:
+        script = (templates_dir() / "guest" / "facts.sh").read_bytes()
+        ssh.put(script, GUEST_FACTS_PATH, mode=0o755)
+        out = ssh.run(f"sh {GUEST_FACTS_PATH}", timeout_s=60)
+        case_dir.write_bytes("guest-facts.txt", out.stdout)
+        facts = parse_guest_facts(out.text)
+        case_dir.write_json("guest.json", facts)
+        devices = {}
+        for disk in case.variant.guest.disks:
+            found = facts["disks"].get(disk.serial)
+            if found is None:
+                raise GuestError(
+                    f"disk {disk.name!r} (serial {disk.serial}) is not visible in the guest; "
+                    f"the guest has: {', '.join(facts['disks']) or 'no disks with serials'}",
+                    hint="the guest kernel may lack the driver for this device model",
+                )
+            devices[disk.name] = str(found["device"])
+        return devices
+
+    def _run_jobs(
+        self,
+        case: Case,
+        case_dir: CaseDir,
+        ssh: GuestSSH,
+        devices: dict[str, str],
+        deadlines: Deadlines,
+        outcome: BenchOutcome,
+    ) -> None:
+        for job in case.jobs:
+            for repetition in range(1, 2):
+                job_dir = case_dir.job(job.name, repetition)
+                text = render_job(job, filename=devices[job.disk], case_id=case.id)
+                job_dir.write_text("job.fio", text)
+                ssh.put(text.encode(), GUEST_JOB_PATH)
+                self.events.stage(case, f"fio {job.name} ({job.runtime_s} s)")
+                started = now_iso()
+                result = ssh.run(
+                    fio_command(GUEST_JOB_PATH),
+                    check=False,
+                    timeout_s=fio_timeout_s(job, slack_s=deadlines.login_s * 4),
+                )
+                # Raw output first: whatever happens next, it is on disk.
+                raw = job_dir.write_bytes("fio.json", result.stdout)
+                job_dir.write_bytes("fio.stderr", result.stderr)
+                job_dir.write_json(
+                    "exit.json",
+                    {
+                        "exit_code": result.exit_code,
+                        "started": started,
+                        "finished": now_iso(),
+                        "command": result.command,
+                    },
+                )
+                if result.exit_code != 0:
+                    err = result.stderr.decode(errors="replace").strip()[-400:]
+                    raise GuestError(
+                        f"fio job {job.name} exited {result.exit_code}: {err}",
+                        hint=f"see {raw.parent}",
+                    )
+                parsed = parse_fio_output(result.text, source=str(raw))
+                if not parsed.jobs:
+                    raise ResultError("fio reported no jobs", path=raw)
+                metrics = summarize(parsed.jobs[0])
+                job_dir.write_json(
+                    "summary.json", {"metrics": metrics, "fio": parsed.model_dump(mode="json")}
+                )
+                outcome.results.append(JobOutcome(case.id, job.name, repetition, metrics))
+                self.events.job_finished(case, job.name, repetition, metrics)
+
+
+def stored_metrics(summary_path: Path) -> dict[str, float]:
+    data = json.loads(summary_path.read_text())
+    return {str(k): float(v) for k, v in data["metrics"].items()}
+
+
+def run_bench(
+    spec: BenchSpec,
+    *,
+    facts: HostFacts,
+    image: GuestImage,
+    options: BenchOptions,
+    events: BenchEvents | None = None,
+    resume: RunDir | None = None,
+) -> BenchOutcome:
+    return Bench(spec, facts=facts, image=image, options=options, events=events).run(resume=resume)

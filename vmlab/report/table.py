@@ -1,0 +1,64 @@
+"""The bench's closing table: one row per configuration and job, ratio to the first one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Row:
+    case_id: str
+    job: str
+    iops: float
+    lat_mean_us: float | None
+    lat_p99_us: float | None
+    ratio: float | None  # IOPS relative to the first configuration, same job
+
+
+def _get(metrics: Mapping[str, float], key: str) -> float:
+    return float(metrics.get(key, 0.0) or 0.0)
+
+
+def row_values(metrics: Mapping[str, float]) -> tuple[float, float | None, float | None]:
+    """Total IOPS; latency mean over all I/O (weighted by IOPS); the worse p99 direction."""
+    r_iops, w_iops = _get(metrics, "read_iops"), _get(metrics, "write_iops")
+    iops = r_iops + w_iops
+    means = [(r_iops, metrics.get("read_lat_mean_ns")), (w_iops, metrics.get("write_lat_mean_ns"))]
+    weighted = [(w, m) for w, m in means if m is not None and w > 0]
+    total = sum(w for w, _ in weighted)
+    mean_us = sum(w * m for w, m in weighted) / total / 1000 if total else None
+    p99s = [
+        p
+        for p in (metrics.get("read_lat_p99_ns"), metrics.get("write_lat_p99_ns"))
+        if p is not None
+    ]
+    p99_us = max(p99s) / 1000 if p99s else None
+    return iops, mean_us, p99_us
+
+
+def build_rows(results: Sequence[tuple[str, str, Mapping[str, float]]]) -> list[Row]:
+    """results: (case id, job name, metrics) in run order; repetitions are averaged."""
+    grouped: dict[tuple[str, str], list[Mapping[str, float]]] = {}
+    for case_id, job, metrics in results:
+        grouped.setdefault((case_id, job), []).append(metrics)
+    first_case: dict[str, float] = {}
+    rows: list[Row] = []
+    for (case_id, job), samples in grouped.items():
+        values = [row_values(m) for m in samples]
+        iops = sum(v[0] for v in values) / len(values)
+        means = [v[1] for v in values if v[1] is not None]
+        p99s = [v[2] for v in values if v[2] is not None]
+        first_case.setdefault(job, iops)
+        base = first_case[job]
+        rows.append(
+            Row(
+                case_id,
+                job,
+                iops,
+                sum(means) / len(means) if means else None,
+                sum(p99s) / len(p99s) if p99s else None,
+                iops / base if base else None,
+            )
+        )
+    return sorted(rows, key=lambda r: (r.job, list(grouped).index((r.case_id, r.job))))
