@@ -1,0 +1,102 @@
+"""Benchmark `vmlab import` on 10,000 fio JSON files against plain json.load of the same files.
+
+Generates the files (byte copies of the real samples in tests/data/fio, one in ten with a fio
+warning line in front of the JSON, as captured stdout often has) into a temporary tree of
+100 folders x 100 files, then times, in the same run:
+
+- baseline: ``json.load`` of every file (files with text in front: ``json.loads`` from the "{");
+- parse: ``vmlab.fio.parse.parse_fio_file`` of every file (typed models, no writing);
+- import: ``vmlab.results.importer.import_tree`` (parse, infer parameters, copy the raw file,
+  write summary.json and the run directories, index them in SQLite).
+
+Prints each time and its ratio to the baseline. Not a test: nothing is asserted.
+
+    /work/venv/bin/python benchmarks/import.py [--files 10000] [--folders 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from vmlab.fio.parse import parse_fio_file
+from vmlab.results.importer import import_tree
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "fio"
+NOISE = b"fio: this platform does not support process shared mutexes, forcing use of threads\n"
+
+
+def samples() -> list[Path]:
+    found = sorted((DATA / "fio-2.18-ssd").glob("*.json"))
+    found += sorted((DATA / "fio-3.1-raid-ssd").glob("*.json"))
+    found += sorted((DATA / "fio-3.33").glob("*.json"))
+    return found
+
+
+def generate(root: Path, files: int, folders: int) -> list[Path]:
+    sources = [(p, p.read_bytes()) for p in samples()]
+    written = []
+    per_folder = -(-files // folders)
+    for i in range(files):
+        source, data = sources[i % len(sources)]
+        folder = root / f"host{i // per_folder:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{i:05d}-{source.stem}.json"
+        target.write_bytes(NOISE + data if i % 10 == 9 else data)
+        written.append(target)
+    return written
+
+
+def load_plain(paths: list[Path]) -> int:
+    jobs = 0
+    for path in paths:
+        with path.open("rb") as fh:
+            raw = fh.read()
+        doc = json.loads(raw[raw.index(b"{") :]) if raw[:1] != b"{" else json.loads(raw)
+        jobs += len(doc.get("jobs") or doc.get("client_stats") or [])
+    return jobs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--folders", type=int, default=100)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="vmlab-bench-import-"))
+    try:
+        tree = tmp / "tree"
+        paths = generate(tree, args.files, args.folders)
+        size_mib = sum(p.stat().st_size for p in paths) / 2**20
+        load_plain(paths)  # warm the page cache so no stage pays for the disk
+
+        start = time.perf_counter()
+        jobs = load_plain(paths)
+        baseline_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        for path in paths:
+            parse_fio_file(path)
+        parse_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        result = import_tree(tree, tmp / "results")
+        import_s = time.perf_counter() - start
+
+        print(f"{len(paths)} files ({size_mib:.1f} MiB, {jobs} fio jobs) in {args.folders} folders")
+        print(f"  json.load          {baseline_s:8.2f} s   1.0x")
+        print(f"  parse_fio_file     {parse_s:8.2f} s   {parse_s / baseline_s:5.1f}x")
+        print(f"  vmlab import       {import_s:8.2f} s   {import_s / baseline_s:5.1f}x")
+        print(
+            f"  -> {len(result.runs)} runs, {len(result.rejected)} files rejected, "
+            f"{import_s / len(paths) * 1000:.2f} ms per file imported"
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

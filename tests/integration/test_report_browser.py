@@ -1,0 +1,136 @@
+"""The HTML report in a real browser: headless Chromium loads it offline, its inline script
+checks that every chart drew (SVG bars with a non-empty box, curves with a length), and a
+screenshot goes to artifacts/report.png for people to look at."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vmlab.report.model import build_report
+from vmlab.report.render import write_report
+from vmlab.results.importer import group_folder, read_units, write_import
+from vmlab.results.index import scan_run
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+FIO_333 = REPO / "tests" / "data" / "fio" / "fio-3.33"
+ARTIFACTS = REPO / "artifacts"
+EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+BROWSER_TIMEOUT_S = 120.0
+WINDOW = (1280, 2000)
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip(
+            "chromium is missing: apt-get install -y chromium (list: /work/notes/report-apt.txt)"
+        )
+    return found
+
+
+def _run_browser(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its helper processes go with it
+    )
+    try:
+        out, err = proc.communicate(timeout=BROWSER_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.returncode == 0, err[-2000:]
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _lab_run(results: Path) -> Path:
+    """A run from real fio 3.33 output: a host baseline, two guest configurations, two jobs."""
+    files = {
+        "host-baseline": ["randrw-jsonplus.json", "randrw.json", "randread.json"],
+        "virtio-blk": [
+            "randrw-lat-percentiles.json",
+            "randrw-normal-json.txt",
+            "status-interval.txt",
+        ],
+    }
+    cases = []
+    for case_id, names in files.items():
+        units = [u for name in names for u in read_units(FIO_333 / name)[0]]
+        cases.append(group_folder(units, case_id, FIO_333))
+    run = write_import(results, cases, name="browser", source=FIO_333).path
+    for case_id in files:
+        (run / "cases" / case_id / "argv.sh").write_text(
+            f"qemu-system-x86_64 -name {case_id} -drive 'file=/tmp/{EVIL}.img'\n"
+        )
+    meta_path = run / "cases" / "virtio-blk" / "case.json"
+    meta = json.loads(meta_path.read_text())
+    meta["params"]["note"] = EVIL
+    meta_path.write_text(json.dumps(meta))
+    return run
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_html_report_draws_in_chromium(tmp_path: Path) -> None:
+    binary = _chromium()
+    run = _lab_run(tmp_path / "results")
+    (html,) = write_report(build_report([scan_run(run)]), tmp_path / "report", ["html"])
+    source = html.read_text()
+    bars = len(re.findall(r'<rect class="bar', source))
+    curves = len(re.findall(r'<polyline class="curve"', source))
+    assert bars > 0 and curves > 0
+
+    dom = _run_browser(binary, tmp_path / "profile-dom", "--dump-dom", html.as_uri()).stdout
+    assert 'data-charts-ready="yes"' in dom, dom[:2000]
+    assert re.search(r'data-bars-drawn="(\d+)"', dom).group(1) == str(bars)  # type: ignore[union-attr]
+    assert re.search(r'data-curves-drawn="(\d+)"', dom).group(1) == str(curves)  # type: ignore[union-attr]
+    # user strings arrived as text, not as elements
+    assert "<img" not in dom
+    assert '&lt;script&gt;alert("x")&lt;/script&gt;' in dom
+    assert dom.count("<script>") == 1  # the report's own
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    shot.unlink(missing_ok=True)
+    _run_browser(
+        binary,
+        tmp_path / "profile-shot",
+        f"--screenshot={shot}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        "--hide-scrollbars",
+        html.as_uri(),
+    )
+    assert _png_size(shot) == WINDOW
+    assert shot.stat().st_size > 20_000  # a blank page compresses to a few KB

@@ -1,0 +1,197 @@
+"""Import of foreign fio JSON trees (fio-plot layouts, fio 2.x/3.x, client/server)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vmlab.errors import ResultError
+from vmlab.report.cli import app
+from vmlab.results.importer import ImportResult, import_tree, infer_params, job_name, read_units
+from vmlab.results.index import default_index_path, list_runs, scan_run
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "fio"
+FIO_218 = DATA / "fio-2.18-ssd"
+FIO_31 = DATA / "fio-3.1-raid-ssd"
+FIO_333 = DATA / "fio-3.33"
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ImportResult]:
+    results = tmp_path_factory.mktemp("import") / "results"
+    return results, import_tree(DATA, results)
+
+
+def _run_for(imported: tuple[Path, ImportResult], folder: Path) -> Path:
+    _, result = imported
+    for run in result.runs:
+        if run.folder == folder.resolve():
+            return Path(run.path)
+    raise AssertionError(f"no run for {folder}")
+
+
+def _summary(run: Path, case: str, job: str, rep: int = 1) -> dict[str, float]:
+    data = json.loads(
+        (run / "cases" / case / "jobs" / job / f"r{rep}" / "summary.json").read_text()
+    )
+    return dict(data["metrics"])
+
+
+def test_one_run_per_folder_named_after_it(imported: tuple[Path, ImportResult]) -> None:
+    results, result = imported
+    runs = result.runs
+    assert sorted(r.folder.name for r in runs) == ["fio-2.18-ssd", "fio-3.1-raid-ssd", "fio-3.33"]
+    for run in runs:
+        rec = scan_run(run.path)
+        assert [c.case_id for c in rec.cases] == [run.folder.name]
+        assert rec.source == "import"
+        assert rec.status == "complete"
+    by_folder = {r.folder.name: r for r in runs}
+    assert by_folder["fio-2.18-ssd"].jobs == 16
+    assert by_folder["fio-3.1-raid-ssd"].jobs == 98
+    indexed = list_runs(default_index_path(results))
+    assert sorted(r.id for r in indexed) == sorted(r.run_id for r in runs)
+    assert {r.source for r in indexed} == {"import"}
+
+
+def test_unusable_files_are_listed_with_a_reason(imported: tuple[Path, ImportResult]) -> None:
+    _, result = imported
+    reasons = {r.path.name: r.reason for r in result.rejected}
+    assert reasons == {"error-einval.txt": "fio job 'e' failed with error 22 (EINVAL)"}
+    assert result.ignored == 1  # README.md
+
+
+def test_numbers_match_the_files_by_hand(imported: tuple[Path, ImportResult]) -> None:
+    # fio 2.18, latencies in microseconds
+    run = _run_for(imported, FIO_218)
+    raw = json.loads((FIO_218 / "randread-16.json").read_text())["jobs"][0]["read"]
+    got = _summary(run, "fio-2.18-ssd", "randread-qd16")
+    assert got["read_iops"] == pytest.approx(363.460802)
+    assert raw["iops"] == pytest.approx(363.460802)
+    assert got["read_bw_kib_s"] == pytest.approx(raw["bw"])
+    assert got["read_lat_p99_ns"] == pytest.approx(230400 * 1000)  # clat percentile 99, µs
+    assert got["read_lat_p99_ns"] == pytest.approx(raw["clat"]["percentile"]["99.000000"] * 1000)
+    assert got["read_lat_mean_ns"] == pytest.approx(raw["lat"]["mean"] * 1000)
+    assert "write_iops" not in got
+    # fio 3.1, nanoseconds, fio-plot name <rw>-<iodepth>-<numjobs>
+    run = _run_for(imported, FIO_31)
+    raw = json.loads((FIO_31 / "randread-16-4.json").read_text())["jobs"][0]["read"]
+    got = _summary(run, "fio-3.1-raid-ssd", "randread-qd16-nj4")
+    assert got["read_iops"] == pytest.approx(46616.296123)
+    assert got["read_lat_p99_ns"] == pytest.approx(1630208)
+    assert got["read_lat_mean_ns"] == pytest.approx(1370316.046796)  # lat_ns (total) mean
+    assert got["read_lat_mean_ns"] == pytest.approx(raw["lat_ns"]["mean"])
+
+
+def test_each_fio_plot_file_lands_in_the_job_its_name_says(
+    imported: tuple[Path, ImportResult],
+) -> None:
+    run = _run_for(imported, FIO_31)
+    for source in (run / "cases" / "fio-3.1-raid-ssd" / "jobs").glob("*/r1/source.json"):
+        original = Path(json.loads(source.read_text())["path"])
+        rw, depth, numjobs = original.stem.split("-")
+        assert source.parent.parent.name == f"{rw}-qd{depth}-nj{numjobs}"
+
+
+def test_raw_files_are_copied_byte_for_byte(imported: tuple[Path, ImportResult]) -> None:
+    run = _run_for(imported, FIO_218)
+    copy = run / "cases" / "fio-2.18-ssd" / "jobs" / "randwrite-qd128" / "r1" / "fio.json"
+    assert copy.read_bytes() == (FIO_218 / "randwrite-128.json").read_bytes()
+    meta = json.loads((run / "import.json").read_text())
+    assert len(meta["files"]) == 16 and all(len(f["sha256"]) == 64 for f in meta["files"])
+    assert json.loads((run / "spec.json").read_text())["source"] == "import"
+    assert json.loads((run / "status.json").read_text())["source"] == "import"
+
+
+def test_constant_options_become_case_parameters(imported: tuple[Path, ImportResult]) -> None:
+    rec = scan_run(_run_for(imported, FIO_218))
+    assert dict(rec.cases[0].params) == {
+        "bs": "4k",
+        "numjobs": "1",
+        "ioengine": "libaio",
+        "direct": "1",
+        "size": "1861g",
+    }
+    assert dict(rec.job_params["randread-qd1"])["iodepth"] == "1"  # fio printed "01"
+
+
+def test_client_server_and_numjobs(imported: tuple[Path, ImportResult]) -> None:
+    rec = scan_run(_run_for(imported, FIO_333))
+    jobs = rec.jobs()
+    assert "randrw-mix90-qd1-nj1-libaio-127.0.0.1-18765" in jobs
+    assert "randrw-mix90-qd1-nj1-libaio-127.0.0.1-18766" in jobs
+    assert "randrw-mix90-qd1-nj1-libaio-all-clients" in jobs
+    # numjobs=2 without group_reporting: the two clones are summed into one job
+    clones = json.loads((FIO_333 / "randrw-numjobs2.json").read_text())["jobs"]
+    units, _ = read_units(FIO_333 / "randrw-numjobs2.json")
+    assert len(units) == 1
+    expected = sum(j["read"]["iops"] for j in clones)
+    assert units[0].job.read is not None
+    assert units[0].job.read.iops == pytest.approx(expected)
+
+
+def test_same_parameters_in_several_files_are_repetitions(tmp_path: Path) -> None:
+    tree = tmp_path / "tree" / "ssd"
+    tree.mkdir(parents=True)
+    for i in (1, 2, 3):
+        shutil.copy(FIO_31 / "randread-16-4.json", tree / f"run{i}.json")
+    shutil.copy(FIO_31 / "randread-1-1.json", tree / "other.json")
+    result = import_tree(tmp_path / "tree", tmp_path / "results")
+    (run,) = result.runs
+    rec = scan_run(run.path)
+    cells = rec.cells()
+    assert len(cells[("ssd", "randread-qd16-nj4")]["read_iops"]) == 3
+    assert len(cells[("ssd", "randread-qd1-nj1")]["read_iops"]) == 1
+
+
+def test_every_bad_file_is_listed_and_the_good_ones_imported(tmp_path: Path) -> None:
+    tree = tmp_path / "mixed"
+    tree.mkdir()
+    good = (FIO_333 / "randread.json").read_text()
+    (tree / "good.json").write_text(good)
+    (tree / "noise.txt").write_text("fio: this is not json at all\n")
+    (tree / "cut.json").write_text(good[: len(good) // 2])
+    (tree / "nojobs.json").write_text(json.dumps({"fio version": "fio-3.33", "jobs": []}))
+    (tree / "other.json").write_text(json.dumps({"hello": "world"}))
+    (tree / "bw.log").write_text("0, 1, 0, 4096\n")
+    result = import_tree(tree, tmp_path / "results")
+    assert len(result.runs) == 1
+    reasons = {r.path.name: r.reason for r in result.rejected}
+    assert set(reasons) == {"noise.txt", "cut.json", "nojobs.json", "other.json"}
+    assert "no JSON object" in reasons["noise.txt"]
+    assert "incomplete" in reasons["cut.json"]
+    assert "no jobs" in reasons["nojobs.json"]
+    assert "no fio report" in reasons["other.json"]
+    assert result.ignored == 1
+
+
+def test_params_and_names() -> None:
+    units, _ = read_units(FIO_333 / "two-jobs-global.json")
+    params = [u.params for u in units]
+    assert params[0]["rw"] == "randread" and params[0]["iodepth"] == "1"
+    assert params[1]["rw"] == "randwrite" and params[1]["iodepth"] == "4"  # job overrides global
+    assert job_name(
+        {"rw": "randread", "iodepth": "16", "numjobs": "4"}, ["iodepth", "numjobs"]
+    ) == ("randread-qd16-nj4")
+    assert infer_params(units[0].job)["size"] == "8m"
+
+
+def test_cli_import_with_a_name(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    runner = CliRunner()
+    done = runner.invoke(
+        app, ["import", str(FIO_218), "--name", "ssd-2017", "--results", str(results)]
+    )
+    assert done.exit_code == 0, done.output
+    (run,) = [p for p in results.iterdir() if p.is_dir()]
+    assert run.name.endswith("-ssd-2017")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("nothing here")
+    failed = runner.invoke(app, ["import", str(empty), "--results", str(results)])
+    assert isinstance(failed.exception, ResultError)
+    assert "notes.txt" in failed.output

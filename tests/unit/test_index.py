@@ -1,0 +1,261 @@
+"""The SQLite results index: schema migrations, indexing, listing, removal, rebuild, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from runs_fixture import make_run
+from typer.testing import CliRunner
+
+from vmlab.errors import ResultError
+from vmlab.results.cli import app
+from vmlab.results.index import (
+    MIGRATIONS,
+    default_index_path,
+    get_run,
+    index_run,
+    list_runs,
+    open_index,
+    query_metrics,
+    reindex,
+    remove_run,
+    resolve_run,
+    scan_run,
+    schema_version,
+    sync_index,
+)
+
+CELLS = {
+    ("virtio-blk", "latency"): {"read_iops": [100.0, 110.0, 105.0], "write_iops": [10.0, 11, 12]},
+    ("nvme", "latency"): {"read_iops": [200.0, 210.0, 190.0]},
+    ("nvme", "throughput"): {"read_iops": [900.0, 950.0]},
+}
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    root = tmp_path / "results"
+    root.mkdir()
+    return root
+
+
+def _count(db: Path, table: str) -> int:
+    with open_index(db) as conn:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+def test_index_run_is_idempotent(results: Path) -> None:
+    run = make_run(results, "run-a", CELLS, warmup={("nvme", "latency"): {"read_iops": [1.0]}})
+    db = default_index_path(results)
+    index_run(db, run)
+    counts = {t: _count(db, t) for t in ("runs", "cases", "parameters", "metrics")}
+    index_run(db, run)
+    assert {t: _count(db, t) for t in counts} == counts
+    # 3+3 + 3 + 2 measured values, + the warm-up value
+    assert counts["metrics"] == 12
+    assert counts["cases"] == 2
+    row = get_run(db, "run-a")
+    assert (row.status, row.source, row.cases) == ("complete", "native", 2)
+    assert row.samples == 8  # distinct (case, job, repetition) with repetition >= 1
+    assert row.path == run.resolve()
+
+
+def test_reindexing_replaces_changed_rows(results: Path) -> None:
+    run = make_run(results, "run-a", CELLS)
+    db = default_index_path(results)
+    index_run(db, run)
+    summary = run / "cases/nvme/jobs/latency/r1/summary.json"
+    summary.write_text(json.dumps({"metrics": {"read_iops": 999.0}}))
+    index_run(db, run)
+    values = [r.value for r in query_metrics(db, metric="read_iops", run="run-a")]
+    assert 999.0 in values and 200.0 not in values
+
+
+def test_migrations_apply_in_order_and_once(tmp_path: Path) -> None:
+    db = tmp_path / "index.sqlite"
+    with open_index(db) as conn:
+        assert schema_version(conn) == 1
+    calls: list[int] = []
+
+    def migration_2(conn: sqlite3.Connection) -> None:
+        calls.append(1)
+        conn.execute("ALTER TABLE runs ADD COLUMN note TEXT")
+
+    v2 = (*MIGRATIONS, migration_2)
+    with open_index(db, migrations=v2) as conn:
+        assert schema_version(conn) == 2
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(runs)")]
+        assert "note" in columns
+    with open_index(db, migrations=v2) as conn:
+        assert schema_version(conn) == 2
+    assert calls == [1]
+
+
+def test_a_failing_migration_leaves_the_old_version(tmp_path: Path) -> None:
+    db = tmp_path / "index.sqlite"
+    with open_index(db):
+        pass
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half_done (x)")
+        raise RuntimeError("migration bug")
+
+    with pytest.raises(RuntimeError), open_index(db, migrations=(*MIGRATIONS, broken)):
+        pass
+    with open_index(db) as conn:
+        assert schema_version(conn) == 1
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert "half_done" not in tables
+
+
+def test_a_newer_index_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "index.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(ResultError) as info, open_index(db):
+        pass
+    assert "99" in str(info.value)
+    assert info.value.hint and "reindex" in info.value.hint
+
+
+def test_a_corrupt_index_says_how_to_rebuild(tmp_path: Path) -> None:
+    db = tmp_path / "index.sqlite"
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ResultError) as info, open_index(db):
+        pass
+    assert info.value.hint and "reindex" in info.value.hint
+
+
+def test_list_get_and_remove(results: Path) -> None:
+    db = default_index_path(results)
+    older = make_run(results, "run-old", CELLS)
+    newer = make_run(results, "run-new", CELLS)
+    status = json.loads((newer / "status.json").read_text())
+    status["started"] = "2025-01-01T00:00:00+00:00"
+    (newer / "status.json").write_text(json.dumps(status))
+    index_run(db, older)
+    index_run(db, newer)
+    assert [r.id for r in list_runs(db)] == ["run-new", "run-old"]
+    remove_run(db, "run-old", delete_files=False)
+    assert older.is_dir()
+    assert [r.id for r in list_runs(db)] == ["run-new"]
+    remove_run(db, "run-new", delete_files=True)
+    assert not newer.exists()
+    assert list_runs(db) == []
+    assert _count(db, "metrics") == 0  # cascaded
+    with pytest.raises(ResultError, match="not in the index"):
+        get_run(db, "run-new")
+
+
+def test_remove_refuses_a_directory_that_is_not_a_run(results: Path) -> None:
+    db = default_index_path(results)
+    run = make_run(results, "run-a", CELLS)
+    index_run(db, run)
+    (run / "spec.json").unlink()
+    with pytest.raises(ResultError, match="refusing"):
+        remove_run(db, "run-a", delete_files=True)
+    assert run.is_dir()
+
+
+def test_reindex_rebuilds_from_the_files(results: Path) -> None:
+    db = default_index_path(results)
+    make_run(results, "run-a", CELLS)
+    make_run(results, "run-b", CELLS)
+    (results / "not-a-run").mkdir()
+    first = reindex(results)
+    assert sorted(first.indexed) == ["run-a", "run-b"]
+    db.unlink()
+    again = reindex(results)
+    assert sorted(again.indexed) == ["run-a", "run-b"]
+    assert _count(db, "runs") == 2
+    shutil.rmtree(results / "run-b")
+    third = reindex(results)
+    assert third.indexed == ("run-a",)
+    assert third.removed == ("run-b",)
+
+
+def test_sync_indexes_new_and_changed_runs(results: Path) -> None:
+    db = default_index_path(results)
+    run = make_run(results, "run-a", CELLS, status="running")
+    assert sync_index(results).indexed == ("run-a",)
+    assert sync_index(results).indexed == ()  # unchanged: not read again
+    status = json.loads((run / "status.json").read_text())
+    status["status"] = "complete"
+    (run / "status.json").write_text(json.dumps(status))
+    st = (run / "status.json").stat()
+    os.utime(run / "status.json", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert sync_index(results).indexed == ("run-a",)
+    assert get_run(db, "run-a").status == "complete"
+
+
+def test_query_by_case_and_job_parameters(results: Path) -> None:
+    db = default_index_path(results)
+    index_run(
+        db, make_run(results, "run-a", CELLS, warmup={("nvme", "latency"): {"read_iops": [1.0]}})
+    )
+    nvme = query_metrics(db, metric="read_iops", params={"disks.0.model": "nvme"})
+    assert sorted(r.value for r in nvme) == [190.0, 200.0, 210.0, 900.0, 950.0]
+    latency_nvme = query_metrics(
+        db, metric="read_iops", params={"disks.0.model": "nvme", "rw": "randrw", "direct": "1"}
+    )
+    assert len(latency_nvme) == 5
+    with_warmup = query_metrics(
+        db, metric="read_iops", params={"disks.0.model": "nvme"}, include_warmup=True
+    )
+    assert 1.0 in [r.value for r in with_warmup]
+    assert query_metrics(db, metric="read_iops", params={"disks.0.model": "scsi"}) == []
+
+
+def test_scan_skips_warmup_in_cells_and_kept_failed_attempts(results: Path) -> None:
+    run = make_run(results, "run-a", CELLS, warmup={("nvme", "latency"): {"read_iops": [1e9]}})
+    old = run / "cases" / "nvme.failed-1700000000"
+    (old / "jobs/latency/r1").mkdir(parents=True)
+    (old / "jobs/latency/r1/summary.json").write_text(json.dumps({"metrics": {"read_iops": 5.0}}))
+    rec = scan_run(run)
+    assert [c.case_id for c in rec.cases] == ["virtio-blk", "nvme"]
+    assert rec.cells()[("nvme", "latency")]["read_iops"] == [200.0, 210.0, 190.0]
+    assert rec.jobs() == ["latency", "throughput"]
+
+
+def test_resolve_run_by_id_or_path(results: Path, tmp_path: Path) -> None:
+    run = make_run(results, "20240601-120000-lab", CELLS)
+    assert resolve_run(results, "20240601-120000-lab") == run
+    assert resolve_run(tmp_path / "elsewhere", str(run)) == run
+    with pytest.raises(ResultError) as info:
+        resolve_run(results, "lab")
+    assert info.value.hint and "20240601-120000-lab" in info.value.hint
+
+
+def test_cli_list_show_rm_reindex(results: Path) -> None:
+    make_run(results, "run-a", CELLS, host="hv1")
+    make_run(results, "run-b", CELLS)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["list", "--results", str(results)], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    assert "run-a" in listed.output and "run-b" in listed.output and "hv1" in listed.output
+    shown = runner.invoke(app, ["show", "run-a", "--results", str(results)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "virtio-blk" in shown.output and "latency" in shown.output
+    assert "105 ± " in shown.output  # mean read IOPS of virtio-blk/latency with its interval
+    refused = runner.invoke(app, ["rm", "run-b", "--results", str(results)], input="n\n")
+    assert refused.exit_code != 0
+    assert (results / "run-b").is_dir()
+    removed = runner.invoke(app, ["rm", "run-b", "--yes", "--results", str(results)])
+    assert removed.exit_code == 0, removed.output
+    assert not (results / "run-b").exists()
+    rebuilt = runner.invoke(app, ["reindex", "--results", str(results)])
+    assert rebuilt.exit_code == 0 and "indexed 1 runs" in rebuilt.output
+    missing = runner.invoke(app, ["show", "nope", "--results", str(results)])
+    assert isinstance(missing.exception, ResultError)
+
+
+def test_cli_list_does_not_create_a_results_dir(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    done = CliRunner().invoke(app, ["list", "--results", str(missing)])
+    assert done.exit_code == 0 and "does not exist" in done.output
+    assert not missing.exists()

@@ -1,0 +1,396 @@
+"""The report's data model: runs -> cases -> jobs -> metrics with statistics, as frozen pydantic
+models (the JSON report is their dump), and ``build_report`` that reads run directories into it.
+
+A ``host-baseline`` case (fio on the host against the same backing store) is the *limit*: every
+other case's mean is also given as a fraction of the limit's mean for the same job and metric.
+Latency percentile curves come from the fio percentiles in each repetition's summary.json (the
+completion latency, else the total latency, per direction), averaged over the measured
+repetitions. The warm-up repetition (r0) never enters any number.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from vmlab import __version__
+from vmlab.fio.parse import DIRECTIONS, METRICS, FioOutput, combine_jobs
+from vmlab.report.compare import CompareResult
+from vmlab.report.stats import CellStats, StatOptions, describe
+from vmlab.results.index import HOST_BASELINE, RunRecord, Sample
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_CHARS = 200_000
+_ARGV_FILE = re.compile(r"^argv(?:\.(\d+))?\.sh$")
+
+_CONFIG = ConfigDict(frozen=True, extra="forbid")
+
+
+class Stat(BaseModel):
+    model_config = _CONFIG
+
+    n: int
+    mean: float
+    stdev: float | None
+    cv: float | None
+    ci_low: float | None
+    ci_high: float | None
+    noisy: bool
+    single: bool
+    values: list[float]
+
+    @classmethod
+    def of(cls, cell: CellStats) -> Stat:
+        return cls(
+            n=cell.n,
+            mean=cell.mean,
+            stdev=cell.stdev,
+            cv=cell.cv,
+            ci_low=cell.ci_low,
+            ci_high=cell.ci_high,
+            noisy=cell.noisy,
+            single=cell.single,
+            values=list(cell.values),
+        )
+
+    @property
+    def flags(self) -> list[str]:
+        return [f for f, on in (("single sample", self.single), ("noisy", self.noisy)) if on]
+
+
+class MetricView(BaseModel):
+    model_config = _CONFIG
+
+    metric: str
+    unit: str
+    label: str
+    higher_is_better: bool
+    stat: Stat
+    of_limit: float | None = None
+    """mean / the host baseline's mean for the same job and metric."""
+
+
+class Curve(BaseModel):
+    model_config = _CONFIG
+
+    direction: str
+    latency: Literal["clat", "lat"]
+    points: list[tuple[float, float]]
+    """(percentile, ns), ascending, averaged over the measured repetitions."""
+
+
+class JobView(BaseModel):
+    model_config = _CONFIG
+
+    name: str
+    params: dict[str, str]
+    repetitions: int
+    warmup: bool
+    metrics: dict[str, MetricView]
+    curves: list[Curve]
+
+    def get(self, metric: str) -> MetricView | None:
+        return self.metrics.get(metric)
+
+    @property
+    def directions(self) -> list[str]:
+        return [d for d in DIRECTIONS if f"{d}_iops" in self.metrics]
+
+
+class CaseView(BaseModel):
+    model_config = _CONFIG
+
+    id: str
+    status: str
+    error: str | None
+    params: dict[str, str]
+    is_limit: bool
+    command_kind: Literal["argv", "xml"] | None
+    command: str | None
+    jobs: list[JobView]
+
+    def job(self, name: str) -> JobView | None:
+        return next((j for j in self.jobs if j.name == name), None)
+
+
+class RunView(BaseModel):
+    model_config = _CONFIG
+
+    id: str
+    name: str
+    description: str
+    path: str
+    status: str
+    source: str
+    started: str | None
+    finished: str | None
+    host: str | None
+    limit_case: str | None
+    jobs: list[str]
+    cases: list[CaseView]
+
+
+class ComparisonRow(BaseModel):
+    model_config = _CONFIG
+
+    candidate: str
+    case_id: str
+    job: str
+    metric: str
+    unit: str
+    higher_is_better: bool
+    baseline: Stat
+    value: Stat
+    delta_pct: float | None
+    p_value: float | None
+    significant: bool
+    better: bool | None
+    verdict: str
+    ratio_ci: tuple[float, float] | None
+    hedges_g: float | None
+
+
+class RuleRow(BaseModel):
+    model_config = _CONFIG
+
+    rule: str
+    candidate: str
+    case_id: str
+    job: str
+    status: str
+    message: str
+
+
+class Report(BaseModel):
+    model_config = _CONFIG
+
+    title: str
+    generated: str
+    vmlab_version: str
+    confidence: float
+    noisy_cv: float
+    alpha: float
+    runs: list[RunView]
+    baseline: str | None = None
+    comparisons: list[ComparisonRow] = []
+    rules: list[RuleRow] = []
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _command(case_dir: Path) -> tuple[Literal["argv", "xml"] | None, str | None]:
+    """The exact command line (argv.sh, the last attempt's) or libvirt domain XML of a case."""
+    found: list[tuple[Literal["argv", "xml"], Path]] = []
+    if (case_dir / "domain.xml").is_file():
+        found.append(("xml", case_dir / "domain.xml"))
+    # argv.sh, then argv.2.sh, argv.3.sh... for boot retries: the last attempt is what ran
+    attempts = sorted(
+        (int(m.group(1) or 1), p)
+        for p in case_dir.glob("argv*.sh")
+        if (m := _ARGV_FILE.match(p.name))
+    )
+    if attempts:
+        found.append(("argv", attempts[-1][1]))
+    if not found:
+        return None, None
+    kind, path = found[0]
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        log.warning("%s: %s", path, exc)
+        return None, None
+    return kind, text[:MAX_COMMAND_CHARS]
+
+
+def _percentiles(sample: Sample) -> dict[str, tuple[str, dict[float, float]]]:
+    """direction -> (latency kind, percentile -> ns) of one repetition, from summary.json."""
+    try:
+        data = json.loads((sample.path / "summary.json").read_text(encoding="utf-8"))
+        report = FioOutput.model_validate(data["fio"])
+    except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+        log.warning("%s: no fio percentiles (%s)", sample.path, exc)
+        return {}
+    if not report.jobs:
+        return {}
+    job = combine_jobs(report.jobs) if len(report.jobs) > 1 else report.jobs[0]
+    out: dict[str, tuple[str, dict[float, float]]] = {}
+    for name, direction in job.directions().items():
+        if direction.clat is not None and direction.clat.percentiles_ns:
+            kind, table = "clat", direction.clat.percentiles_ns
+        elif direction.lat is not None and direction.lat.percentiles_ns:
+            kind, table = "lat", direction.lat.percentiles_ns
+        else:
+            continue
+        out[name] = (kind, {float(k): v for k, v in table.items()})
+    return out
+
+
+def _curves(samples: Sequence[Sample]) -> list[Curve]:
+    per_rep = [_percentiles(s) for s in samples]
+    curves = []
+    for direction in DIRECTIONS:
+        tables = [rep[direction] for rep in per_rep if direction in rep]
+        if not tables:
+            continue
+        kinds = {kind for kind, _ in tables}
+        kind: Literal["clat", "lat"] = "clat" if kinds == {"clat"} else "lat"
+        tables = [t for t in tables if t[0] == kind]
+        common = set(tables[0][1]).intersection(*(t.keys() for _, t in tables[1:]))
+        points = sorted(
+            (p, math.fsum(t[p] for _, t in tables) / len(tables)) for p in common if p < 100
+        )
+        if points:
+            curves.append(Curve(direction=direction, latency=kind, points=points))
+    return curves
+
+
+def _metric_order(names: Sequence[str]) -> list[str]:
+    order = {m: i for i, m in enumerate(METRICS)}
+    return sorted(names, key=lambda m: (order.get(m, len(order)), m))
+
+
+def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> RunView:
+    """One run's view; ``curves=False`` skips reading the fio percentiles (faster)."""
+    cells = run.cells()
+    limit = HOST_BASELINE if run.case(HOST_BASELINE) is not None else None
+    stats: dict[tuple[str, str], dict[str, CellStats]] = {
+        key: {m: describe(v, options) for m, v in values.items() if v}
+        for key, values in cells.items()
+    }
+    samples: dict[tuple[str, str], list[Sample]] = {}
+    warm: set[tuple[str, str]] = set()
+    for sample in run.samples:
+        if sample.repetition >= 1:
+            samples.setdefault((sample.case_id, sample.job), []).append(sample)
+        else:
+            warm.add((sample.case_id, sample.job))
+    cases = []
+    for case in run.cases:
+        jobs = []
+        for job in run.jobs():
+            cell = stats.get((case.case_id, job))
+            if not cell:
+                continue
+            ref = stats.get((limit, job), {}) if limit and case.case_id != limit else {}
+            metrics = {}
+            for metric in _metric_order(list(cell)):
+                info = METRICS.get(metric)
+                base = ref.get(metric)
+                metrics[metric] = MetricView(
+                    metric=metric,
+                    unit=info.unit if info else "",
+                    label=info.label if info else metric,
+                    higher_is_better=info.higher_is_better if info else True,
+                    stat=Stat.of(cell[metric]),
+                    of_limit=cell[metric].mean / base.mean if base and base.mean else None,
+                )
+            reps = sorted(samples.get((case.case_id, job), []), key=lambda s: s.repetition)
+            jobs.append(
+                JobView(
+                    name=job,
+                    params=dict(run.job_params.get(job, {})),
+                    repetitions=len(reps),
+                    warmup=(case.case_id, job) in warm,
+                    metrics=metrics,
+                    curves=_curves(reps) if curves else [],
+                )
+            )
+        kind, command = _command(case.path)
+        cases.append(
+            CaseView(
+                id=case.case_id,
+                status=case.status,
+                error=case.error,
+                params=dict(case.params),
+                is_limit=case.case_id == limit,
+                command_kind=kind,
+                command=command,
+                jobs=jobs,
+            )
+        )
+    return RunView(
+        id=run.id,
+        name=run.name,
+        description=run.description,
+        path=str(run.path),
+        status=run.status,
+        source=run.source,
+        started=run.started,
+        finished=run.finished,
+        host=run.host,
+        limit_case=limit,
+        jobs=[j for j in run.jobs() if any(c.job(j) for c in cases)],
+        cases=cases,
+    )
+
+
+def _comparison_rows(result: CompareResult) -> list[ComparisonRow]:
+    rows = []
+    for cell in result.cells:
+        c = cell.comparison
+        info = METRICS.get(c.metric)
+        rows.append(
+            ComparisonRow(
+                candidate=cell.candidate,
+                case_id=cell.case_id,
+                job=cell.job,
+                metric=c.metric,
+                unit=info.unit if info else "",
+                higher_is_better=c.higher_is_better,
+                baseline=Stat.of(c.baseline),
+                value=Stat.of(c.candidate),
+                delta_pct=c.delta_pct,
+                p_value=c.p_value,
+                significant=c.significant,
+                better=c.better,
+                verdict=c.verdict,
+                ratio_ci=c.ratio_ci,
+                hedges_g=c.hedges_g,
+            )
+        )
+    return rows
+
+
+def build_report(
+    runs: Sequence[RunRecord],
+    *,
+    options: StatOptions | None = None,
+    comparison: CompareResult | None = None,
+    title: str | None = None,
+    generated: str | None = None,
+) -> Report:
+    """The report of ``runs`` (and of their comparison, if given)."""
+    opts = options or StatOptions()
+    views = [build_run(run, opts) for run in runs]
+    return Report(
+        title=title or ", ".join(r.name for r in views),
+        generated=generated or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        vmlab_version=__version__,
+        confidence=opts.confidence,
+        noisy_cv=opts.noisy_cv,
+        alpha=opts.alpha,
+        runs=views,
+        baseline=comparison.baseline if comparison else None,
+        comparisons=_comparison_rows(comparison) if comparison else [],
+        rules=[
+            RuleRow(
+                rule=check.rule.text,
+                candidate=check.candidate,
+                case_id=check.case_id,
+                job=check.job,
+                status=check.status,
+                message=check.message,
+            )
+            for check in (comparison.checks if comparison else ())
+        ],
+    )

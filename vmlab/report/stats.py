@@ -1,0 +1,239 @@
+"""Statistics over repetitions: one cell is one metric of one (case, job), measured n times.
+
+- ``describe``: n, mean, sample stdev, coefficient of variation, a Student-t confidence interval
+  of the mean. One sample has no spread and no interval: it is flagged ``single sample``. A cell
+  whose CV is above the threshold is flagged ``noisy``: it is still shown, with the flag, so a
+  reader does not take an unstable mean at face value.
+- ``compare_cells``: Welch's t-test (no equal-variance assumption), a seeded bootstrap interval
+  of the ratio of means, Hedges' g, and a verdict signed by the metric's direction
+  (``METRICS[metric].higher_is_better``). With fewer than two samples on either side no
+  significance claim is possible: the verdict says ``insufficient samples``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats as sps
+
+from vmlab.fio.parse import METRICS
+
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_NOISY_CV = 0.10
+DEFAULT_ALPHA = 0.05
+DEFAULT_BOOTSTRAP = 4000
+DEFAULT_SEED = 20240601
+
+SINGLE_SAMPLE = "single sample"
+NOISY = "noisy"
+
+Verdict = Literal["improvement", "regression", "no significant difference", "insufficient samples"]
+IMPROVEMENT: Verdict = "improvement"
+REGRESSION: Verdict = "regression"
+NO_DIFFERENCE: Verdict = "no significant difference"
+INSUFFICIENT: Verdict = "insufficient samples"
+
+
+@dataclass(frozen=True)
+class StatOptions:
+    """How cells are summarised and compared."""
+
+    confidence: float = DEFAULT_CONFIDENCE
+    """Level of the confidence intervals (mean, ratio of means)."""
+    noisy_cv: float = DEFAULT_NOISY_CV
+    """A cell whose coefficient of variation is above this fraction is flagged noisy."""
+    alpha: float = DEFAULT_ALPHA
+    """Significance level of Welch's t-test."""
+    bootstrap: int = DEFAULT_BOOTSTRAP
+    """Bootstrap resamples for the ratio-of-means interval."""
+    seed: int = DEFAULT_SEED
+    """Seed of the bootstrap: the same data always gives the same interval."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.noisy_cv < 0:
+            raise ValueError(f"noisy_cv must be >= 0, got {self.noisy_cv}")
+        if self.bootstrap < 100:
+            raise ValueError(f"bootstrap needs at least 100 resamples, got {self.bootstrap}")
+
+
+@dataclass(frozen=True)
+class CellStats:
+    """One metric of one (case, job) over its measured repetitions (warm-up excluded)."""
+
+    n: int
+    mean: float
+    stdev: float | None
+    """Sample standard deviation (n - 1); ``None`` for a single sample."""
+    cv: float | None
+    """stdev / |mean| as a fraction; ``None`` for one sample or a zero mean."""
+    ci_low: float | None
+    ci_high: float | None
+    confidence: float
+    noisy: bool
+    values: tuple[float, ...]
+
+    @property
+    def single(self) -> bool:
+        return self.n < 2
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        found = []
+        if self.single:
+            found.append(SINGLE_SAMPLE)
+        if self.noisy:
+            found.append(NOISY)
+        return tuple(found)
+
+    @property
+    def half_width(self) -> float | None:
+        if self.ci_low is None or self.ci_high is None:
+            return None
+        return (self.ci_high - self.ci_low) / 2
+
+
+def describe(values: Sequence[float], options: StatOptions | None = None) -> CellStats:
+    """Summarise the repetitions of one cell. Raises ValueError for no values or a NaN."""
+    opts = options or StatOptions()
+    xs = tuple(float(v) for v in values)
+    if not xs:
+        raise ValueError("a cell needs at least one value")
+    if any(not math.isfinite(x) for x in xs):
+        raise ValueError(f"a cell holds a non-finite value: {xs}")
+    n = len(xs)
+    mean = math.fsum(xs) / n
+    if n == 1:
+        return CellStats(1, mean, None, None, None, None, opts.confidence, False, xs)
+    stdev = statistics.stdev(xs)
+    cv = stdev / abs(mean) if mean != 0 else None
+    noisy = (cv is None and stdev > 0) or (cv is not None and cv > opts.noisy_cv)
+    t = float(sps.t.ppf((1 + opts.confidence) / 2, n - 1))
+    half = t * stdev / math.sqrt(n)
+    return CellStats(n, mean, stdev, cv, mean - half, mean + half, opts.confidence, noisy, xs)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A candidate cell against a baseline cell, for one metric."""
+
+    metric: str
+    higher_is_better: bool
+    baseline: CellStats
+    candidate: CellStats
+    delta_pct: float | None
+    """(candidate - baseline) / |baseline| in percent: the raw change, not "better"."""
+    p_value: float | None
+    """Welch's t-test; ``None`` with fewer than two samples on a side."""
+    alpha: float
+    ratio_ci: tuple[float, float] | None
+    """Bootstrap interval of mean(candidate) / mean(baseline)."""
+    hedges_g: float | None
+    """Standardised effect size (candidate - baseline), small-sample corrected."""
+    verdict: Verdict
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value is not None and self.p_value < self.alpha
+
+    @property
+    def better(self) -> bool | None:
+        """Whether the candidate's mean moved the good way (None: no change or no baseline)."""
+        if self.delta_pct is None or self.delta_pct == 0:
+            return None
+        return (self.delta_pct > 0) == self.higher_is_better
+
+
+def higher_is_better(metric: str) -> bool:
+    try:
+        return METRICS[metric].higher_is_better
+    except KeyError:
+        raise ValueError(f"unknown metric {metric!r}") from None
+
+
+def welch_p(baseline: CellStats, candidate: CellStats) -> float | None:
+    """Two-sided p-value of Welch's t-test; ``None`` if either side has one sample."""
+    if baseline.single or candidate.single:
+        return None
+    if not baseline.stdev and not candidate.stdev:
+        # No spread on either side: the means are either exactly equal or certainly different.
+        return 1.0 if baseline.mean == candidate.mean else 0.0
+    result = sps.ttest_ind(candidate.values, baseline.values, equal_var=False)
+    p = float(result.pvalue)
+    return None if math.isnan(p) else p
+
+
+def hedges_g(baseline: CellStats, candidate: CellStats) -> float | None:
+    n1, n2 = baseline.n, candidate.n
+    if n1 < 2 or n2 < 2 or baseline.stdev is None or candidate.stdev is None:
+        return None
+    pooled = math.sqrt(
+        ((n1 - 1) * baseline.stdev**2 + (n2 - 1) * candidate.stdev**2) / (n1 + n2 - 2)
+    )
+    if pooled == 0:
+        return None
+    correction = 1 - 3 / (4 * (n1 + n2) - 9)
+    return (candidate.mean - baseline.mean) / pooled * correction
+
+
+def bootstrap_ratio_ci(
+    baseline: CellStats, candidate: CellStats, options: StatOptions | None = None
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of mean(candidate) / mean(baseline), seeded."""
+    opts = options or StatOptions()
+    if baseline.single or candidate.single:
+        return None
+    rng = np.random.default_rng(opts.seed)
+    base = np.asarray(baseline.values, dtype=float)
+    cand = np.asarray(candidate.values, dtype=float)
+    base_means = rng.choice(base, size=(opts.bootstrap, base.size), replace=True).mean(axis=1)
+    cand_means = rng.choice(cand, size=(opts.bootstrap, cand.size), replace=True).mean(axis=1)
+    usable = base_means != 0
+    if not usable.any():
+        return None
+    ratios = cand_means[usable] / base_means[usable]
+    tail = (1 - opts.confidence) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def compare_cells(
+    baseline: CellStats,
+    candidate: CellStats,
+    *,
+    metric: str,
+    options: StatOptions | None = None,
+    better_when_higher: bool | None = None,
+) -> Comparison:
+    """Compare two cells of ``metric``; its direction comes from METRICS unless given."""
+    opts = options or StatOptions()
+    up = higher_is_better(metric) if better_when_higher is None else better_when_higher
+    delta = (candidate.mean - baseline.mean) / abs(baseline.mean) * 100 if baseline.mean else None
+    p = welch_p(baseline, candidate)
+    verdict: Verdict
+    if p is None:
+        verdict = INSUFFICIENT
+    elif p < opts.alpha and candidate.mean != baseline.mean:
+        verdict = IMPROVEMENT if (candidate.mean > baseline.mean) == up else REGRESSION
+    else:
+        verdict = NO_DIFFERENCE
+    return Comparison(
+        metric=metric,
+        higher_is_better=up,
+        baseline=baseline,
+        candidate=candidate,
+        delta_pct=delta,
+        p_value=p,
+        alpha=opts.alpha,
+        ratio_ci=bootstrap_ratio_ci(baseline, candidate, opts),
+        hedges_g=hedges_g(baseline, candidate),
+        verdict=verdict,
+    )

@@ -1,0 +1,460 @@
+"""Import fio JSON that vmlab did not produce into native-looking run directories.
+
+``vmlab import DIR`` walks a tree. Every folder holding fio output becomes one run with one case
+named after the folder. Each file is parsed (any fio 2.x/3.x layout, text around the JSON,
+client/server output) and split into *units*: one per fio job name and fio server, the clones of
+``numjobs`` without ``group_reporting`` merged (``combine_jobs``), plus fio's ``All clients`` sum
+when several servers ran. Parameters are inferred from each unit's own job options (rw, rwmixread,
+bs, iodepth, numjobs, ioengine, direct, size, unified_rw_reporting) and its server (hostname):
+
+- parameters equal across the folder become the case's parameters;
+- the ones that vary name the job: ``randread-qd16-nj4`` (rw first, then ``mix``, ``bs``, ``qd``,
+  ``nj``, engine, ``direct``/``buffered``, ``size``, host);
+- units of different files with the same parameters are repetitions of one job (r1, r2... in file
+  name order); units of one file that would collide keep their fio job name as a parameter.
+
+The raw file is copied byte-for-byte as ``fio.json`` before anything is interpreted; beside it
+``summary.json`` (flat metrics + the parsed unit), ``source.json`` (original path, fio job).
+The run's ``spec.json``, ``status.json`` and ``import.json`` say ``"source": "import"``.
+
+Only ``*.json``, ``*.txt`` and ``*.out`` files are candidates (fio's bandwidth/latency ``.log``
+files and the like are not reports). A candidate that cannot be used is listed with the reason
+(not JSON, no fio report, cut off, no jobs, fio error); nothing stops at the first. Directories
+that are vmlab run directories themselves are skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmlab import __version__
+from vmlab.errors import ResultError
+from vmlab.fio.parse import FioOutput, JobResult, combine_jobs, parse_fio_output, summarize
+from vmlab.results.index import default_index_path, index_run, is_run_dir
+from vmlab.results.rundir import RunDir, now_iso
+from vmlab.spec import parse_size
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_SUFFIXES = (".json", ".txt", ".out")
+PARAM_KEYS = (
+    "rw",
+    "rwmixread",
+    "bs",
+    "iodepth",
+    "numjobs",
+    "ioengine",
+    "direct",
+    "size",
+    "unified_rw_reporting",
+    "hostname",
+    "fio_job",
+)
+ALL_CLIENTS_HOST = "all-clients"
+_MIXED = {"rw", "readwrite", "randrw", "trimwrite", "randtrimwrite"}
+
+
+@dataclass(frozen=True)
+class Rejected:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One measured fio job from one file."""
+
+    path: Path
+    raw: bytes
+    fio: FioOutput
+    job: JobResult
+    params: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ImportedJob:
+    name: str
+    params: Mapping[str, str]
+    repetitions: tuple[Unit, ...]
+
+
+@dataclass(frozen=True)
+class ImportedCase:
+    case_id: str
+    params: Mapping[str, str]
+    folder: Path
+    jobs: tuple[ImportedJob, ...]
+
+
+@dataclass(frozen=True)
+class ImportedRun:
+    run_id: str
+    path: Path
+    folder: Path
+    jobs: int
+    files: int
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    runs: tuple[ImportedRun, ...]
+    rejected: tuple[Rejected, ...]
+    ignored: int
+    """Files that are not candidates (not .json/.txt/.out), not counted as rejected."""
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.+-]+", "-", text.lower()).strip("-.")
+
+
+def _size_label(value: str) -> str:
+    try:
+        size = parse_size(value)
+    except ValueError:
+        return value.strip().lower()
+    for unit, shift in (("t", 40), ("g", 30), ("m", 20), ("k", 10)):
+        if size and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
+
+
+def _int_label(value: str) -> str:
+    text = value.strip()
+    return str(int(text)) if text.isdigit() else text.lower()
+
+
+def infer_params(job: JobResult) -> dict[str, str]:
+    """The parameters that describe what a fio job measured, from its own options.
+
+    fio prints only the options that were set; defaults are filled in where fio has one that
+    does not depend on the platform (rw=read, bs=4k, iodepth=1, numjobs=1, direct=0).
+    """
+    opts = {k.lower(): v for k, v in job.options.items()}
+    params: dict[str, str] = {}
+    rw = (opts.get("rw") or opts.get("readwrite") or "read").strip().lower()
+    params["rw"] = rw
+    if rw.split(":")[0] in _MIXED:
+        if "rwmixread" in opts:
+            params["rwmixread"] = _int_label(opts["rwmixread"])
+        elif "rwmixwrite" in opts and opts["rwmixwrite"].strip().isdigit():
+            params["rwmixread"] = str(100 - int(opts["rwmixwrite"]))
+    params["bs"] = _size_label(opts.get("bs") or opts.get("blocksize") or "4k")
+    params["iodepth"] = _int_label(opts.get("iodepth", "1"))
+    params["numjobs"] = _int_label(opts.get("numjobs", "1"))
+    if opts.get("ioengine"):
+        params["ioengine"] = opts["ioengine"].strip().lower()
+    direct = opts.get("direct", "0").strip().lower()
+    params["direct"] = "1" if direct in ("1", "true", "yes", "on") else "0"
+    if opts.get("size"):
+        params["size"] = _size_label(opts["size"])
+    unified = opts.get("unified_rw_reporting", "0").strip().lower()
+    if unified not in ("0", "none", "false", ""):
+        params["unified_rw_reporting"] = unified
+    if job.hostname:
+        params["hostname"] = job.hostname + (f":{job.port}" if job.port else "")
+    return params
+
+
+def _part(key: str, value: str) -> str:
+    match key:
+        case "rwmixread":
+            return f"mix{value}"
+        case "bs":
+            return f"bs{value}"
+        case "iodepth":
+            return f"qd{value}"
+        case "numjobs":
+            return f"nj{value}"
+        case "direct":
+            return "direct" if value == "1" else "buffered"
+        case "size":
+            return f"size{value}"
+        case "unified_rw_reporting":
+            return "unified"
+        case _:
+            return value
+
+
+def job_name(params: Mapping[str, str], varying: Sequence[str]) -> str:
+    """``randread-qd16-nj4``: rw, then every other parameter that varies in the folder."""
+    parts = [params.get("rw", "job")]
+    parts += [_part(k, params[k]) for k in varying if k != "rw" and k in params]
+    return slug("-".join(parts)) or "job"
+
+
+def natural_key(text: str) -> list[int | str]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+# --------------------------------------------------------------------------------------------
+# Files -> units
+
+
+def _fio_error(code: int) -> str:
+    name = errno.errorcode.get(code)
+    return f"{code} ({name})" if name else str(code)
+
+
+def read_units(path: Path, raw: bytes | None = None) -> tuple[list[Unit], list[Rejected]]:
+    """Parse one file into units. Raises ResultError when the file holds no usable report;
+    jobs that fio reports as failed are returned as rejections, the others as units."""
+    data = path.read_bytes() if raw is None else raw
+    label = str(path)
+    try:
+        report = parse_fio_output(data.decode("utf-8", errors="replace"), source=label)
+    except ResultError as exc:
+        raise ResultError(exc.message.removeprefix(f"{label}: "), path=path, hint=exc.hint) from exc
+    groups: dict[tuple[str, str | None, int | None], list[JobResult]] = {}
+    for job in report.jobs:
+        groups.setdefault((job.name, job.hostname, job.port), []).append(job)
+    jobs = [combine_jobs(g) if len(g) > 1 else g[0] for g in groups.values()]
+    if report.all_clients is not None:
+        # fio prints no options on its sum: it ran what every client ran.
+        shared = combine_jobs(report.jobs).options
+        jobs.append(
+            report.all_clients.model_copy(
+                update={"hostname": ALL_CLIENTS_HOST, "port": None, "options": shared}
+            )
+        )
+    units, rejected = [], []
+    for job in jobs:
+        if job.error:
+            rejected.append(
+                Rejected(path, f"fio job {job.name!r} failed with error {_fio_error(job.error)}")
+            )
+            continue
+        if not job.directions():
+            rejected.append(Rejected(path, f"fio job {job.name!r} did no I/O"))
+            continue
+        units.append(Unit(path, data, report, job, infer_params(job)))
+    # Jobs of one file that ran side by side with identical options: keep them apart.
+    seen: dict[tuple[tuple[str, str], ...], int] = {}
+    for unit in units:
+        key = tuple(sorted(unit.params.items()))
+        seen[key] = seen.get(key, 0) + 1
+    units = [
+        u
+        if seen[tuple(sorted(u.params.items()))] == 1
+        else Unit(u.path, u.raw, u.fio, u.job, {**u.params, "fio_job": u.job.name})
+        for u in units
+    ]
+    return units, rejected
+
+
+def group_folder(units: Sequence[Unit], case_id: str, folder: Path) -> ImportedCase:
+    """Units of one folder -> one case: constant parameters on the case, the varying ones
+    naming the jobs, identical parameter sets as repetitions."""
+    if not units:
+        raise ValueError("a case needs at least one unit")
+    keys = [k for k in PARAM_KEYS if any(k in u.params for u in units)]
+    varying = [k for k in keys if len({u.params.get(k) for u in units}) > 1]
+    constant = {k: units[0].params[k] for k in keys if k not in varying and k in units[0].params}
+    groups: dict[tuple[tuple[str, str], ...], list[Unit]] = {}
+    for unit in sorted(units, key=lambda u: natural_key(u.path.name)):
+        groups.setdefault(tuple(sorted(unit.params.items())), []).append(unit)
+    jobs: list[ImportedJob] = []
+    names: set[str] = set()
+    for members in groups.values():
+        name = base = job_name(members[0].params, varying)
+        counter = 1
+        while name in names:
+            counter += 1
+            name = f"{base}-{counter}"
+        names.add(name)
+        jobs.append(ImportedJob(name, dict(members[0].params), tuple(members)))
+    jobs.sort(key=lambda j: natural_key(j.name))
+    return ImportedCase(slug(case_id) or "import", constant, folder, tuple(jobs))
+
+
+# --------------------------------------------------------------------------------------------
+# Units -> a run directory
+
+
+def _iso(timestamp: int | None) -> str | None:
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
+
+
+def write_import(
+    results_root: Path,
+    cases: Sequence[ImportedCase],
+    *,
+    name: str,
+    source: Path,
+    rejected: Sequence[Rejected] = (),
+) -> RunDir:
+    """Write one run directory holding ``cases``, laid out as the bench lays out its runs."""
+    run = RunDir.create(results_root, name)
+    units = [u for c in cases for j in c.jobs for u in j.repetitions]
+    stamps = [u.fio.timestamp for u in units if u.fio.timestamp is not None]
+    started, finished = _iso(min(stamps, default=None)), _iso(max(stamps, default=None))
+    jobs: dict[str, Mapping[str, str]] = {}
+    for case in cases:
+        for job in case.jobs:
+            jobs.setdefault(job.name, job.params)
+    run.write_json(
+        "spec.json",
+        {
+            "name": slug(name) or "import",
+            "description": f"imported from {source}",
+            "source": "import",
+            "runtime_s": None,
+            "jobs": [{"name": n, **p} for n, p in jobs.items()],
+            "variants": [
+                {"params": dict(c.params), "launcher": "import", "folder": str(c.folder)}
+                for c in cases
+            ],
+        },
+    )
+    run.write_json("vmlab.json", {"version": __version__})
+    raw = {u.path: u.raw for u in units}
+    files = sorted(raw, key=lambda p: natural_key(str(p)))
+    run.write_json(
+        "import.json",
+        {
+            "source": str(source),
+            "imported": now_iso(),
+            "files": [
+                {"path": str(p), "sha256": hashlib.sha256(raw[p]).hexdigest()} for p in files
+            ],
+            "rejected": [{"path": str(r.path), "reason": r.reason} for r in rejected],
+        },
+    )
+    run.set_status("running", source="import", started=started, cases=[c.case_id for c in cases])
+    for case in cases:
+        case_dir = run.case(case.case_id)
+        case_dir.write_json(
+            "case.json",
+            {
+                "id": case.case_id,
+                "params": dict(case.params),
+                "variant": {"source": "import", "folder": str(case.folder)},
+            },
+        )
+        for job in case.jobs:
+            for repetition, unit in enumerate(job.repetitions, start=1):
+                job_dir = case_dir.job(job.name, repetition)
+                job_dir.write_bytes("fio.json", unit.raw)  # the truth, before interpretation
+                job_dir.write_json(
+                    "source.json",
+                    {
+                        "path": str(unit.path),
+                        "fio_job": unit.job.name,
+                        "hostname": unit.job.hostname,
+                        "port": unit.job.port,
+                    },
+                )
+                measured = unit.fio.model_copy(update={"jobs": [unit.job], "all_clients": None})
+                job_dir.write_json(
+                    "summary.json",
+                    {"metrics": summarize(unit.job), "fio": measured.model_dump(mode="json")},
+                )
+        case_dir.set_status("ok", source="import")
+    run.set_status(
+        "complete",
+        source="import",
+        started=started,
+        finished=finished,
+        cases=[c.case_id for c in cases],
+        failed={},
+    )
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# A tree -> runs
+
+
+def _folders(source: Path, skip: Path | None) -> tuple[dict[Path, list[Path]], int]:
+    """Folder -> candidate files (natural order), and how many other files were ignored."""
+    folders: dict[Path, list[Path]] = {}
+    ignored = 0
+    if source.is_file():
+        return {source.parent: [source]}, 0
+    for dirpath, dirnames, filenames in os.walk(source):
+        here = Path(dirpath)
+        kept = []
+        for d in sorted(dirnames, key=natural_key):
+            sub = here / d
+            if d.startswith(".") or is_run_dir(sub) or (skip is not None and sub == skip):
+                continue
+            kept.append(d)
+        dirnames[:] = kept
+        files = []
+        for f in sorted(filenames, key=natural_key):
+            if f.startswith("."):
+                continue
+            if f.lower().endswith(CANDIDATE_SUFFIXES):
+                files.append(here / f)
+            else:
+                ignored += 1
+        if files:
+            folders[here] = files
+    return folders, ignored
+
+
+def import_tree(
+    source: Path,
+    results_root: Path,
+    *,
+    name: str | None = None,
+    db_path: Path | None = None,
+) -> ImportResult:
+    """Import every folder of fio output under ``source`` as one run each, and index them."""
+    if not source.exists():
+        raise ResultError(
+            "no such file or directory", path=source, hint="pass a folder of fio JSON files"
+        )
+    if is_run_dir(source):
+        raise ResultError(
+            "this is a vmlab run directory already",
+            path=source,
+            hint="it needs no import: `vmlab results reindex` indexes it",
+        )
+    skip = results_root.resolve() if results_root.exists() else None
+    folders, ignored = _folders(source.resolve(), skip)
+    db = db_path or default_index_path(results_root)
+    runs: list[ImportedRun] = []
+    rejected: list[Rejected] = []
+    root = source.resolve() if source.is_dir() else source.resolve().parent
+    for folder, files in folders.items():
+        units: list[Unit] = []
+        here: list[Rejected] = []
+        for path in files:
+            try:
+                found, refused = read_units(path)
+            except ResultError as exc:
+                here.append(Rejected(path, exc.message))
+                continue
+            except OSError as exc:
+                here.append(Rejected(path, f"cannot read: {exc.strerror or exc}"))
+                continue
+            units.extend(found)
+            here.extend(refused)
+        rejected.extend(here)
+        if not units:
+            continue
+        relative = folder.relative_to(root).as_posix() if folder != root else ""
+        label = slug(relative.replace("/", "-")) or slug(folder.name) or "import"
+        run_name = (name if len(folders) == 1 else f"{name}-{label}") if name else label
+        case = group_folder(units, folder.name, folder)
+        run = write_import(results_root, [case], name=run_name, source=folder, rejected=here)
+        index_run(db, run.path)
+        runs.append(
+            ImportedRun(run.run_id, run.path, folder, len(case.jobs), len({u.path for u in units}))
+        )
+        log.info("imported %s as %s (%d jobs)", folder, run.run_id, len(case.jobs))
+    return ImportResult(tuple(runs), tuple(rejected), ignored)

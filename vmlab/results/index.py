@@ -1,0 +1,642 @@
+"""The results index: a SQLite cache over the run directories of one results root.
+
+The files are the truth; the index is a cache that makes listing and querying fast. Any run can
+be re-read from its directory (``scan_run``) and the whole index rebuilt (``reindex``).
+
+Schema versions are counted in ``PRAGMA user_version`` and reached through ``MIGRATIONS``, an
+ordered tuple of functions: migration *k* takes a database at version *k - 1* to version *k*.
+To change the schema, append a function (never edit a released one). Each migration runs in its
+own transaction together with the version bump, under ``BEGIN IMMEDIATE``, so two processes
+opening an old index at once apply it exactly once.
+
+Tables (v1):
+    runs(id, path, name, status, started, finished, source, host, stamp, indexed)
+    cases(run, case_id, status, params JSON)
+    parameters(run, case_id, job, key, value)   job = '' for the case's own axis values;
+                                                a job's fio options under its name
+    metrics(run, case_id, job, repetition, metric, value)   repetition 0 = warm-up
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmlab.errors import ResultError
+from vmlab.results.rundir import RunDir, now_iso
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.sqlite"
+BUSY_TIMEOUT_S = 30.0
+HOST_BASELINE = "host-baseline"
+"""Case id of fio run on the host against the backing store: the limit a guest can reach."""
+
+_REPETITION = re.compile(r"^r(\d+)$")
+_HINT_REINDEX = (
+    "the run directories are the truth: delete the index file and run `vmlab results reindex`"
+)
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+# --------------------------------------------------------------------------------------------
+# Schema and migrations
+
+
+def _migration_1_initial(conn: sqlite3.Connection) -> None:
+    statements = [
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            path TEXT NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            started TEXT,
+            finished TEXT,
+            source TEXT NOT NULL CHECK (source IN ('native', 'import')),
+            host TEXT,
+            stamp INTEGER NOT NULL,
+            indexed TEXT NOT NULL
+        )""",
+        """CREATE TABLE cases (
+            run TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            case_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            params TEXT NOT NULL,
+            PRIMARY KEY (run, case_id)
+        )""",
+        """CREATE TABLE parameters (
+            run TEXT NOT NULL,
+            case_id TEXT NOT NULL,
+            job TEXT NOT NULL DEFAULT '',
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (run, case_id, job, key),
+            FOREIGN KEY (run, case_id) REFERENCES cases(run, case_id) ON DELETE CASCADE
+        )""",
+        """CREATE TABLE metrics (
+            run TEXT NOT NULL,
+            case_id TEXT NOT NULL,
+            job TEXT NOT NULL,
+            repetition INTEGER NOT NULL,
+            metric TEXT NOT NULL,
+            value REAL NOT NULL,
+            PRIMARY KEY (run, case_id, job, repetition, metric),
+            FOREIGN KEY (run, case_id) REFERENCES cases(run, case_id) ON DELETE CASCADE
+        )""",
+        "CREATE INDEX parameters_by_value ON parameters(key, value)",
+        "CREATE INDEX metrics_by_name ON metrics(metric, run)",
+    ]
+    for statement in statements:
+        conn.execute(statement)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_migration_1_initial,)
+"""Migration k (1-based) takes the schema from version k - 1 to k. Append only."""
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Bring the schema to ``len(migrations)``; returns the version reached.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``): each step is its own
+    ``BEGIN IMMEDIATE`` transaction, and the version is re-read under that lock.
+    """
+    target = len(migrations)
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = schema_version(conn)
+            if current > target:
+                raise ResultError(
+                    f"the index has schema version {current}; this vmlab knows up to {target}",
+                    hint="upgrade vmlab, or " + _HINT_REINDEX,
+                )
+            if current == target:
+                conn.execute("COMMIT")
+                return current
+            migrations[current](conn)
+            conn.execute(f"PRAGMA user_version = {current + 1:d}")
+            conn.execute("COMMIT")
+            log.info("results index migrated to schema version %d", current + 1)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+@contextmanager
+def open_index(
+    db_path: Path, *, migrations: Sequence[Migration] = MIGRATIONS
+) -> Iterator[sqlite3.Connection]:
+    """An autocommit connection to a migrated index; SQLite errors become ResultError."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise ResultError(f"cannot open the results index: {exc}", path=db_path) from exc
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn, migrations)
+        yield conn
+    except sqlite3.DatabaseError as exc:
+        raise ResultError(f"results index error: {exc}", path=db_path, hint=_HINT_REINDEX) from exc
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def default_index_path(results_root: Path) -> Path:
+    return results_root / INDEX_NAME
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a run directory (the truth)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One repetition of one job of one case: its flat metrics and where they are stored."""
+
+    case_id: str
+    job: str
+    repetition: int
+    """1, 2, ...; 0 is a warm-up and never enters statistics."""
+    metrics: Mapping[str, float]
+    path: Path
+    """The repetition's directory (fio.json, summary.json...)."""
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    case_id: str
+    status: str
+    params: Mapping[str, str]
+    path: Path
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything indexable about one run directory."""
+
+    id: str
+    path: Path
+    name: str
+    description: str
+    status: str
+    started: str | None
+    finished: str | None
+    source: str
+    host: str | None
+    cases: tuple[CaseRecord, ...]
+    samples: tuple[Sample, ...]
+    job_params: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Options of each job (from spec.json), by job name."""
+    stamp: int = 0
+
+    def case(self, case_id: str) -> CaseRecord | None:
+        return next((c for c in self.cases if c.case_id == case_id), None)
+
+    def jobs(self) -> list[str]:
+        """Job names: spec order first, then any others found on disk."""
+        found = list(self.job_params)
+        for sample in self.samples:
+            if sample.job not in found:
+                found.append(sample.job)
+        return found
+
+    def cells(self) -> dict[tuple[str, str], dict[str, list[float]]]:
+        """(case, job) -> metric -> values of the measured repetitions (warm-up r0 excluded),
+        in case order, then job order, then repetition order."""
+        case_order = {c.case_id: i for i, c in enumerate(self.cases)}
+        job_order = {j: i for i, j in enumerate(self.jobs())}
+        ordered = sorted(
+            (s for s in self.samples if s.repetition >= 1),
+            key=lambda s: (
+                case_order.get(s.case_id, len(case_order)),
+                job_order.get(s.job, len(job_order)),
+                s.repetition,
+            ),
+        )
+        out: dict[tuple[str, str], dict[str, list[float]]] = {}
+        for sample in ordered:
+            cell = out.setdefault((sample.case_id, sample.job), {})
+            for metric, value in sample.metrics.items():
+                cell.setdefault(metric, []).append(value)
+        return out
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); ignored", path, exc)
+        return None
+
+
+def _mapping(data: Any) -> dict[str, Any]:
+    return dict(data) if isinstance(data, dict) else {}
+
+
+def _flat_options(job: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in job.items():
+        if key == "name" or value is None:
+            continue
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                out[f"{key}.{sub}"] = str(subvalue)
+        elif isinstance(value, bool):
+            out[key] = "1" if value else "0"
+        elif isinstance(value, str | int | float):
+            out[key] = str(value)
+    return out
+
+
+def _stamp(path: Path) -> int:
+    for name in ("status.json", "spec.json"):
+        try:
+            return (path / name).stat().st_mtime_ns
+        except OSError:
+            continue
+    return 0
+
+
+def _samples(case_dir: Path, case_id: str) -> list[Sample]:
+    samples = []
+    for summary in sorted(case_dir.glob("jobs/*/r*/summary.json")):
+        match = _REPETITION.match(summary.parent.name)
+        data = _read_json(summary)
+        if match is None or not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+            continue
+        metrics: dict[str, float] = {}
+        for key, value in data["metrics"].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                metrics[str(key)] = float(value)
+        samples.append(
+            Sample(
+                case_id, summary.parent.parent.name, int(match.group(1)), metrics, summary.parent
+            )
+        )
+    return samples
+
+
+def scan_run(run_dir: Path) -> RunRecord:
+    """Read a run directory into a record. Raises ResultError if it is not a run directory."""
+    run = RunDir.open(run_dir)
+    spec = _mapping(_read_json(run.file("spec.json")))
+    status = run.status()
+    host = _mapping(_read_json(run.file("host.json")))
+    source = "import" if "import" in (status.get("source"), spec.get("source")) else "native"
+    listed = [str(c) for c in status.get("cases", []) if isinstance(c, str)]
+    case_dirs = {}
+    cases_root = run.path / "cases"
+    if cases_root.is_dir():
+        for path in sorted(cases_root.iterdir()):
+            # "<id>.failed-<time>": an earlier attempt kept by a resumed run, not a case.
+            if path.is_dir() and ".failed-" not in path.name:
+                case_dirs[path.name] = path
+    cases = []
+    samples: list[Sample] = []
+    failed = _mapping(status.get("failed"))
+    for case_id in [*listed, *(c for c in case_dirs if c not in listed)]:
+        path = case_dirs.get(case_id, cases_root / case_id)
+        meta = _mapping(_read_json(path / "case.json"))
+        case_status = _mapping(_read_json(path / "status.json"))
+        params = {str(k): str(v) for k, v in _mapping(meta.get("params")).items()}
+        error = case_status.get("error") or failed.get(case_id)
+        cases.append(
+            CaseRecord(
+                case_id=case_id,
+                status=str(case_status.get("status", "unknown")) if path.is_dir() else "not run",
+                params=params,
+                path=path,
+                error=str(error) if error else None,
+            )
+        )
+        if path.is_dir():
+            samples.extend(_samples(path, case_id))
+    job_params = {
+        str(job["name"]): _flat_options(job)
+        for job in spec.get("jobs", [])
+        if isinstance(job, dict) and "name" in job
+    }
+    hostname = host.get("hostname") or host.get("host")
+    return RunRecord(
+        id=run.run_id,
+        path=run.path.resolve(),
+        name=str(spec.get("name") or run.run_id),
+        description=str(spec.get("description") or ""),
+        status=str(status.get("status", "unknown")),
+        started=status.get("started"),
+        finished=status.get("finished"),
+        source=source,
+        host=str(hostname) if hostname else None,
+        cases=tuple(cases),
+        samples=tuple(samples),
+        job_params=job_params,
+        stamp=_stamp(run.path),
+    )
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "spec.json").is_file()
+
+
+def resolve_run(results_root: Path, ref: str) -> Path:
+    """A run given as a directory path or as a run id under ``results_root``."""
+    given = Path(ref)
+    if is_run_dir(given):
+        return given
+    under = results_root / ref
+    if is_run_dir(under):
+        return under
+    near = []
+    if results_root.is_dir():
+        near = sorted(p.name for p in results_root.iterdir() if ref in p.name and is_run_dir(p))
+    hint = (
+        "did you mean: " + ", ".join(near[:8])
+        if near
+        else f"`vmlab results list --results {results_root}` shows the run ids; "
+        "or pass the path of a run directory"
+    )
+    raise ResultError(f"no run {ref!r} (neither a run directory nor a run id)", hint=hint)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the index
+
+
+def _delete(conn: sqlite3.Connection, run_id: str) -> None:
+    conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))  # cascades to every other table
+
+
+def _insert(conn: sqlite3.Connection, rec: RunRecord) -> None:
+    conn.execute(
+        "INSERT INTO runs (id, path, name, status, started, finished, source, host, stamp,"
+        " indexed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            rec.id,
+            str(rec.path),
+            rec.name,
+            rec.status,
+            rec.started,
+            rec.finished,
+            rec.source,
+            rec.host,
+            rec.stamp,
+            now_iso(),
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO cases (run, case_id, status, params) VALUES (?, ?, ?, ?)",
+        [(rec.id, c.case_id, c.status, json.dumps(dict(c.params))) for c in rec.cases],
+    )
+    jobs_by_case: dict[str, set[str]] = {}
+    for sample in rec.samples:
+        jobs_by_case.setdefault(sample.case_id, set()).add(sample.job)
+    rows = [(rec.id, c.case_id, "", k, v) for c in rec.cases for k, v in c.params.items()]
+    for case in rec.cases:
+        for job in sorted(jobs_by_case.get(case.case_id, ())):
+            rows.extend(
+                (rec.id, case.case_id, job, k, v) for k, v in rec.job_params.get(job, {}).items()
+            )
+    conn.executemany(
+        "INSERT INTO parameters (run, case_id, job, key, value) VALUES (?, ?, ?, ?, ?)", rows
+    )
+    conn.executemany(
+        "INSERT INTO metrics (run, case_id, job, repetition, metric, value)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (rec.id, s.case_id, s.job, s.repetition, metric, value)
+            for s in rec.samples
+            for metric, value in s.metrics.items()
+        ],
+    )
+
+
+def index_record(conn: sqlite3.Connection, rec: RunRecord) -> None:
+    """Replace one run's rows with ``rec`` (one transaction)."""
+    with _transaction(conn):
+        _delete(conn, rec.id)
+        _insert(conn, rec)
+
+
+def index_run(db_path: Path, run_dir: Path) -> None:
+    """(Re-)index one run directory: its previous rows, if any, are replaced."""
+    rec = scan_run(run_dir)
+    with open_index(db_path) as conn:
+        index_record(conn, rec)
+    log.info("indexed %s (%d cases, %d samples)", rec.id, len(rec.cases), len(rec.samples))
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run as the index knows it."""
+
+    id: str
+    path: Path
+    name: str
+    status: str
+    started: str | None
+    finished: str | None
+    source: str
+    host: str | None
+    cases: int
+    samples: int
+    indexed: str
+
+
+_RUN_QUERY = """
+    SELECT r.id, r.path, r.name, r.status, r.started, r.finished, r.source, r.host,
+           (SELECT COUNT(*) FROM cases c WHERE c.run = r.id),
+           (SELECT COUNT(DISTINCT case_id || char(0) || job || char(0) || repetition)
+              FROM metrics m WHERE m.run = r.id AND m.repetition >= 1),
+           r.indexed
+    FROM runs r
+"""
+
+
+def _row(values: Sequence[Any]) -> RunRow:
+    return RunRow(
+        id=values[0],
+        path=Path(values[1]),
+        name=values[2],
+        status=values[3],
+        started=values[4],
+        finished=values[5],
+        source=values[6],
+        host=values[7],
+        cases=int(values[8]),
+        samples=int(values[9]),
+        indexed=values[10],
+    )
+
+
+def list_runs(db_path: Path) -> list[RunRow]:
+    """Every indexed run, newest first (by start time, then id)."""
+    with open_index(db_path) as conn:
+        rows = conn.execute(
+            _RUN_QUERY + " ORDER BY COALESCE(r.started, '') DESC, r.id DESC"
+        ).fetchall()
+    return [_row(r) for r in rows]
+
+
+def get_run(db_path: Path, run_id: str) -> RunRow:
+    """One indexed run. Raises ResultError if the index does not know it."""
+    with open_index(db_path) as conn:
+        row = conn.execute(_RUN_QUERY + " WHERE r.id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise ResultError(
+            f"run {run_id!r} is not in the index",
+            path=db_path,
+            hint="`vmlab results reindex` rebuilds the index from the run directories",
+        )
+    return _row(row)
+
+
+def remove_run(db_path: Path, run_id: str, *, delete_files: bool) -> Path:
+    """Drop a run from the index and, with ``delete_files``, delete its directory.
+
+    Files go first: if deleting them fails, the index still lists the run. Returns its path.
+    """
+    path = get_run(db_path, run_id).path
+    if delete_files and path.exists():
+        if not is_run_dir(path):
+            raise ResultError(
+                "refusing to delete: not a vmlab run directory (no spec.json)",
+                path=path,
+                hint="delete it by hand if it really is a run",
+            )
+        shutil.rmtree(path)
+        log.info("deleted %s", path)
+    with open_index(db_path) as conn, _transaction(conn):
+        _delete(conn, run_id)
+    return path
+
+
+def _run_dirs(results_root: Path) -> list[Path]:
+    if not results_root.is_dir():
+        return []
+    return sorted(p for p in results_root.iterdir() if is_run_dir(p))
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    indexed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    skipped: Mapping[str, str] = field(default_factory=dict)
+    """Directory -> why it could not be read."""
+
+
+def sync_index(results_root: Path, db_path: Path | None = None) -> SyncResult:
+    """Index run directories that are new or changed since they were indexed (their status.json
+    changed), and drop rows of runs whose directory is gone."""
+    db = db_path or default_index_path(results_root)
+    indexed, removed, skipped = [], [], {}
+    with open_index(db) as conn:
+        known = {
+            row[0]: (Path(row[1]), int(row[2]))
+            for row in conn.execute("SELECT id, path, stamp FROM runs")
+        }
+        dirs = _run_dirs(results_root)
+        present = {p.name for p in dirs}
+        for path in dirs:
+            seen = known.get(path.name)
+            if seen is not None and seen[1] == _stamp(path):
+                continue
+            try:
+                index_record(conn, scan_run(path))
+            except ResultError as exc:
+                skipped[str(path)] = str(exc)
+                continue
+            indexed.append(path.name)
+        for run_id, (path, _) in known.items():
+            if run_id not in present and not is_run_dir(path):
+                with _transaction(conn):
+                    _delete(conn, run_id)
+                removed.append(run_id)
+    return SyncResult(tuple(indexed), tuple(removed), skipped)
+
+
+def reindex(results_root: Path, db_path: Path | None = None) -> SyncResult:
+    """Rebuild the index from the run directories alone (every row is dropped first)."""
+    db = db_path or default_index_path(results_root)
+    with open_index(db) as conn:
+        with _transaction(conn):
+            dropped = [row[0] for row in conn.execute("SELECT id FROM runs")]
+            conn.execute("DELETE FROM runs")
+        indexed, skipped = [], {}
+        for path in _run_dirs(results_root):
+            try:
+                index_record(conn, scan_run(path))
+            except ResultError as exc:
+                skipped[str(path)] = str(exc)
+                continue
+            indexed.append(path.name)
+    gone = tuple(r for r in dropped if r not in indexed)
+    return SyncResult(tuple(indexed), gone, skipped)
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    run: str
+    case_id: str
+    job: str
+    repetition: int
+    metric: str
+    value: float
+
+
+def query_metrics(
+    db_path: Path,
+    *,
+    metric: str,
+    params: Mapping[str, str] | None = None,
+    run: str | None = None,
+    include_warmup: bool = False,
+) -> list[MetricRow]:
+    """Values of one metric, filtered by parameters: a case's axis values or its job's options
+    (``{"disks.0.model": "nvme"}``, ``{"iodepth": "16"}``)."""
+    sql = ["SELECT m.run, m.case_id, m.job, m.repetition, m.metric, m.value FROM metrics m"]
+    where = ["m.metric = ?"]
+    args: list[Any] = [metric]
+    for key, value in (params or {}).items():
+        where.append(
+            "EXISTS (SELECT 1 FROM parameters p WHERE p.run = m.run AND p.case_id = m.case_id"
+            " AND p.job IN ('', m.job) AND p.key = ? AND p.value = ?)"
+        )
+        args += [key, value]
+    if run is not None:
+        where.append("m.run = ?")
+        args.append(run)
+    if not include_warmup:
+        where.append("m.repetition >= 1")
+    sql.append("WHERE " + " AND ".join(where))
+    sql.append("ORDER BY m.run, m.case_id, m.job, m.repetition")
+    with open_index(db_path) as conn:
+        rows = conn.execute(" ".join(sql), args).fetchall()
+    return [MetricRow(r[0], r[1], r[2], int(r[3]), r[4], float(r[5])) for r in rows]
