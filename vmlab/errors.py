@@ -26,7 +26,11 @@ class SpecError(VmlabError):
     """A spec file that does not validate: names the file and every field path at fault."""
 
     def __init__(
-        self, message: str, *, file: Path | None = None, problems: Sequence[str] = (),
+        self,
+        message: str,
+        *,
+        file: Path | None = None,
+        problems: Sequence[str] = (),
         hint: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
@@ -46,8 +50,14 @@ class CommandError(VmlabError):
     """An external command failed; keeps its argv, exit code and the tail of its output."""
 
     def __init__(
-        self, message: str, *, argv: Sequence[str], returncode: int | None,
-        output: str = "", log: Path | None = None, hint: str | None = None,
+        self,
+        message: str,
+        *,
+        argv: Sequence[str],
+        returncode: int | None,
+        output: str = "",
+        log: Path | None = None,
+        hint: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         self.argv = list(argv)

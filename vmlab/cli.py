@@ -1,0 +1,411 @@
+"""The `vmlab` command. The only module that prints errors or exits."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from vmlab import __version__
+from vmlab.errors import SpecError, VmlabError
+
+app = typer.Typer(
+    help="Benchmark virtualized storage on KVM/QEMU: a matrix of guests, fio "
+    "inside, statistics out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+image_app = typer.Typer(
+    help="The default guest image (kernel + initramfs with fio and sshd).", no_args_is_help=True
+)
+host_app = typer.Typer(help="What this host can run.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+app.add_typer(host_app, name="host")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+SpecArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="spec file (YAML); without one, the embedded default lab", show_default=False
+    ),
+]
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("qemu.qmp").setLevel(max(level, logging.WARNING))
+    logging.getLogger("paramiko").setLevel(max(level, logging.WARNING))
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
+    ] = 0,
+) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def version() -> None:
+    """Print vmlab's version."""
+    out.print(__version__)
+
+
+def _load(spec_path: Path | None, runtime_s: int | None) -> Any:
+    from vmlab.spec import default_lab, load_spec
+
+    spec = load_spec(spec_path) if spec_path else default_lab()
+    if runtime_s is not None:
+        spec = spec.model_copy(update={"runtime_s": runtime_s})
+    return spec
+
+
+@app.command()
+def render(
+    spec_path: SpecArg = None,
+    case: Annotated[str | None, typer.Option(help="only this case id")] = None,
+    accel: Annotated[str, typer.Option(help="accelerator to render for")] = "tcg",
+) -> None:
+    """Print, per case, the exact QEMU argv that would run, without running anything."""
+    from vmlab.bench import ScratchDisks
+    from vmlab.plan import plan
+    from vmlab.render import GuestRuntime, render_qemu
+
+    spec = _load(spec_path, None)
+    cases = plan(spec)
+    if case is not None:
+        cases = [c for c in cases if c.id == case]
+        if not cases:
+            raise VmlabError(
+                f"no case {case!r} in the plan", hint="run `vmlab render SPEC` to list the case ids"
+            )
+    boot = _boot_placeholder()
+    scratch = ScratchDisks(Path("<scratch>"))
+    for index, c in enumerate(cases, start=1):
+        paths = {
+            d.name: (
+                d.backend.path or scratch.root / f"{d.name}-{d.backend.size}.{d.backend.format}"
+            )
+            for d in c.variant.guest.disks
+        }
+        rt = GuestRuntime(
+            qmp_socket=Path("<guest-dir>/qmp.sock"),
+            serial_log=Path(f"<run>/cases/{c.id}/serial.log"),
+            pidfile=Path("<guest-dir>/qemu.pid"),
+            ssh_port=10022,
+        )
+        rendered = render_qemu(
+            c, qemu="qemu-system-x86_64", accel=accel, boot=boot, disk_paths=paths, runtime=rt
+        )
+        out.print(
+            f"[bold]# case {index}/{len(cases)}: {c.id}[/]  "
+            + "  ".join(f"{k}={v}" for k, v in c.params.items())
+        )
+        out.print(" \\\n  ".join(_argv_lines(rendered.argv)), markup=False)
+        out.print(f"# jobs: {', '.join(f'{j.name} ({j.runtime_s} s)' for j in c.jobs)}\n")
+
+
+def _argv_lines(argv: list[str]) -> list[str]:
+    """Shell-quoted argv, an option and its value per line, for people to read and paste."""
+    import shlex
+
+    lines: list[str] = [shlex.quote(argv[0])]
+    rest = argv[1:]
+    while rest:
+        token = rest.pop(0)
+        if token.startswith("-") and rest and not rest[0].startswith("-"):
+            lines.append(f"{shlex.quote(token)} {shlex.quote(rest.pop(0))}")
+        else:
+            lines.append(shlex.quote(token))
+    return lines
+
+
+def _boot_placeholder() -> Any:
+    from vmlab.guest.image import find_image
+    from vmlab.render import BootImage
+
+    image = find_image()
+    if image is None:
+        return BootImage(
+            Path("<image>/vmlinux"),
+            Path("<image>/initrd.img"),
+            "<image cmdline> vmlab.authkey=<lab key> vmlab.nonce=<per boot>",
+        )
+    return BootImage(
+        image.kernel,
+        image.initrd,
+        f"{image.cmdline} vmlab.authkey=<lab key> vmlab.nonce=<per boot>",
+    )
+
+
+class RichEvents:
+    """Progress for a person at a terminal."""
+
+    def __init__(self, progress: Progress, total_jobs: int) -> None:
+        self.progress = progress
+        self.overall = progress.add_task("bench", total=total_jobs)
+        self.current: Any = None
+
+    def case_started(self, case: Any, index: int, total: int) -> None:
+        self.progress.update(self.overall, description=f"[{index}/{total}] {case.id}")
+
+    def stage(self, case: Any, what: str) -> None:
+        self.progress.update(self.overall, description=f"{case.id}: {what}")
+
+    def job_finished(self, case: Any, job: str, repetition: int, metrics: dict[str, float]) -> None:
+        self.progress.advance(self.overall)
+
+    def case_finished(self, case: Any, status: str, error: str | None) -> None:
+        if status == "failed":
+            self.progress.console.print(f"[red]✗ {case.id} failed:[/] {error}")
+            self.progress.advance(self.overall, len(case.jobs))
+        elif status == "skipped":
+            self.progress.advance(self.overall, len(case.jobs))
+        else:
+            self.progress.console.print(f"[green]✓[/] {case.id}")
+
+
+class PlainEvents:
+    """One line per event, for CI logs."""
+
+    def case_started(self, case: Any, index: int, total: int) -> None:
+        print(f"case {index}/{total}: {case.id}", flush=True)
+
+    def stage(self, case: Any, what: str) -> None:
+        print(f"  {case.id}: {what}", flush=True)
+
+    def job_finished(self, case: Any, job: str, repetition: int, metrics: dict[str, float]) -> None:
+        iops = metrics.get("read_iops", 0) + metrics.get("write_iops", 0)
+        print(f"  {case.id}: {job} r{repetition}: {iops:.0f} IOPS", flush=True)
+
+    def case_finished(self, case: Any, status: str, error: str | None) -> None:
+        print(f"  {case.id}: {status}{': ' + error if error else ''}", flush=True)
+
+
+def _print_table(outcome: Any, title: str) -> None:
+    from vmlab.report.table import build_rows
+
+    rows = build_rows([(r.case_id, r.job, r.metrics) for r in outcome.results])
+    table = Table(title=title, title_justify="left")
+    for name, justify in (
+        ("configuration", "left"),
+        ("job", "left"),
+        ("IOPS", "right"),
+        ("lat mean µs", "right"),
+        ("lat p99 µs", "right"),
+        ("× first", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(
+            row.case_id,
+            row.job,
+            f"{row.iops:,.0f}",
+            "-" if row.lat_mean_us is None else f"{row.lat_mean_us:,.1f}",
+            "-" if row.lat_p99_us is None else f"{row.lat_p99_us:,.1f}",
+            "-" if row.ratio is None else f"{row.ratio:.2f}",
+        )
+    out.print(table)
+
+
+@app.command()
+def bench(
+    spec_path: SpecArg = None,
+    runtime: Annotated[
+        int | None,
+        typer.Option("--runtime", min=1, help="seconds per fio job (overrides the spec)"),
+    ] = None,
+    results: Annotated[Path, typer.Option(help="where run directories go")] = Path("results"),
+    accel: Annotated[str | None, typer.Option(help="force kvm or tcg")] = None,
+    timeout_scale: Annotated[float, typer.Option(help="multiply every deadline")] = 1.0,
+    resume: Annotated[Path | None, typer.Option(help="finish an interrupted run directory")] = None,
+    ci: Annotated[bool, typer.Option("--ci", help="plain logs, no progress bars")] = False,
+) -> None:
+    """Run a spec (or the embedded default lab) and print the comparison table."""
+    from vmlab.bench import BenchOptions, run_bench
+    from vmlab.guest.image import build_image
+    from vmlab.host import check_host
+    from vmlab.plan import plan
+    from vmlab.results.rundir import RunDir
+
+    if accel not in (None, "kvm", "tcg"):
+        raise typer.BadParameter("expected kvm or tcg", param_hint="--accel")
+    resumed = RunDir.open(resume) if resume else None
+    if resumed is not None:
+        if spec_path is not None or runtime is not None:
+            raise VmlabError(
+                "--resume runs the spec stored in the run directory",
+                hint="drop the SPEC argument and --runtime when resuming",
+            )
+        spec = resumed.spec()
+    else:
+        spec = _load(spec_path, runtime)
+    facts = check_host()
+    if facts.qemu is None:
+        raise VmlabError(
+            "qemu-system-x86_64 is not installed", hint="apt-get install qemu-system-x86 qemu-utils"
+        )
+    plain = ci or not sys.stdout.isatty()
+    if plain:
+        print(f"host: QEMU {facts.qemu_version}, accel {facts.accel} ({facts.accel_reason})")
+    else:
+        out.print(
+            f"host: QEMU {facts.qemu_version}, accel [bold]{facts.accel}[/] ({facts.accel_reason})"
+        )
+    image = build_image(
+        progress=(lambda m: print(f"image: {m}", flush=True))
+        if plain
+        else (lambda m: err.print(f"[dim]image: {m}[/]"))
+    )
+    options = BenchOptions(results_root=results, timeout_scale=timeout_scale, accel=accel)
+    total = sum(len(c.jobs) for c in plan(spec))
+    try:
+        if plain:
+            outcome = run_bench(
+                spec,
+                facts=facts,
+                image=image,
+                options=options,
+                events=PlainEvents(),
+                resume=resumed,
+            )
+        else:
+            with Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} jobs"),
+                TimeElapsedColumn(),
+                console=out,
+                transient=True,
+            ) as progress:
+                outcome = run_bench(
+                    spec,
+                    facts=facts,
+                    image=image,
+                    options=options,
+                    events=RichEvents(progress, total),
+                    resume=resumed,
+                )
+    except KeyboardInterrupt:
+        err.print(f"[yellow]{INTERRUPTED}[/]")
+        raise typer.Exit(130) from None
+    _print_table(outcome, f"{spec.name}: {outcome.run.path}")
+    if not outcome.ok:
+        raise VmlabError(
+            f"{len(outcome.failed)} of {len(outcome.cases)} cases failed: "
+            + ", ".join(outcome.failed),
+            hint=f"see status.json and the logs under {outcome.run.path}/cases/",
+        )
+
+
+@host_app.command("check")
+def host_check(
+    json_out: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+    probe: Annotated[bool, typer.Option(help="boot a probe guest to test KVM")] = True,
+) -> None:
+    """QEMU version, the accelerator that really works, and what is missing."""
+    from vmlab.host import check_host
+
+    facts = check_host(probe=probe, use_cache=False)
+    if json_out:
+        print(facts.model_dump_json(indent=2))
+        return
+    out.print(f"kernel        {facts.kernel}, {facts.cpus} CPUs, {facts.memory_mib} MiB")
+    out.print(
+        f"QEMU          {facts.qemu_version or '[red]not installed[/]'}"
+        f"{'  (' + facts.qemu + ')' if facts.qemu else ''}"
+    )
+    out.print(f"accelerator   [bold]{facts.accel}[/]: {facts.accel_reason}")
+    out.print(f"fio (host)    {facts.fio_version or 'not installed'}")
+    out.print(f"hugepages 2M  {facts.hugepages_2m_free} free of {facts.hugepages_2m_total}")
+    out.print(f"IOMMU groups  {facts.iommu_groups}")
+    if facts.missing:
+        table = Table(title="missing", title_justify="left")
+        for col in ("what", "needed for", "fix"):
+            table.add_column(col)
+        for m in facts.missing:
+            table.add_row(m.what, m.needed_for, m.fix)
+        out.print(table)
+
+
+@image_app.command("build")
+def image_build(
+    force: Annotated[bool, typer.Option(help="rebuild even if cached")] = False,
+) -> None:
+    """Build (or reuse) the default guest image and print where it is."""
+    from vmlab.guest.image import build_image
+
+    image = build_image(force=force, progress=lambda m: err.print(f"[dim]{m}[/]"))
+    out.print(str(image.root))
+
+
+@image_app.command("info")
+def image_info() -> None:
+    """Show the cached default guest image, if any."""
+    from vmlab.guest.image import find_image
+
+    image = find_image()
+    if image is None:
+        raise VmlabError("no guest image is built yet", hint="run `vmlab image build`")
+    for key, value in (
+        ("path", image.root),
+        ("key", image.key),
+        ("kernel", image.kernel),
+        ("kernel version", image.kernel_version),
+        ("initrd", image.initrd),
+        ("fio", image.fio_version),
+        ("host key", image.host_key),
+        ("cmdline", image.cmdline),
+    ):
+        out.print(f"{key:15} {value}")
+
+
+def _mount_subcommands() -> None:
+    """Command groups that live beside the code they drive."""
+    from vmlab.ceph.cli import app as ceph_app
+    from vmlab.report.cli import app as report_app
+    from vmlab.results.cli import app as results_app
+
+    app.add_typer(ceph_app, name="ceph", help="A micro Ceph cluster for labs and tests.")
+    app.add_typer(results_app, name="results", help="Stored runs: list, show, rm, reindex.")
+    app.registered_commands += report_app.registered_commands  # import, compare, report
+
+
+INTERRUPTED = (
+    "interrupted: everything vmlab started has been stopped; finished cases are kept "
+    "(resume with `vmlab bench --resume results/<run-id>`)"
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: Typer reports usage errors; vmlab's own errors become one clear message."""
+    _mount_subcommands()
+    try:
+        app(args=argv)
+    except VmlabError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        if exc.hint:
+            err.print(f"[yellow]hint:[/] {escape(exc.hint)}")
+        sys.exit(2 if isinstance(exc, SpecError) else 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
