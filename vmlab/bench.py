@@ -9,34 +9,30 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from vmlab import __version__
-from vmlab.errors import CommandError, GuestError, ResultError, VmlabError
+from vmlab.disks import ScratchDisks, scratch_disks, served_disks
+from vmlab.errors import GuestError, ResultError, VmlabError
 from vmlab.fio.jobs import fio_command, fio_timeout_s, render_job
 from vmlab.fio.parse import parse_fio_output, summarize
 from vmlab.guest.image import GuestImage, authkey_cmdline
 from vmlab.guest.ssh import GuestSSH, lab_key, public_line, wait_banner
-from vmlab.host import HostFacts, pick_accel, require_qemu, scratch_root
+from vmlab.host import HostFacts, pick_accel, require_qemu
 from vmlab.launch.base import Launcher, LaunchRequest
 from vmlab.launch.direct import QemuLauncher
 from vmlab.launch.qemu import Deadlines, sweep_stale
 from vmlab.paths import state_dir
 from vmlab.plan import Case, plan
-from vmlab.render import BootImage
+from vmlab.render import BootImage, pci_slot
 from vmlab.resources import templates_dir
 from vmlab.results.index import default_index_path, index_run
 from vmlab.results.rundir import CaseDir, RunDir, now_iso
-from vmlab.spec import BenchSpec, FileBackend
+from vmlab.spec import BenchSpec
 
 log = logging.getLogger(__name__)
 
@@ -99,62 +95,6 @@ class BenchOutcome:
         return not self.failed
 
 
-class ScratchDisks:
-    """Backing files made for a run; shared by every case that asks for the same one."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.made: dict[tuple[str, str, int], Path] = {}
-
-    def path(self, name: str, backend: FileBackend) -> Path:
-        if backend.path is not None:
-            return backend.path
-        key = (name, backend.format, backend.size_bytes)
-        if key not in self.made:
-            self.root.mkdir(parents=True, exist_ok=True)
-            path = self.root / f"{name}-{backend.size}.{backend.format}"
-            if backend.format == "raw":
-                with path.open("wb") as fh:
-                    # Allocated, not sparse: guest writes never wait on host block allocation.
-                    fh.truncate(backend.size_bytes)
-                    try:
-                        os.posix_fallocate(fh.fileno(), 0, backend.size_bytes)
-                    except OSError as exc:
-                        log.debug("fallocate %s: %s (left sparse)", path, exc)
-            else:
-                argv = [
-                    "qemu-img",
-                    "create",
-                    "-q",
-                    "-f",
-                    backend.format,
-                    str(path),
-                    str(backend.size_bytes),
-                ]
-                done = subprocess.run(argv, capture_output=True, text=True, check=False)
-                if done.returncode != 0:
-                    raise CommandError(
-                        "cannot create a scratch disk",
-                        argv=argv,
-                        returncode=done.returncode,
-                        output=done.stderr,
-                    )
-            self.made[key] = path
-        return self.made[key]
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@contextmanager
-def scratch_disks(run_id: str) -> Iterator[ScratchDisks]:
-    disks = ScratchDisks(scratch_root() / run_id)
-    try:
-        yield disks
-    finally:
-        disks.cleanup()
-
-
 def parse_guest_facts(text: str) -> dict[str, Any]:
     facts: dict[str, Any] = {"disks": {}}
     for line in text.splitlines():
@@ -162,13 +102,38 @@ def parse_guest_facts(text: str) -> dict[str, Any]:
         if key == "disk":
             parts = rest.split()
             if len(parts) >= 2:
-                facts["disks"][parts[0]] = {
-                    "device": parts[1],
-                    "queues": int(parts[2]) if len(parts) > 2 else None,
+                serial, device = parts[0], parts[1]
+                queues = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+                pci = parts[3] if len(parts) > 3 and parts[3] != "-" else None
+                facts["disks"][device] = {
+                    "serial": None if serial == "-" else serial,
+                    "queues": queues,
+                    "pci": pci,
                 }
         elif key:
             facts[key] = rest.strip()
     return facts
+
+
+def find_disks(case: Case, seen: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Guest device node per spec disk: by serial, else by the PCI slot vmlab gave it."""
+    devices: dict[str, str] = {}
+    for index, disk in enumerate(case.variant.guest.disks):
+        slot = f"0000:00:{int(pci_slot(index), 16):02x}.0"
+        by_serial = [dev for dev, d in seen.items() if d.get("serial") == disk.serial]
+        by_slot = [dev for dev, d in seen.items() if d.get("pci") == slot]
+        found = by_serial or by_slot
+        if len(found) != 1:
+            have = ", ".join(
+                f"{dev} ({d.get('serial') or d.get('pci')})" for dev, d in seen.items()
+            )
+            raise GuestError(
+                f"disk {disk.name!r} (serial {disk.serial}, PCI {slot}) is "
+                f"{'ambiguous' if found else 'not visible'} in the guest; it has: {have or 'none'}",
+                hint="the guest kernel may lack the driver for this device model",
+            )
+        devices[disk.name] = found[0]
+    return devices
 
 
 def case_done(case_dir: CaseDir) -> bool:
@@ -315,13 +280,35 @@ class Bench:
             case_dir=case_dir,
             accel=accel,
             boot=BootImage(self.image.kernel, self.image.initrd, cmdline),
-            disk_paths={d.name: scratch.path(d.name, d.backend) for d in guest.disks},
+            disks={},
             deadlines=deadlines,
             ready_marker=self.image.ready_marker,
             failed_marker=self.image.failed_marker,
         )
         launcher = self.launchers[case.variant.launcher]
-        self.events.stage(case, f"booting ({launcher.name}, {accel})")
+        with served_disks(
+            case,
+            scratch,
+            case_dir=case_dir,
+            deadlines=deadlines,
+            qsd=self.facts.qemu_storage_daemon,
+        ) as disks:
+            self.events.stage(case, f"booting ({launcher.name}, {accel})")
+            self._boot(
+                case, case_dir, launcher, replace(request, disks=disks), nonce, timings, outcome
+            )
+
+    def _boot(
+        self,
+        case: Case,
+        case_dir: CaseDir,
+        launcher: Launcher,
+        request: LaunchRequest,
+        nonce: str,
+        timings: dict[str, float],
+        outcome: BenchOutcome,
+    ) -> None:
+        deadlines = request.deadlines
         with launcher.launch(request) as vm:
             timings.update(vm.timings)
             self.events.stage(case, "waiting for SSH")
@@ -357,17 +344,7 @@ class Bench:
         case_dir.write_bytes("guest-facts.txt", out.stdout)
         facts = parse_guest_facts(out.text)
         case_dir.write_json("guest.json", facts)
-        devices = {}
-        for disk in case.variant.guest.disks:
-            found = facts["disks"].get(disk.serial)
-            if found is None:
-                raise GuestError(
-                    f"disk {disk.name!r} (serial {disk.serial}) is not visible in the guest; "
-                    f"the guest has: {', '.join(facts['disks']) or 'no disks with serials'}",
-                    hint="the guest kernel may lack the driver for this device model",
-                )
-            devices[disk.name] = str(found["device"])
-        return devices
+        return find_disks(case, facts["disks"])
 
     def _run_jobs(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,7 +85,8 @@ def render(
     accel: Annotated[str, typer.Option(help="accelerator to render for")] = "tcg",
 ) -> None:
     """Print, per case, the exact QEMU argv that would run, without running anything."""
-    from vmlab.bench import ScratchDisks
+    from vmlab.disks import ScratchDisks, local_source
+    from vmlab.launch.sidecars import render_qsd
     from vmlab.plan import plan
     from vmlab.render import GuestRuntime, render_qemu
 
@@ -97,14 +99,26 @@ def render(
                 f"no case {case!r} in the plan", hint="run `vmlab render SPEC` to list the case ids"
             )
     boot = _boot_placeholder()
-    scratch = ScratchDisks(Path("<scratch>"))
+    scratch = ScratchDisks(Path("<scratch>"), dry_run=True)
     for index, c in enumerate(cases, start=1):
-        paths = {
-            d.name: (
-                d.backend.path or scratch.root / f"{d.name}-{d.backend.size}.{d.backend.format}"
-            )
-            for d in c.variant.guest.disks
-        }
+        sidecars: list[list[str]] = []
+        sources = {}
+        for d in c.variant.guest.disks:
+            source = local_source(c, d, scratch)
+            if d.served_by == "qsd":
+                sock = Path(f"<sidecar-{d.name}>/vhost-user.sock")
+                sidecars.append(
+                    render_qsd(
+                        "qemu-storage-daemon",
+                        d,
+                        source,
+                        socket=sock,
+                        qmp_socket=sock.with_name("qmp.sock"),
+                        pidfile=sock.with_name("qemu.pid"),
+                    )
+                )
+                source = replace(source, socket=sock)
+            sources[d.name] = source
         rt = GuestRuntime(
             qmp_socket=Path("<guest-dir>/qmp.sock"),
             serial_log=Path(f"<run>/cases/{c.id}/serial.log"),
@@ -112,12 +126,15 @@ def render(
             ssh_port=10022,
         )
         rendered = render_qemu(
-            c, qemu="qemu-system-x86_64", accel=accel, boot=boot, disk_paths=paths, runtime=rt
+            c, qemu="qemu-system-x86_64", accel=accel, boot=boot, disks=sources, runtime=rt
         )
         out.print(
             f"[bold]# case {index}/{len(cases)}: {c.id}[/]  "
             + "  ".join(f"{k}={v}" for k, v in c.params.items())
         )
+        for argv in sidecars:
+            out.print("# sidecar, started first:")
+            out.print(" \\\n  ".join(_argv_lines(argv)), markup=False)
         out.print(" \\\n  ".join(_argv_lines(rendered.argv)), markup=False)
         out.print(f"# jobs: {', '.join(f'{j.name} ({j.runtime_s} s)' for j in c.jobs)}\n")
 

@@ -17,7 +17,7 @@ import jinja2
 
 from vmlab.plan import Case
 from vmlab.resources import templates_dir
-from vmlab.spec import Disk
+from vmlab.spec import Disk, Guest
 
 
 def qemu_quote(value: object) -> str:
@@ -82,12 +82,57 @@ class GuestRuntime:
 
 
 @dataclass(frozen=True)
+class DiskSource:
+    """Where a disk's data is, as the bench resolved it (scratch, overlay, sidecar socket)."""
+
+    path: Path
+    format: str = "raw"
+    protocol: str = "file"  # QEMU block driver: file | host_device
+    socket: Path | None = None  # vhost-user socket, for disks a sidecar serves
+    wwpn: str | None = None  # vhost-scsi target, for disks LIO serves
+
+
+FIRST_DISK_SLOT = 0x10
+
+
+@dataclass(frozen=True)
 class RenderedDisk:
     disk: Disk
-    path: Path
+    source: DiskSource
     cache: CacheFlags
     node: str
     throttle_limits: Sequence[tuple[str, int]]
+    pci_slot: str
+    iothread: str | None
+    own_iothread: bool
+
+    @property
+    def served_by(self) -> str:
+        return self.disk.served_by
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+    @property
+    def format(self) -> str:
+        return self.source.format
+
+    @property
+    def protocol(self) -> str:
+        return self.source.protocol
+
+    @property
+    def socket(self) -> Path:
+        if self.source.socket is None:
+            raise ValueError(f"disk {self.disk.name}: no vhost-user socket resolved")
+        return self.source.socket
+
+    @property
+    def wwpn(self) -> str:
+        if self.source.wwpn is None:
+            raise ValueError(f"disk {self.disk.name}: no vhost-scsi WWPN resolved")
+        return self.source.wwpn
 
 
 @dataclass(frozen=True)
@@ -99,7 +144,16 @@ class Rendered:
     accel: str
 
 
-def _rendered_disk(disk: Disk, path: Path) -> RenderedDisk:
+def pci_slot(index: int) -> str:
+    """Disks get fixed PCI slots, so the guest can find a disk that has no serial by address."""
+    return f"0x{FIRST_DISK_SLOT + index:x}"
+
+
+def cache_flags(mode: str) -> CacheFlags:
+    return _CACHE_MODES[mode]
+
+
+def _rendered_disk(index: int, disk: Disk, source: DiskSource) -> RenderedDisk:
     limits: list[tuple[str, int]] = []
     node = f"fmt-{disk.name}"
     if disk.throttle is not None:
@@ -113,7 +167,44 @@ def _rendered_disk(disk: Disk, path: Path) -> RenderedDisk:
             value = getattr(disk.throttle, field)
             if value is not None:
                 limits.append((key, value))
-    return RenderedDisk(disk, path, _CACHE_MODES[disk.cache], node, limits)
+    if disk.iothread is True:
+        iothread: str | None = f"iot-disk-{disk.name}"
+    elif isinstance(disk.iothread, str):
+        iothread = f"iot-{disk.iothread}"
+    else:
+        iothread = None
+    return RenderedDisk(
+        disk=disk,
+        source=source,
+        cache=_CACHE_MODES[disk.cache],
+        node=node,
+        throttle_limits=limits,
+        pci_slot=pci_slot(index),
+        iothread=iothread,
+        own_iothread=disk.iothread is True,
+    )
+
+
+def memory_object(guest: Guest) -> str | None:
+    """The -object for guest RAM, or None for QEMU's default anonymous memory.
+
+    vhost-user back ends map guest RAM, so with one present RAM is shared (memfd unless the
+    spec picks hugepages or a file) and exactly the size of -m.
+    """
+    backend = guest.effective_memory_backend
+    size = f"{guest.memory_mib}M"
+    share = "on" if guest.needs_shared_memory else "off"
+    if backend == "memfd":
+        return f"memory-backend-memfd,id=mem,size={size},share={share}"
+    if backend == "hugepages":
+        return f"memory-backend-memfd,id=mem,size={size},share={share},hugetlb=on,hugetlbsize=2M"
+    if backend == "file":
+        assert guest.memory_path is not None
+        return (
+            f"memory-backend-file,id=mem,size={size},share={share},"
+            f"mem-path={qemu_quote(guest.memory_path)}"
+        )
+    return None
 
 
 def mac_address(seed: str) -> str:
@@ -128,7 +219,7 @@ def render_qemu(
     qemu: str,
     accel: str,
     boot: BootImage,
-    disk_paths: Mapping[str, Path],
+    disks: Mapping[str, DiskSource],
     runtime: GuestRuntime,
 ) -> Rendered:
     guest = case.variant.guest
@@ -143,6 +234,7 @@ def render_qemu(
         boot=boot,
         rt=runtime,
         mgmt_mac=mac_address(case.id),
-        disks=[_rendered_disk(d, disk_paths[d.name]) for d in guest.disks],
+        memory=memory_object(guest),
+        disks=[_rendered_disk(i, d, disks[d.name]) for i, d in enumerate(guest.disks)],
     )
     return Rendered(case_id=case.id, argv=argv, accel=accel)

@@ -57,12 +57,17 @@ class Model(BaseModel):
 
 
 class FileBackend(Model):
-    """A file on the host: raw or qcow2. Without a path, a scratch file made for the run."""
+    """A file on the host, raw or qcow2. Without a path, a scratch file made for the run.
+
+    With `overlay: true` every guest writes to its own qcow2 overlay over the file (or over
+    a shared scratch base), so the base is never written.
+    """
 
     type: Literal["file"] = "file"
     path: Path | None = None
     format: Literal["raw", "qcow2"] = "raw"
     size: str = "1G"
+    overlay: bool = False
 
     @field_validator("size")
     @classmethod
@@ -75,7 +80,18 @@ class FileBackend(Model):
         return parse_size(self.size)
 
 
-Backend = Annotated[Union[FileBackend], Field(discriminator="type")]  # noqa: UP007
+class BlockBackend(Model):
+    """A host block device (a partition, an LV, a krbd /dev/rbdN). Its contents are overwritten."""
+
+    type: Literal["block"] = "block"
+    path: Path
+
+    @property
+    def format(self) -> str:
+        return "raw"
+
+
+Backend = Annotated[Union[FileBackend, BlockBackend], Field(discriminator="type")]  # noqa: UP007
 
 
 class Throttle(Model):
@@ -87,28 +103,83 @@ class Throttle(Model):
     bps_total: int | None = Field(default=None, gt=0)
 
 
+class Spdk(Model):
+    """An SPDK vhost target: one vmlab starts (`binary`) or one already running (`rpc_socket`)."""
+
+    binary: Path | None = None
+    rpc_socket: Path | None = None
+    cpumask: str = "0x1"
+    mem_mib: int = Field(default=1024, ge=64)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Spdk:
+        if (self.binary is None) == (self.rpc_socket is None):
+            raise ValueError("give exactly one of binary (vmlab starts spdk) or rpc_socket")
+        return self
+
+
+DeviceModel = Literal["virtio-blk", "virtio-scsi", "nvme", "vhost-user-blk", "vhost-scsi"]
+
+
 class Disk(Model):
-    """One disk under test: the device model the guest sees and the backend behind it."""
+    """One disk under test: the device model the guest sees and the backend behind it.
+
+    `target` says who serves the backend: QEMU itself, a qemu-storage-daemon sidecar or an
+    SPDK vhost target (both for vhost-user-blk), or the kernel's LIO (vhost-scsi).
+    """
 
     name: str = Field(default="data", pattern=r"^[a-z0-9][a-z0-9-]{0,13}$")
-    model: Literal["virtio-blk", "virtio-scsi", "nvme"] = "virtio-blk"
+    model: DeviceModel = "virtio-blk"
     backend: Backend = Field(default_factory=FileBackend)
+    target: Literal["qemu", "qsd", "spdk", "lio"] | None = None
+    spdk: Spdk | None = None
     cache: Literal["none", "directsync", "writeback", "writethrough", "unsafe"] = "none"
     aio: Literal["threads", "native", "io_uring"] = "threads"
-    iothread: bool = False
+    iothread: bool | str = Field(
+        default=False,
+        description="true: its own iothread; a name: a shared one from guest.iothreads",
+    )
+    iothread_cpu: int | None = Field(default=None, ge=0, description="pin its own iothread")
     num_queues: int | None = Field(default=None, ge=1, le=64)
     queue_size: int | None = Field(default=None, ge=4, le=1024)
     discard: bool = False
     throttle: Throttle | None = None
 
     @model_validator(mode="after")
-    def _aio_needs_direct(self) -> Disk:
+    def _consistent(self) -> Disk:
         if self.aio == "native" and self.cache not in ("none", "directsync"):
             raise ValueError(
                 f"aio=native needs O_DIRECT: use cache none or directsync "
                 f"(got cache={self.cache}), or aio threads/io_uring"
             )
+        target = self.served_by
+        allowed = {
+            "vhost-user-blk": ("qsd", "spdk"),
+            "vhost-scsi": ("lio",),
+        }.get(self.model, ("qemu",))
+        if target not in allowed:
+            raise ValueError(
+                f"model {self.model} is served by {' or '.join(allowed)}, not {target}"
+            )
+        if target == "spdk" and self.spdk is None:
+            raise ValueError("target spdk needs an spdk: {binary: ...} or {rpc_socket: ...}")
+        if self.throttle is not None and target != "qemu":
+            raise ValueError(f"throttle is applied by QEMU's block layer, not by {target}")
+        if self.iothread_cpu is not None and self.iothread is not True:
+            raise ValueError("iothread_cpu pins a disk's own iothread: set iothread: true")
+        if self.iothread and self.model in ("nvme", "vhost-user-blk", "vhost-scsi"):
+            raise ValueError(f"{self.model} has no iothread option in QEMU")
+        if target == "lio" and isinstance(self.backend, FileBackend) and self.backend.overlay:
+            raise ValueError("LIO serves a block device or a raw file, not a qcow2 overlay")
+        if self.backend.format == "qcow2" and target in ("spdk", "lio"):
+            raise ValueError(f"{target} reads raw data: use format raw")
         return self
+
+    @property
+    def served_by(self) -> str:
+        if self.target is not None:
+            return self.target
+        return {"vhost-user-blk": "qsd", "vhost-scsi": "lio"}.get(self.model, "qemu")
 
     @property
     def serial(self) -> str:
@@ -116,25 +187,59 @@ class Disk(Model):
         return f"vmlab-{self.name}"
 
 
+class IOThread(Model):
+    """A shared iothread that several disks can name."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,13}$")
+    cpu: int | None = Field(default=None, ge=0, description="host CPU to pin it to")
+
+
 class Guest(Model):
     """One guest's hardware. The default image is vmlab's own initramfs guest."""
 
     memory_mib: int = Field(default=512, ge=256, le=1 << 20)
+    memory_backend: Literal["default", "memfd", "hugepages", "file"] = "default"
+    memory_path: Path | None = Field(default=None, description="for memory_backend file")
     cpus: int = Field(default=2, ge=1, le=256)
+    vcpu_pinning: list[int] | None = Field(default=None, description="host CPU per vCPU")
     machine: str = "q35"
     cpu_model: str | None = None
     image: Literal["default"] = "default"
+    iothreads: list[IOThread] = Field(default_factory=list)
     disks: list[Disk] = Field(default_factory=lambda: [Disk()], min_length=1)
     kernel_args: str = ""
 
-    @field_validator("disks")
-    @classmethod
-    def _unique_disk_names(cls, disks: list[Disk]) -> list[Disk]:
-        names = [d.name for d in disks]
+    @model_validator(mode="after")
+    def _consistent(self) -> Guest:
+        names = [d.name for d in self.disks]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"disk names must be unique, repeated: {', '.join(dupes)}")
-        return disks
+        pool = {t.name for t in self.iothreads}
+        for disk in self.disks:
+            if isinstance(disk.iothread, str) and disk.iothread not in pool:
+                raise ValueError(
+                    f"disk {disk.name} names iothread {disk.iothread!r}, which guest.iothreads "
+                    f"does not define (defined: {', '.join(sorted(pool)) or 'none'})"
+                )
+        if self.vcpu_pinning is not None and len(self.vcpu_pinning) != self.cpus:
+            raise ValueError(
+                f"vcpu_pinning lists {len(self.vcpu_pinning)} CPUs for {self.cpus} vCPUs"
+            )
+        if self.memory_backend == "file" and self.memory_path is None:
+            raise ValueError("memory_backend file needs memory_path (a directory, e.g. /dev/shm)")
+        return self
+
+    @property
+    def needs_shared_memory(self) -> bool:
+        """vhost-user back ends map guest RAM: it must be a shared memory backend."""
+        return any(d.model == "vhost-user-blk" for d in self.disks)
+
+    @property
+    def effective_memory_backend(self) -> str:
+        if self.memory_backend == "default" and self.needs_shared_memory:
+            return "memfd"
+        return self.memory_backend
 
 
 class FioJob(Model):
@@ -190,6 +295,7 @@ class BenchSpec(Model):
     name: str = Field(pattern=SLUG)
     description: str = ""
     runtime_s: int | None = Field(default=None, ge=1, description="overrides every job's runtime")
+    baseline: bool = Field(default=False, description="also run each job with fio on the host")
     jobs: list[FioJob] = Field(min_length=1)
     variants: list[Variant] = Field(min_length=1)
     source: str = Field(default="", description="the spec text as the user wrote it")
@@ -200,11 +306,15 @@ class BenchSpec(Model):
 
 # Keys of the spec file that describe one guest and can therefore be matrix axes.
 _VARIANT_KEYS = ("launcher", "accel", "guest")
-_TOP_KEYS = ("name", "description", "runtime_s", "jobs", *_VARIANT_KEYS)
+_TOP_KEYS = ("name", "description", "runtime_s", "baseline", "jobs", *_VARIANT_KEYS)
 
 
-def _list_annotation(annotation: Any) -> bool:
-    return typing.get_origin(annotation) is list
+def _list_annotation(annotation: Any) -> Any:
+    """The list type inside an annotation (`list[X]`, `list[X] | None`), or None."""
+    for member in _unwrap(annotation):
+        if typing.get_origin(member) is list:
+            return member
+    return None
 
 
 def _unwrap(annotation: Any) -> list[Any]:
@@ -242,11 +352,11 @@ def _axes(value: Any, model: type[BaseModel], path: str) -> Iterator[tuple[str, 
             continue  # unknown keys are reported by validation, with their path
         here = f"{path}.{key}" if path else key
         annotation = field.annotation
-        if _list_annotation(annotation):
+        if (list_type := _list_annotation(annotation)) is not None:
             if isinstance(item, list) and item and all(isinstance(i, list) for i in item):
                 yield here, item
                 continue
-            (inner,) = typing.get_args(annotation)
+            (inner,) = typing.get_args(list_type)
             if isinstance(item, list):
                 for index, element in enumerate(item):
                     if isinstance(element, Mapping) and (sub := _model_for(inner, element)):
@@ -380,6 +490,7 @@ def parse_spec(raw: Any, *, file: Path | None = None, source: str = "") -> Bench
                     "name": raw.get("name", file.stem if file else "spec"),
                     "description": raw.get("description", ""),
                     "runtime_s": raw.get("runtime_s"),
+                    "baseline": raw.get("baseline", False),
                     "jobs": jobs,
                     "variants": variants,
                     "source": source,

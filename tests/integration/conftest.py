@@ -46,7 +46,7 @@ def qemu_pids() -> Callable[[str], list[int]]:
 
 
 def qemu_pids_mentioning(text: str) -> list[int]:
-    """QEMU processes (not zombies) whose command line contains `text`."""
+    """QEMU or qemu-storage-daemon processes (not zombies) whose argv contains `text`."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -56,6 +56,7 @@ def qemu_pids_mentioning(text: str) -> list[int]:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"qemu-system" in cmdline and text.encode() in cmdline and state != "Z":
+        is_qemu = b"qemu-system" in cmdline or b"qemu-storage-daemon" in cmdline
+        if is_qemu and text.encode() in cmdline and state != "Z":
             pids.append(int(proc.name))
     return pids

@@ -44,16 +44,13 @@ def test_default_lab_prints_a_table_from_three_real_guests(
         assert len(rows) == 2, f"{case}: {rows}"  # latency and throughput
     run = only_run(results)
     assert json.loads((run / "status.json").read_text())["status"] == "complete"
-    # the interrupted attempt is kept beside, not among, the cases
-    (attempt,) = (run / "attempts").iterdir()
-    assert json.loads((attempt / "status.json").read_text())["status"] == "interrupted"
     for case in ("virtio-blk", "virtio-scsi", "nvme"):
         cdir = run / "cases" / case
         argv = json.loads((cdir / "argv.json").read_text())
         assert argv[0].endswith("qemu-system-x86_64")
         assert "VMLAB-READY" in (cdir / "serial.log").read_text(errors="replace")
         guest = json.loads((cdir / "guest.json").read_text())
-        assert "vmlab-data" in guest["disks"]
+        assert [d["serial"] for d in guest["disks"].values()] == ["vmlab-data"]
         for job in ("latency", "throughput"):
             jdir = cdir / "jobs" / job / "r1"
             raw = (jdir / "fio.json").read_text()
@@ -112,6 +109,9 @@ def test_sigint_stops_everything_and_keeps_finished_cases_then_resume_finishes(
     }
     assert statuses == {"virtio-blk": "ok", "virtio-scsi": "ok", "nvme": "ok"}
     assert json.loads((run / "status.json").read_text())["status"] == "complete"
+    # the interrupted attempt is kept beside, not among, the cases
+    (attempt,) = (run / "attempts").iterdir()
+    assert json.loads((attempt / "status.json").read_text())["status"] == "interrupted"
 
 
 def test_missing_qemu_is_one_clear_message(lab_env: dict[str, str], tmp_path: Path) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from vmlab.disks import ScratchDisks, local_source
 from vmlab.fio.jobs import render_job
 from vmlab.plan import Case, plan
-from vmlab.render import BootImage, GuestRuntime, qemu_quote, render_qemu
+from vmlab.render import BootImage, DiskSource, GuestRuntime, qemu_quote, render_qemu
 from vmlab.spec import BenchSpec, default_lab, load_spec
 
 DATA = Path(__file__).parent.parent / "data"
@@ -25,11 +27,21 @@ def _cases() -> list[tuple[str, Case]]:
     return [(name, case) for name, spec in _specs() for case in plan(spec)]
 
 
+def fixed_sources(case: Case) -> dict[str, DiskSource]:
+    scratch = ScratchDisks(Path("/scratch"), dry_run=True)
+    sources = {}
+    for d in case.variant.guest.disks:
+        source = local_source(case, d, scratch)
+        if d.served_by in ("qsd", "spdk"):
+            source = replace(source, socket=Path(f"/run/{d.served_by}-{d.name}/vhost-user.sock"))
+        elif d.served_by == "lio":
+            source = replace(source, wwpn="naa.5001405abcdef012")
+        sources[d.name] = source
+    return sources
+
+
 def fixed_render(case: Case, accel: str = "tcg") -> list[str]:
-    disks = {
-        d.name: d.backend.path or Path(f"/scratch/{d.name}.{d.backend.format}")
-        for d in case.variant.guest.disks
-    }
+    disks = fixed_sources(case)
     runtime = GuestRuntime(
         qmp_socket=Path("/run/g/qmp.sock"),
         serial_log=Path("/r/serial.log"),
@@ -38,7 +50,7 @@ def fixed_render(case: Case, accel: str = "tcg") -> list[str]:
     )
     boot = BootImage(Path("/img/vmlinux"), Path("/img/initrd.img"), "console=ttyS0 vmlab.x=1")
     return render_qemu(
-        case, qemu="qemu-system-x86_64", accel=accel, boot=boot, disk_paths=disks, runtime=runtime
+        case, qemu="qemu-system-x86_64", accel=accel, boot=boot, disks=disks, runtime=runtime
     ).argv
 
 
@@ -83,7 +95,7 @@ def test_cache_modes_map_to_blockdev_and_device_flags() -> None:
     aux = [a for a in wb if "aux" in a]
     assert any("write-cache=off" in a for a in aux)  # directsync
     assert any(
-        "iothread=iot-aux" in a and "num-queues=2" in a and "queue-size=128" in a for a in aux
+        "iothread=iot-disk-aux" in a and "num-queues=2" in a and "queue-size=128" in a for a in aux
     )
     assert "throttle-group,id=tg-aux,x-iops-total=500,x-bps-total=10485760" in aux
     assert any(a.startswith("virtio-blk-pci") and "drive=disk-aux" in a for a in aux)

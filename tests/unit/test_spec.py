@@ -34,21 +34,21 @@ name: m
 guest:
   cpus: [1, 2]
   disks:
-    - model: [virtio-blk, nvme]
+    - model: [virtio-blk, virtio-scsi]
       iothread: [true, false]
 """)
     ids = [c.id for c in plan(s)]
     assert ids == [
         "cpus-1_virtio-blk_iothread",
         "cpus-1_virtio-blk_no-iothread",
-        "cpus-1_nvme_iothread",
-        "cpus-1_nvme_no-iothread",
+        "cpus-1_virtio-scsi_iothread",
+        "cpus-1_virtio-scsi_no-iothread",
         "cpus-2_virtio-blk_iothread",
         "cpus-2_virtio-blk_no-iothread",
-        "cpus-2_nvme_iothread",
-        "cpus-2_nvme_no-iothread",
+        "cpus-2_virtio-scsi_iothread",
+        "cpus-2_virtio-scsi_no-iothread",
     ]
-    assert plan(s)[2].variant.guest.disks[0].model == "nvme"
+    assert plan(s)[2].variant.guest.disks[0].model == "virtio-scsi"
     assert plan(s)[2].variant.guest.cpus == 1
 
 
@@ -126,3 +126,9 @@ def test_sizes(text: str | int, size: int) -> None:
 def test_bad_size_is_rejected_with_the_field() -> None:
     with pytest.raises(SpecError, match="size"):
         spec("name: a\nguest:\n  disks:\n    - backend: {type: file, size: lots}\n")
+
+
+def test_an_optional_list_field_is_a_value_not_an_axis() -> None:
+    s = spec("name: p\nguest:\n  cpus: 2\n  vcpu_pinning: [0, 1]\n")
+    (case,) = plan(s)
+    assert case.variant.guest.vcpu_pinning == [0, 1]

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from vmlab.launch.qemu import Deadlines
 from vmlab.plan import Case
-from vmlab.render import BootImage
+from vmlab.render import BootImage, DiskSource
 from vmlab.results.rundir import CaseDir
 
 
@@ -20,7 +19,7 @@ class LaunchRequest:
     case_dir: CaseDir
     accel: str
     boot: BootImage
-    disk_paths: Mapping[str, Path]
+    disks: Mapping[str, DiskSource]
     deadlines: Deadlines
     ready_marker: str
     failed_marker: str

@@ -79,7 +79,7 @@ class QemuLauncher:
                 qemu=self.qemu,
                 accel=request.accel,
                 boot=request.boot,
-                disk_paths=request.disk_paths,
+                disks=request.disks,
                 runtime=runtime,
             )
             # Saved before it runs: a guest that never boots still leaves its argv behind.

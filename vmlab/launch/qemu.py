@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, NoReturn, Self
 
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -115,8 +115,10 @@ class QemuProcess:
         serial_log: Path,
         qemu_log: Path,
         deadlines: Deadlines,
+        kind: Literal["vm", "daemon"] = "vm",
     ) -> None:
         self.argv = argv
+        self.kind = kind
         self.guest_dir = guest_dir
         self.qmp_socket = qmp_socket
         self.serial_log = serial_log
@@ -180,14 +182,18 @@ class QemuProcess:
                 else:
                     qmp.settimeout(self.deadlines.qmp_s)
                     self.qmp = qmp
-                    kvm = qmp.cmd("query-kvm")
-                    self.kvm = dict(kvm) if isinstance(kvm, dict) else {}
+                    if self.kind == "vm":
+                        kvm = qmp.cmd("query-kvm")
+                        self.kvm = dict(kvm) if isinstance(kvm, dict) else {}
                     return
             if time.monotonic() > deadline:
                 raise LaunchError(
                     f"QMP did not answer within {self.deadlines.qmp_s:.0f} s", log=self.qemu_log
                 )
             time.sleep(0.05)
+
+    def fail(self, message: str) -> NoReturn:
+        raise LaunchError(message, log=self.qemu_log)
 
     def _check_running(self, when: str) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -282,13 +288,15 @@ class QemuProcess:
             return
         try:
             self.save_events()
-            self.note("sending system_powerdown")
-            self.qmp.cmd("system_powerdown")
-            if self._wait_exit(self.deadlines.powerdown_s):
-                return
-            log.info(
-                "guest did not power off within %.0f s; sending quit", self.deadlines.powerdown_s
-            )
+            if self.kind == "vm":
+                self.note("sending system_powerdown")
+                self.qmp.cmd("system_powerdown")
+                if self._wait_exit(self.deadlines.powerdown_s):
+                    return
+                log.info(
+                    "guest did not power off within %.0f s; sending quit",
+                    self.deadlines.powerdown_s,
+                )
             self.note("sending quit")
             self.qmp.cmd("quit")
         except (QMPError, OSError, EOFError) as exc:  # quit closes the socket under us

@@ -1,0 +1,160 @@
+"""Where each disk's data lives for a case: scratch files, per-guest overlays, host devices,
+and the sidecars (qemu-storage-daemon) that serve vhost-user disks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from vmlab.errors import CommandError, HostError
+from vmlab.host import scratch_root
+from vmlab.launch.qemu import Deadlines
+from vmlab.launch.sidecars import qsd_export
+from vmlab.plan import Case
+from vmlab.render import DiskSource
+from vmlab.results.rundir import CaseDir
+from vmlab.spec import BlockBackend, Disk, FileBackend
+
+log = logging.getLogger(__name__)
+
+
+def _qemu_img(*args: str) -> None:
+    argv = ["qemu-img", *args]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise HostError("qemu-img is not installed", hint="apt-get install qemu-utils") from exc
+    if done.returncode != 0:
+        raise CommandError(
+            "qemu-img failed", argv=argv, returncode=done.returncode, output=done.stderr
+        )
+
+
+class ScratchDisks:
+    """Files made for a run: shared bases, and per-case overlays. Removed when the run ends.
+
+    With `dry_run` nothing is created: paths are only computed (for `vmlab render`).
+    """
+
+    def __init__(self, root: Path, *, dry_run: bool = False) -> None:
+        self.root = root
+        self.dry_run = dry_run
+        self.made: dict[tuple[str, str, int], Path] = {}
+
+    def base(self, name: str, backend: FileBackend) -> Path:
+        if backend.path is not None:
+            return backend.path
+        key = (name, backend.format, backend.size_bytes)
+        if key not in self.made:
+            path = self.root / f"{name}-{backend.size}.{backend.format}"
+            if not self.dry_run:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._create(path, backend)
+            self.made[key] = path
+        return self.made[key]
+
+    @staticmethod
+    def _create(path: Path, backend: FileBackend) -> None:
+        if backend.format == "qcow2":
+            _qemu_img("create", "-q", "-f", "qcow2", str(path), str(backend.size_bytes))
+            return
+        with path.open("wb") as fh:
+            # Allocated, not sparse: guest writes never wait on host block allocation.
+            fh.truncate(backend.size_bytes)
+            try:
+                os.posix_fallocate(fh.fileno(), 0, backend.size_bytes)
+            except OSError as exc:
+                log.debug("fallocate %s: %s (left sparse)", path, exc)
+
+    def overlay(self, case_id: str, name: str, base: Path, base_format: str) -> Path:
+        """A qcow2 overlay for one guest, so the shared base is never written."""
+        path = self.root / case_id / f"{name}.overlay.qcow2"
+        if not self.dry_run:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)  # a resumed case starts from the base again
+            _qemu_img(
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                str(base.resolve()),
+                "-F",
+                base_format,
+                str(path),
+            )
+        return path
+
+    def cleanup(self) -> None:
+        if not self.dry_run:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def scratch_disks(run_id: str) -> Iterator[ScratchDisks]:
+    disks = ScratchDisks(scratch_root() / run_id)
+    try:
+        yield disks
+    finally:
+        disks.cleanup()
+
+
+def check_block_device(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise HostError(
+            f"block device {path} does not exist",
+            hint="check backend.path; for krbd, map the image first",
+        ) from exc
+    if not stat.S_ISBLK(mode):
+        raise HostError(
+            f"{path} is not a block device", hint="use backend type file for regular files"
+        )
+
+
+def local_source(case: Case, disk: Disk, scratch: ScratchDisks) -> DiskSource:
+    """Where the disk's bytes are on this host, before any sidecar serves them."""
+    backend = disk.backend
+    if isinstance(backend, BlockBackend):
+        if not scratch.dry_run:
+            check_block_device(backend.path)
+        return DiskSource(path=backend.path, format="raw", protocol="host_device")
+    assert isinstance(backend, FileBackend)
+    base = scratch.base(disk.name, backend)
+    if backend.overlay:
+        overlay = scratch.overlay(case.id, disk.name, base, backend.format)
+        return DiskSource(path=overlay, format="qcow2")
+    return DiskSource(path=base, format=backend.format)
+
+
+@contextmanager
+def served_disks(
+    case: Case, scratch: ScratchDisks, *, case_dir: CaseDir, deadlines: Deadlines, qsd: str | None
+) -> Iterator[dict[str, DiskSource]]:
+    """Every disk of the case ready for QEMU; sidecars stop when the block exits."""
+    with ExitStack() as stack:
+        sources: dict[str, DiskSource] = {}
+        for disk in case.variant.guest.disks:
+            source = local_source(case, disk, scratch)
+            if disk.served_by == "qsd":
+                if qsd is None:
+                    raise HostError(
+                        "qemu-storage-daemon is not installed", hint="apt-get install qemu-utils"
+                    )
+                source = stack.enter_context(
+                    qsd_export(qsd, disk, source, case_dir=case_dir, deadlines=deadlines)
+                )
+            elif disk.served_by in ("spdk", "lio"):
+                raise HostError(
+                    f"disk {disk.name}: {disk.served_by} targets are not wired into the bench yet",
+                    hint="use target qsd for vhost-user-blk",
+                )
+            sources[disk.name] = source
+        yield sources
