@@ -285,6 +285,9 @@ def test_report_rejects_garbage_with_a_vmlab_error() -> None:
 def test_a_zombie_is_dead_and_a_running_process_is_alive() -> None:
     proc = subprocess.Popen(["sleep", "30"])
     try:
+        deadline = time.monotonic() + 10  # until the child has exec'd sleep
+        while not pid_is_live(proc.pid, "30") and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert pid_is_live(proc.pid, "30")
         assert not pid_is_live(proc.pid, "31")  # another command line: pid reuse
         proc.kill()
