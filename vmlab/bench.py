@@ -28,6 +28,7 @@ from vmlab.launch.direct import QemuLauncher
 from vmlab.launch.qemu import Deadlines, sweep_stale
 from vmlab.paths import state_dir
 from vmlab.plan import Case, plan
+from vmlab.preflight import check_plan
 from vmlab.render import BootImage, pci_slot
 from vmlab.resources import templates_dir
 from vmlab.results.index import default_index_path, index_run
@@ -162,8 +163,9 @@ class Bench:
 
     def run(self, *, resume: RunDir | None = None) -> BenchOutcome:
         sweep_stale()
-        run = resume or self._new_run()
         cases = plan(self.spec)
+        check_plan(cases, self.facts, accel_override=self.options.accel)
+        run = resume or self._new_run()
         outcome = BenchOutcome(run=run, cases=cases)
         run.set_status("running", started=now_iso(), cases=[c.id for c in cases])
         status = "failed"

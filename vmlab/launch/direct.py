@@ -14,6 +14,7 @@ from typing import Any
 
 from vmlab.errors import LaunchError
 from vmlab.launch.base import LaunchRequest
+from vmlab.launch.pinning import apply_pinning
 from vmlab.launch.qemu import QemuProcess, new_guest_dir
 from vmlab.render import GuestRuntime, render_qemu
 
@@ -97,6 +98,10 @@ class QemuLauncher:
                 guest.timings["qmp_s"] = time.monotonic() - vm.started_at
                 guest.accel_info = dict(vm.kvm)
                 case_dir.write_json(f"kvm{suffix}.json", vm.kvm)
+                if vm.qmp is not None:
+                    pinned = apply_pinning(vm.qmp, request.case.variant.guest)
+                    if pinned["vcpus"] or pinned["iothreads"]:
+                        case_dir.write_json(f"pinning{suffix}.json", pinned)
                 guest.timings["serial_ready_s"] = vm.wait_serial(
                     request.ready_marker, failed=request.failed_marker
                 )

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vmlab.errors import HostError
+from vmlab.host import HostFacts
+from vmlab.plan import plan
+from vmlab.preflight import check_plan
+from vmlab.spec import parse_spec
+
+
+def facts(**over: object) -> HostFacts:
+    base: dict[str, object] = dict(
+        hostname="h",
+        kernel="k",
+        cpus=2,
+        memory_mib=1,
+        qemu="q",
+        qemu_version="7.2",
+        qemu_img="qemu-img",
+        qemu_storage_daemon="qsd",
+        fio_version=None,
+        accel="tcg",
+        accel_reason="probe",
+        kvm_device=True,
+        vhost_net=False,
+        iommu_groups=0,
+        hugepages_2m_total=0,
+        hugepages_2m_free=0,
+        missing=[],
+    )
+    base.update(over)
+    return HostFacts.model_validate(base)
+
+
+def cases(text: str):  # type: ignore[no-untyped-def]
+    return plan(parse_spec(yaml.safe_load(text)))
+
+
+def test_a_runnable_plan_passes(tmp_path: Path) -> None:
+    check_plan(
+        cases("name: ok\nguest:\n  disks: [{model: vhost-user-blk}]\n"), facts(), sysroot=tmp_path
+    )
+
+
+def test_every_missing_piece_is_named_before_anything_starts(tmp_path: Path) -> None:
+    plan_ = cases("""
+name: many
+accel: kvm
+guest:
+  memory_mib: 1024
+  memory_backend: hugepages
+  vcpu_pinning: [0, 4096]
+  disks:
+    - {name: data, model: vhost-user-blk}
+    - {name: ls, model: vhost-scsi, backend: {type: block, path: /nonexistent/dev}}
+    - {name: sp, model: vhost-user-blk, target: spdk, spdk: {rpc_socket: /nonexistent.sock}}
+""")
+    with pytest.raises(HostError) as err:
+        check_plan(
+            plan_,
+            facts(qemu_storage_daemon=None, hugepages_2m_free=10, hugepages_2m_total=10),
+            sysroot=tmp_path,
+        )
+    text = str(err.value)
+    for expected in (
+        "asks for KVM, but probe",
+        "needs 512 free 2 MiB hugepages, the host has 10 free of 10",
+        "echo 512 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+        "pinning names host CPUs [4096]",
+        "disk data: vhost-user-blk needs qemu-storage-daemon",
+        "disk ls: block device /nonexistent/dev does not exist",
+        "disk ls: kernel vhost-scsi needs module vhost_scsi",
+        "disk ls: /dev/vhost-scsi is missing",
+        "disk sp: no SPDK RPC socket at /nonexistent.sock",
+    ):
+        assert expected in text, expected
+    assert "nothing was started" in (err.value.hint or "")
+
+
+def test_vhost_scsi_passes_when_the_modules_are_there(tmp_path: Path) -> None:
+    for module in ("vhost_scsi", "target_core_mod"):
+        (tmp_path / "sys/module" / module).mkdir(parents=True)
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/vhost-scsi").touch()
+    disk = tmp_path / "disk.raw"
+    disk.touch()
+    with pytest.raises(HostError, match="is not a block device") as err:
+        check_plan(
+            cases(
+                f"name: l\nguest:\n  disks: [{{model: vhost-scsi, backend: "
+                f"{{type: block, path: {disk}}}}}]\n"
+            ),
+            facts(),
+            sysroot=tmp_path,
+        )
+    assert "needs module" not in str(err.value) and "/dev/vhost-scsi" not in str(err.value)

@@ -1,0 +1,115 @@
+"""Before any guest starts: everything the plan needs that this host lacks, all at once.
+
+A bench that would fail on its fourth case because hugepages are not reserved should fail
+before its first, naming every missing piece and how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from vmlab.errors import HostError, VmlabError
+from vmlab.host import HostFacts, pick_accel
+from vmlab.plan import Case
+from vmlab.spec import BlockBackend, Disk, FileBackend, Guest
+
+HUGEPAGE_MIB = 2
+
+
+def _disk_problems(disk: Disk, facts: HostFacts, sysroot: Path) -> list[str]:
+    problems: list[str] = []
+    backend = disk.backend
+    where = f"disk {disk.name}"
+    if isinstance(backend, BlockBackend):
+        try:
+            if not stat.S_ISBLK(backend.path.stat().st_mode):
+                problems.append(
+                    f"{where}: {backend.path} is not a block device "
+                    "(use backend type file for regular files)"
+                )
+        except OSError:
+            problems.append(f"{where}: block device {backend.path} does not exist")
+    elif isinstance(backend, FileBackend) and backend.path and not backend.path.exists():
+        problems.append(
+            f"{where}: {backend.path} does not exist "
+            "(leave path out for a scratch file vmlab makes)"
+        )
+    served = disk.served_by
+    if served == "qsd" and facts.qemu_storage_daemon is None:
+        problems.append(
+            f"{where}: vhost-user-blk needs qemu-storage-daemon: apt-get install qemu-utils"
+        )
+    elif served == "spdk" and disk.spdk is not None:
+        if disk.spdk.binary is not None and not os.access(disk.spdk.binary, os.X_OK):
+            problems.append(f"{where}: SPDK binary {disk.spdk.binary} is not executable")
+        if disk.spdk.rpc_socket is not None and not disk.spdk.rpc_socket.exists():
+            problems.append(
+                f"{where}: no SPDK RPC socket at {disk.spdk.rpc_socket} "
+                "(start spdk_tgt/vhost first, or give spdk.binary)"
+            )
+    elif served == "lio":
+        for module in ("vhost_scsi", "target_core_mod"):
+            if not (sysroot / "sys/module" / module).exists():
+                problems.append(
+                    f"{where}: kernel vhost-scsi needs module {module}: "
+                    "modprobe vhost_scsi target_core_iblock"
+                )
+        if not (sysroot / "dev/vhost-scsi").exists():
+            problems.append(f"{where}: /dev/vhost-scsi is missing (modprobe vhost_scsi)")
+    return problems
+
+
+def _guest_problems(guest: Guest, facts: HostFacts, host_cpus: set[int]) -> list[str]:
+    problems: list[str] = []
+    if guest.effective_memory_backend == "hugepages":
+        need = -(-guest.memory_mib // HUGEPAGE_MIB)
+        if facts.hugepages_2m_free < need:
+            problems.append(
+                f"memory_backend hugepages needs {need} free 2 MiB hugepages, the host has "
+                f"{facts.hugepages_2m_free} free of {facts.hugepages_2m_total}: "
+                f"echo {facts.hugepages_2m_total + need - facts.hugepages_2m_free} "
+                "> /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+            )
+    path = guest.memory_path
+    if guest.memory_backend == "file" and path is not None and not path.is_dir():
+        problems.append(f"memory_path {path} is not a directory")
+    wanted = set(guest.vcpu_pinning or [])
+    wanted |= {t.cpu for t in guest.iothreads if t.cpu is not None}
+    wanted |= {d.iothread_cpu for d in guest.disks if d.iothread_cpu is not None}
+    if missing := sorted(wanted - host_cpus):
+        problems.append(
+            f"pinning names host CPUs {missing}, but vmlab may only use {sorted(host_cpus)}"
+        )
+    return problems
+
+
+def check_plan(
+    cases: Sequence[Case],
+    facts: HostFacts,
+    *,
+    sysroot: Path = Path("/"),
+    accel_override: str | None = None,
+) -> None:
+    """Raise one HostError listing every problem of every case, or return quietly."""
+    problems: list[str] = []
+    host_cpus = os.sched_getaffinity(0)
+    for case in cases:
+        found: list[str] = []
+        try:
+            pick_accel(facts, accel_override or case.variant.accel)
+        except VmlabError as exc:
+            found.append(exc.message)
+        guest = case.variant.guest
+        found += _guest_problems(guest, facts, host_cpus)
+        for disk in guest.disks:
+            found += _disk_problems(disk, facts, sysroot)
+        problems += [f"{case.id}: {p}" for p in found if f"{case.id}: {p}" not in problems]
+    if problems:
+        raise HostError(
+            f"this host cannot run {len({p.split(':')[0] for p in problems})} of the "
+            f"{len(cases)} cases:\n  " + "\n  ".join(problems),
+            hint="fix the above, or drop those cases from the spec; nothing was started",
+        )
