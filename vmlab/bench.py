@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import shlex
+import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from vmlab import __version__
-from vmlab.disks import ScratchDisks, scratch_disks, served_disks
+from vmlab.disks import ScratchDisks, local_source, scratch_disks, served_disks
 from vmlab.errors import GuestError, ResultError, VmlabError
 from vmlab.fio.jobs import fio_command, fio_timeout_s, render_job
 from vmlab.fio.parse import parse_fio_output, summarize
@@ -32,8 +34,8 @@ from vmlab.preflight import check_plan
 from vmlab.render import BootImage, pci_slot
 from vmlab.resources import templates_dir
 from vmlab.results.index import default_index_path, index_run
-from vmlab.results.rundir import CaseDir, RunDir, now_iso
-from vmlab.spec import BenchSpec
+from vmlab.results.rundir import ArtifactDir, CaseDir, RunDir, now_iso
+from vmlab.spec import BenchSpec, FileBackend
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +166,17 @@ class Bench:
     def run(self, *, resume: RunDir | None = None) -> BenchOutcome:
         sweep_stale()
         cases = plan(self.spec)
-        check_plan(cases, self.facts, accel_override=self.options.accel)
+        check_plan(
+            cases, self.facts, accel_override=self.options.accel, baseline=self.spec.baseline
+        )
         run = resume or self._new_run()
         outcome = BenchOutcome(run=run, cases=cases)
         run.set_status("running", started=now_iso(), cases=[c.id for c in cases])
         status = "failed"
         try:
             with scratch_disks(run.run_id) as scratch:
+                if self.spec.baseline:
+                    self._run_baseline(run, cases, scratch, outcome)
                 for index, case in enumerate(cases, start=1):
                     case_dir = run.case(case.id)
                     if resume is not None and case_done(case_dir):
@@ -358,45 +364,133 @@ class Bench:
         outcome: BenchOutcome,
     ) -> None:
         for job in case.jobs:
-            for repetition in range(1, 2):
+            for repetition in self.repetitions():
                 job_dir = case_dir.job(job.name, repetition)
                 text = render_job(job, filename=devices[job.disk], case_id=case.id)
                 job_dir.write_text("job.fio", text)
                 ssh.put(text.encode(), GUEST_JOB_PATH)
-                self.events.stage(case, f"fio {job.name} ({job.runtime_s} s)")
+                self.events.stage(case, f"fio {job.name} r{repetition} ({job.runtime_s} s)")
                 started = now_iso()
                 result = ssh.run(
                     fio_command(GUEST_JOB_PATH),
                     check=False,
                     timeout_s=fio_timeout_s(job, slack_s=deadlines.login_s * 4),
                 )
-                # Raw output first: whatever happens next, it is on disk.
-                raw = job_dir.write_bytes("fio.json", result.stdout)
-                job_dir.write_bytes("fio.stderr", result.stderr)
-                job_dir.write_json(
-                    "exit.json",
-                    {
-                        "exit_code": result.exit_code,
-                        "started": started,
-                        "finished": now_iso(),
-                        "command": result.command,
-                    },
-                )
-                if result.exit_code != 0:
-                    err = result.stderr.decode(errors="replace").strip()[-400:]
-                    raise GuestError(
-                        f"fio job {job.name} exited {result.exit_code}: {err}",
-                        hint=f"see {raw.parent}",
-                    )
-                parsed = parse_fio_output(result.text, source=str(raw))
-                if not parsed.jobs:
-                    raise ResultError("fio reported no jobs", path=raw)
-                metrics = summarize(parsed.jobs[0])
-                job_dir.write_json(
-                    "summary.json", {"metrics": metrics, "fio": parsed.model_dump(mode="json")}
+                metrics = store_fio(
+                    job_dir,
+                    result.stdout,
+                    result.stderr,
+                    result.exit_code,
+                    result.command,
+                    started,
+                    job.name,
                 )
                 outcome.results.append(JobOutcome(case.id, job.name, repetition, metrics))
                 self.events.job_finished(case, job.name, repetition, metrics)
+
+    def repetitions(self) -> range:
+        """r0 is the warm-up (stored, never counted), then r1..rN."""
+        return range(0 if self.spec.warmup else 1, self.spec.repeat + 1)
+
+    # -- host baseline -------------------------------------------------------------------
+    def _run_baseline(
+        self, run: RunDir, cases: list[Case], scratch: ScratchDisks, outcome: BenchOutcome
+    ) -> None:
+        """fio on the host against the same backing store: the limit a guest can approach."""
+        case = Case(
+            id=BASELINE_ID,
+            params={"host": "baseline"},
+            variant=cases[0].variant,
+            jobs=cases[0].jobs,
+        )
+        case_dir = run.case(BASELINE_ID)
+        if case_done(case_dir):
+            outcome.results.extend(self._stored(case, case_dir))
+            return
+        self.events.case_started(case, 0, len(cases))
+        disks = {d.name: d for d in case.variant.guest.disks}
+        targets: dict[str, str] = {}
+        for name, disk in disks.items():
+            source = local_source(case, disk, scratch)
+            if source.format != "raw":  # fio writes raw bytes: keep qcow2 files intact
+                source = local_source(
+                    case,
+                    disk.model_copy(
+                        update={"backend": FileBackend(size=getattr(disk.backend, "size", "1G"))}
+                    ),
+                    scratch,
+                )
+            targets[name] = str(source.path)
+        case_dir.write_json(
+            "case.json", {"id": BASELINE_ID, "params": dict(case.params), "targets": targets}
+        )
+        case_dir.set_status("running", started=now_iso())
+        try:
+            for job in case.jobs:
+                for repetition in self.repetitions():
+                    job_dir = case_dir.job(job.name, repetition)
+                    text = render_job(job, filename=targets[job.disk], case_id=BASELINE_ID)
+                    path = job_dir.write_text("job.fio", text)
+                    self.events.stage(case, f"host fio {job.name} r{repetition}")
+                    argv = ["fio", "--output-format=json+", str(path)]
+                    started = now_iso()
+                    try:
+                        done = subprocess.run(
+                            argv,
+                            capture_output=True,
+                            check=False,
+                            timeout=fio_timeout_s(job, slack_s=60),
+                        )
+                    except subprocess.TimeoutExpired as exc:
+                        raise ResultError("host fio did not finish", path=path) from exc
+                    metrics = store_fio(
+                        job_dir,
+                        done.stdout,
+                        done.stderr,
+                        done.returncode,
+                        shlex.join(argv),
+                        started,
+                        job.name,
+                    )
+                    outcome.results.append(JobOutcome(BASELINE_ID, job.name, repetition, metrics))
+                    self.events.job_finished(case, job.name, repetition, metrics)
+        except VmlabError as exc:
+            outcome.failed[BASELINE_ID] = str(exc)
+            case_dir.set_status("failed", error=str(exc), hint=exc.hint)
+            self.events.case_finished(case, "failed", str(exc))
+            return
+        case_dir.set_status("ok", finished=now_iso())
+        self.events.case_finished(case, "ok", None)
+
+
+BASELINE_ID = "host-baseline"
+
+
+def store_fio(
+    job_dir: ArtifactDir,
+    stdout: bytes,
+    stderr: bytes,
+    exit_code: int,
+    command: str,
+    started: str,
+    job: str,
+) -> dict[str, float]:
+    """Save fio's raw output first, then parse it; returns the flat metrics."""
+    raw = job_dir.write_bytes("fio.json", stdout)
+    job_dir.write_bytes("fio.stderr", stderr)
+    job_dir.write_json(
+        "exit.json",
+        {"exit_code": exit_code, "started": started, "finished": now_iso(), "command": command},
+    )
+    if exit_code != 0:
+        err = stderr.decode(errors="replace").strip()[-400:]
+        raise GuestError(f"fio job {job} exited {exit_code}: {err}", hint=f"see {raw.parent}")
+    parsed = parse_fio_output(stdout.decode(errors="replace"), source=str(raw))
+    if not parsed.jobs:
+        raise ResultError("fio reported no jobs", path=raw)
+    metrics = summarize(parsed.jobs[0])
+    job_dir.write_json("summary.json", {"metrics": metrics, "fio": parsed.model_dump(mode="json")})
+    return metrics
 
 
 def stored_metrics(summary_path: Path) -> dict[str, float]:

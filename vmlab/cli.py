@@ -219,7 +219,9 @@ class PlainEvents:
 def _print_table(outcome: Any, title: str) -> None:
     from vmlab.report.table import build_rows
 
-    rows = build_rows([(r.case_id, r.job, r.metrics) for r in outcome.results])
+    # r0 is the warm-up: stored, never counted
+    rows = build_rows([(r.case_id, r.job, r.metrics) for r in outcome.results if r.repetition])
+    with_host = any(r.of_host is not None for r in rows)
     table = Table(title=title, title_justify="left")
     for name, justify in (
         ("configuration", "left"),
@@ -228,8 +230,9 @@ def _print_table(outcome: Any, title: str) -> None:
         ("lat mean µs", "right"),
         ("lat p99 µs", "right"),
         ("× first", "right"),
+        *((("of host", "right"),) if with_host else ()),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify)
     for row in rows:
         table.add_row(
             row.case_id,
@@ -238,6 +241,7 @@ def _print_table(outcome: Any, title: str) -> None:
             "-" if row.lat_mean_us is None else f"{row.lat_mean_us:,.1f}",
             "-" if row.lat_p99_us is None else f"{row.lat_p99_us:,.1f}",
             "-" if row.ratio is None else f"{row.ratio:.2f}",
+            *(("-" if row.of_host is None else f"{row.of_host:.0%}",) if with_host else ()),
         )
     out.print(table)
 

@@ -92,9 +92,14 @@ def check_plan(
     *,
     sysroot: Path = Path("/"),
     accel_override: str | None = None,
+    baseline: bool = False,
 ) -> None:
     """Raise one HostError listing every problem of every case, or return quietly."""
     problems: list[str] = []
+    if baseline and facts.fio_version is None:
+        problems.append(
+            "host-baseline: the host baseline runs fio on the host: apt-get install fio"
+        )
     host_cpus = os.sched_getaffinity(0)
     for case in cases:
         found: list[str] = []
@@ -110,6 +115,6 @@ def check_plan(
     if problems:
         raise HostError(
             f"this host cannot run {len({p.split(':')[0] for p in problems})} of the "
-            f"{len(cases)} cases:\n  " + "\n  ".join(problems),
+            f"{len(cases) + baseline} cases:\n  " + "\n  ".join(problems),
             hint="fix the above, or drop those cases from the spec; nothing was started",
         )

@@ -296,6 +296,8 @@ class BenchSpec(Model):
     description: str = ""
     runtime_s: int | None = Field(default=None, ge=1, description="overrides every job's runtime")
     baseline: bool = Field(default=False, description="also run each job with fio on the host")
+    repeat: int = Field(default=1, ge=1, le=100, description="repetitions of every job")
+    warmup: bool = Field(default=False, description="one more repetition first, never counted")
     jobs: list[FioJob] = Field(min_length=1)
     variants: list[Variant] = Field(min_length=1)
     source: str = Field(default="", description="the spec text as the user wrote it")
@@ -306,7 +308,16 @@ class BenchSpec(Model):
 
 # Keys of the spec file that describe one guest and can therefore be matrix axes.
 _VARIANT_KEYS = ("launcher", "accel", "guest")
-_TOP_KEYS = ("name", "description", "runtime_s", "baseline", "jobs", *_VARIANT_KEYS)
+_TOP_KEYS = (
+    "name",
+    "description",
+    "runtime_s",
+    "baseline",
+    "repeat",
+    "warmup",
+    "jobs",
+    *_VARIANT_KEYS,
+)
 
 
 def _list_annotation(annotation: Any) -> Any:
@@ -491,6 +502,8 @@ def parse_spec(raw: Any, *, file: Path | None = None, source: str = "") -> Bench
                     "description": raw.get("description", ""),
                     "runtime_s": raw.get("runtime_s"),
                     "baseline": raw.get("baseline", False),
+                    "repeat": raw.get("repeat", 1),
+                    "warmup": raw.get("warmup", False),
                     "jobs": jobs,
                     "variants": variants,
                     "source": source,

@@ -92,3 +92,38 @@ jobs:
     (result,) = outcome.results
     measured = result.metrics["read_iops"]
     assert abs(measured - limit) / limit < 0.05, f"measured {measured:.1f} IOPS for a {limit} limit"
+
+
+def test_host_baseline_and_repetitions_with_a_warmup(
+    guest_image: GuestImage, lab_env: dict[str, str]
+) -> None:
+    outcome = bench(
+        """
+name: baseline
+baseline: true
+repeat: 2
+warmup: true
+guest:
+  disks: [{name: data, model: virtio-blk, backend: {type: file, size: 64M}}]
+jobs:
+  - {name: qd4, rw: randread, iodepth: 4, runtime_s: 1}
+""",
+        Path(lab_env["RESULTS"]),
+        guest_image,
+    )
+    assert outcome.ok, outcome.failed
+    got = sorted((r.case_id, r.repetition) for r in outcome.results)
+    assert got == [
+        ("default", 0),
+        ("default", 1),
+        ("default", 2),
+        ("host-baseline", 0),
+        ("host-baseline", 1),
+        ("host-baseline", 2),
+    ]
+    base = outcome.run.path / "cases" / "host-baseline"
+    case = json.loads((base / "case.json").read_text())
+    job = (base / "jobs" / "qd4" / "r1" / "job.fio").read_text()
+    assert f"filename={case['targets']['data']}" in job  # the guest's own backing file
+    host_iops = [r.metrics["read_iops"] for r in outcome.results if r.case_id == "host-baseline"]
+    assert min(host_iops) > 0

@@ -43,3 +43,15 @@ def test_ratio_is_against_the_first_configuration_of_the_same_job() -> None:
 def test_repetitions_are_averaged() -> None:
     (row,) = build_rows([("a", "j", {"read_iops": 100.0}), ("a", "j", {"read_iops": 300.0})])
     assert row.iops == 200.0
+
+
+def test_host_baseline_is_the_limit_column() -> None:
+    rows = build_rows(
+        [
+            ("host-baseline", "latency", {"read_iops": 1000.0}),
+            ("virtio-blk", "latency", {"read_iops": 250.0}),
+            ("nvme", "latency", {"read_iops": 500.0}),
+        ]
+    )
+    got = {r.case_id: (r.ratio, r.of_host) for r in rows}
+    assert got == {"host-baseline": (None, None), "virtio-blk": (1.0, 0.25), "nvme": (2.0, 0.5)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,7 @@ class Row:
     lat_mean_us: float | None
     lat_p99_us: float | None
     ratio: float | None  # IOPS relative to the first configuration, same job
+    of_host: float | None = None  # IOPS as a fraction of the host baseline, same job
 
 
 def _get(metrics: Mapping[str, float], key: str) -> float:
@@ -37,28 +38,37 @@ def row_values(metrics: Mapping[str, float]) -> tuple[float, float | None, float
     return iops, mean_us, p99_us
 
 
+BASELINE = "host-baseline"
+
+
 def build_rows(results: Sequence[tuple[str, str, Mapping[str, float]]]) -> list[Row]:
-    """results: (case id, job name, metrics) in run order; repetitions are averaged."""
+    """results: (case id, job name, metrics) in run order; repetitions are averaged.
+
+    The host baseline, when present, is the limit: it gets no ratio of its own and every
+    guest row gets its IOPS as a fraction of it.
+    """
     grouped: dict[tuple[str, str], list[Mapping[str, float]]] = {}
     for case_id, job, metrics in results:
         grouped.setdefault((case_id, job), []).append(metrics)
     first_case: dict[str, float] = {}
+    host: dict[str, float] = {}
     rows: list[Row] = []
     for (case_id, job), samples in grouped.items():
         values = [row_values(m) for m in samples]
         iops = sum(v[0] for v in values) / len(values)
         means = [v[1] for v in values if v[1] is not None]
         p99s = [v[2] for v in values if v[2] is not None]
-        first_case.setdefault(job, iops)
-        base = first_case[job]
-        rows.append(
-            Row(
-                case_id,
-                job,
-                iops,
-                sum(means) / len(means) if means else None,
-                sum(p99s) / len(p99s) if p99s else None,
-                iops / base if base else None,
-            )
-        )
-    return sorted(rows, key=lambda r: (r.job, list(grouped).index((r.case_id, r.job))))
+        mean = sum(means) / len(means) if means else None
+        p99 = sum(p99s) / len(p99s) if p99s else None
+        if case_id == BASELINE:
+            host[job] = iops
+            rows.append(Row(case_id, job, iops, mean, p99, None))
+            continue
+        base = first_case.setdefault(job, iops)
+        rows.append(Row(case_id, job, iops, mean, p99, iops / base if base else None))
+    order = list(grouped)
+    rows = [
+        replace(r, of_host=r.iops / host[r.job]) if r.case_id != BASELINE and host.get(r.job) else r
+        for r in rows
+    ]
+    return sorted(rows, key=lambda r: (r.job, order.index((r.case_id, r.job))))
