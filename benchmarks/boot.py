@@ -1,0 +1,155 @@
+"""How long the default guest takes from launch to SSH-ready, against a bare boot of the same
+kernel to /init, measured in the same run (a ratio is meaningful; seconds depend on the host).
+
+    .venv/bin/python benchmarks/boot.py [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from vmlab.guest.cpio import NewcWriter, iter_entries
+from vmlab.guest.image import authkey_cmdline, build_image
+from vmlab.guest.ssh import GuestSSH, lab_key, public_line, wait_banner
+from vmlab.host import check_host
+from vmlab.launch.direct import free_port
+from vmlab.launch.qemu import Deadlines, QemuProcess, new_guest_dir
+
+BARE_MARKER = "VMLAB-BARE-INIT"
+
+
+def bare_initrd(initrd: Path, dest: Path) -> Path:
+    """An initramfs of busybox (taken from the default image) and an /init that only says hi."""
+    with initrd.open("rb") as fh:
+        busybox = next(
+            e.data for e in iter_entries(fh) if e.name in ("bin/busybox", "usr/bin/busybox")
+        )
+    buf = io.BytesIO()
+    writer = NewcWriter(buf)
+    writer.add_dir("bin")
+    writer.add_dir("dev")
+    writer.add_chardev("dev/console", 5, 1)
+    writer.add_bytes("bin/busybox", busybox, 0o755)
+    writer.add_bytes(
+        "init",
+        f"#!/bin/busybox sh\n/bin/busybox echo {BARE_MARKER}\n/bin/busybox poweroff -f\n".encode(),
+        0o755,
+    )
+    writer.close()
+    dest.write_bytes(buf.getvalue())
+    return dest
+
+
+def boot(argv: list[str], marker: str, *, ssh: tuple[int, str, object] | None = None) -> float:
+    guest_dir = new_guest_dir()
+    try:
+        qmp, serial = guest_dir / "qmp.sock", guest_dir / "serial.log"
+        argv = [
+            *argv,
+            "-chardev",
+            f"socket,id=qmp,path={qmp},server=on,wait=off",
+            "-mon",
+            "chardev=qmp,mode=control",
+            "-chardev",
+            f"file,id=s0,path={serial}",
+            "-serial",
+            "chardev:s0",
+        ]
+        with QemuProcess(
+            argv,
+            guest_dir=guest_dir,
+            qmp_socket=qmp,
+            serial_log=serial,
+            qemu_log=guest_dir / "qemu.log",
+            deadlines=Deadlines.for_accel("tcg"),
+        ) as vm:
+            seconds = vm.wait_serial(marker)
+            if ssh is None:
+                return seconds
+            port, host_key, key = ssh
+            wait_banner("127.0.0.1", port, timeout_s=60)
+            with GuestSSH.connect(
+                "127.0.0.1",
+                port,
+                user="root",
+                key=key,  # type: ignore[arg-type]
+                host_key=host_key,
+                timeout_s=60,
+            ) as session:
+                session.run("true", timeout_s=30)
+            return time.monotonic() - vm.started_at
+    finally:
+        shutil.rmtree(guest_dir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    facts = check_host()
+    assert facts.qemu is not None, "install qemu-system-x86"
+    image = build_image()
+    base = [
+        facts.qemu,
+        "-machine",
+        f"q35,accel={facts.accel}",
+        "-cpu",
+        "host" if facts.accel == "kvm" else "max",
+        "-m",
+        "512",
+        "-smp",
+        "2",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        str(image.kernel),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        initrd = bare_initrd(image.initrd, Path(tmp) / "bare.img")
+        key = lab_key(Path(tmp) / "id_ed25519")
+        bare, full = [], []
+        for _ in range(args.runs):
+            bare.append(
+                boot(
+                    [*base, "-initrd", str(initrd), "-append", "console=ttyS0 quiet panic=-1"],
+                    BARE_MARKER,
+                )
+            )
+            port = free_port()
+            cmdline = f"{image.cmdline} {authkey_cmdline(public_line(key))}"
+            full.append(
+                boot(
+                    [
+                        *base,
+                        "-initrd",
+                        str(image.initrd),
+                        "-append",
+                        cmdline,
+                        "-netdev",
+                        f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+                        "-device",
+                        "virtio-net-pci,netdev=n0,romfile=",
+                        "-device",
+                        "virtio-rng-pci",
+                    ],
+                    image.ready_marker,
+                    ssh=(port, image.host_key, key),
+                )
+            )
+    b, f = statistics.median(bare), statistics.median(full)
+    print(f"accelerator: {facts.accel}, kernel {image.kernel.name}, {args.runs} runs each")
+    print(f"bare kernel to /init (tiny initramfs): median {b:.2f} s  {[round(x, 2) for x in bare]}")
+    print(f"launch to SSH-ready (default guest):   median {f:.2f} s  {[round(x, 2) for x in full]}")
+    print(f"ratio SSH-ready / bare /init: {f / b:.2f}")
+
+
+if __name__ == "__main__":
+    main()
