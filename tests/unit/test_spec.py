@@ -132,3 +132,12 @@ def test_an_optional_list_field_is_a_value_not_an_axis() -> None:
     s = spec("name: p\nguest:\n  cpus: 2\n  vcpu_pinning: [0, 1]\n")
     (case,) = plan(s)
     assert case.variant.guest.vcpu_pinning == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).parent.parent.parent / "examples").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_shipped_examples_validate(path: Path) -> None:
+    assert plan(load_spec(path))
