@@ -83,12 +83,16 @@ def render(
     spec_path: SpecArg = None,
     case: Annotated[str | None, typer.Option(help="only this case id")] = None,
     accel: Annotated[str, typer.Option(help="accelerator to render for")] = "tcg",
+    launcher: Annotated[
+        str | None, typer.Option(help="qemu (argv) or libvirt (domain XML); default: the spec's")
+    ] = None,
 ) -> None:
     """Print, per case, the exact QEMU argv that would run, without running anything."""
-    from vmlab.disks import ScratchDisks, local_source
+    from vmlab.disks import ScratchDisks, lio_plan, local_source, spdk_plan
     from vmlab.launch.sidecars import render_qsd
     from vmlab.plan import plan
     from vmlab.render import GuestRuntime, render_qemu
+    from vmlab.render_libvirt import preview_runtime, render_libvirt
 
     spec = _load(spec_path, None)
     cases = plan(spec)
@@ -101,41 +105,57 @@ def render(
     boot = _boot_placeholder()
     scratch = ScratchDisks(Path("<scratch>"), dry_run=True)
     for index, c in enumerate(cases, start=1):
-        sidecars: list[list[str]] = []
-        sources = {}
-        for d in c.variant.guest.disks:
-            source = local_source(c, d, scratch)
-            if d.served_by == "qsd":
-                sock = Path(f"<sidecar-{d.name}>/vhost-user.sock")
-                sidecars.append(
-                    render_qsd(
-                        "qemu-storage-daemon",
-                        d,
-                        source,
-                        socket=sock,
-                        qmp_socket=sock.with_name("qmp.sock"),
-                        pidfile=sock.with_name("qemu.pid"),
-                    )
-                )
-                source = replace(source, socket=sock)
-            sources[d.name] = source
-        rt = GuestRuntime(
-            qmp_socket=Path("<guest-dir>/qmp.sock"),
-            serial_log=Path(f"<run>/cases/{c.id}/serial.log"),
-            pidfile=Path("<guest-dir>/qemu.pid"),
-            ssh_port=10022,
-        )
-        rendered = render_qemu(
-            c, qemu="qemu-system-x86_64", accel=accel, boot=boot, disks=sources, runtime=rt
-        )
         out.print(
             f"[bold]# case {index}/{len(cases)}: {c.id}[/]  "
             + "  ".join(f"{k}={v}" for k, v in c.params.items())
         )
-        for argv in sidecars:
-            out.print("# sidecar, started first:")
-            out.print(" \\\n  ".join(_argv_lines(argv)), markup=False)
-        out.print(" \\\n  ".join(_argv_lines(rendered.argv)), markup=False)
+        sources = {}
+        for d in c.variant.guest.disks:
+            source = local_source(c, d, scratch)
+            sock = Path(f"<sidecar-{d.name}>/vhost-user.sock")
+            if d.served_by == "qsd":
+                argv = render_qsd(
+                    "qemu-storage-daemon",
+                    d,
+                    source,
+                    socket=sock,
+                    qmp_socket=sock.with_name("qmp.sock"),
+                    pidfile=sock.with_name("qemu.pid"),
+                )
+                out.print(f"# disk {d.name}: qemu-storage-daemon, started first:")
+                out.print(" \\\n  ".join(_argv_lines(argv)), markup=False)
+                source = replace(source, socket=sock)
+            elif d.served_by == "spdk":
+                out.print(f"# disk {d.name}: SPDK RPC calls, made first:")
+                out.print(spdk_plan(d, source).describe(), markup=False)
+                source = replace(source, socket=sock)
+            elif d.served_by == "lio":
+                lio = lio_plan(d, source)
+                out.print(f"# disk {d.name}: LIO setup, made first:")
+                out.print(lio.describe(), markup=False)
+                source = replace(source, wwpn=lio.wwpn)
+            sources[d.name] = source
+        serial_log = Path(f"<run>/cases/{c.id}/serial.log")
+        if (launcher or c.variant.launcher) == "libvirt":
+            domain = render_libvirt(
+                c,
+                accel=accel,
+                boot=boot,
+                disks=sources,
+                runtime=preview_runtime(c.id, serial_log=serial_log),
+            )
+            out.print(domain.xml, markup=False)
+        else:
+            rt = GuestRuntime(
+                qmp_socket=Path("<guest-dir>/qmp.sock"),
+                serial_log=serial_log,
+                pidfile=Path("<guest-dir>/qemu.pid"),
+                ssh_port=10022,
+            )
+            rendered = render_qemu(
+                c, qemu="qemu-system-x86_64", accel=accel, boot=boot, disks=sources, runtime=rt
+            )
+            out.print(" \\\n  ".join(_argv_lines(rendered.argv)), markup=False)
         out.print(f"# jobs: {', '.join(f'{j.name} ({j.runtime_s} s)' for j in c.jobs)}\n")
 
 
@@ -258,6 +278,10 @@ def bench(
     timeout_scale: Annotated[float, typer.Option(help="multiply every deadline")] = 1.0,
     resume: Annotated[Path | None, typer.Option(help="finish an interrupted run directory")] = None,
     ci: Annotated[bool, typer.Option("--ci", help="plain logs, no progress bars")] = False,
+    launcher: Annotated[
+        str | None, typer.Option(help="run every case with this launcher: qemu or libvirt")
+    ] = None,
+    libvirt_uri: Annotated[str, typer.Option(help="libvirt connection URI")] = "qemu:///system",
 ) -> None:
     """Run a spec (or the embedded default lab) and print the comparison table."""
     from vmlab.bench import BenchOptions, run_bench
@@ -295,8 +319,17 @@ def bench(
         if plain
         else (lambda m: err.print(f"[dim]image: {m}[/]"))
     )
-    options = BenchOptions(results_root=results, timeout_scale=timeout_scale, accel=accel)
-    total = sum(len(c.jobs) for c in plan(spec))
+    if launcher not in (None, "qemu", "libvirt"):
+        raise typer.BadParameter("expected qemu or libvirt", param_hint="--launcher")
+    options = BenchOptions(
+        results_root=results,
+        timeout_scale=timeout_scale,
+        accel=accel,
+        launcher=launcher,
+        libvirt_uri=libvirt_uri,
+    )
+    reps = spec.repeat + spec.warmup
+    total = sum(len(c.jobs) for c in plan(spec)) * reps + len(spec.jobs) * reps * spec.baseline
     try:
         if plain:
             outcome = run_bench(

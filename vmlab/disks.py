@@ -10,12 +10,16 @@ import stat
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 from vmlab.errors import CommandError, HostError
 from vmlab.host import scratch_root
 from vmlab.launch.qemu import Deadlines
 from vmlab.launch.sidecars import qsd_export
+from vmlab.launch.spdk import AioBackend, DiskPlan, SpdkApp, SpdkTarget, render_plan
+from vmlab.launch.vhost_scsi import LioDisk, LioPlan, LioTarget, render_lio
 from vmlab.plan import Case
 from vmlab.render import DiskSource
 from vmlab.results.rundir import CaseDir
@@ -134,6 +138,36 @@ def local_source(case: Case, disk: Disk, scratch: ScratchDisks) -> DiskSource:
     return DiskSource(path=base, format=backend.format)
 
 
+def spdk_plan(disk: Disk, source: DiskSource) -> DiskPlan:
+    """The RPC calls that make `disk` a vhost-user-blk controller (bdev named by the serial,
+    which SPDK hands the guest as the virtio serial)."""
+    assert disk.spdk is not None
+    return render_plan(disk.serial, AioBackend(filename=source.path), cpumask=disk.spdk.cpumask)
+
+
+def spdk_export(stack: ExitStack, disk: Disk, source: DiskSource, case_dir: CaseDir) -> DiskSource:
+    assert disk.spdk is not None
+    plan = spdk_plan(disk, source)
+    case_dir.write_json(f"spdk-{disk.name}.json", plan.to_json())
+    if disk.spdk.rpc_socket is not None:
+        target = SpdkTarget.attach(disk.spdk.rpc_socket)
+    else:
+        assert disk.spdk.binary is not None
+        app = SpdkApp(
+            str(disk.spdk.binary), cpumask=disk.spdk.cpumask, mem_size_mib=disk.spdk.mem_mib
+        )
+        target = SpdkTarget.spawn(app, log_path=case_dir.file(f"spdk-{disk.name}.log"))
+    served = stack.enter_context(target).add_disk(plan)
+    return replace(source, socket=served.socket)
+
+
+def lio_plan(disk: Disk, source: DiskSource) -> LioPlan:
+    backstore: Literal["block", "fileio"] = (
+        "block" if source.protocol == "host_device" else "fileio"
+    )
+    return render_lio(LioDisk(name=f"vmlab-{disk.name}", path=source.path, backstore=backstore))
+
+
 @contextmanager
 def served_disks(
     case: Case, scratch: ScratchDisks, *, case_dir: CaseDir, deadlines: Deadlines, qsd: str | None
@@ -151,10 +185,12 @@ def served_disks(
                 source = stack.enter_context(
                     qsd_export(qsd, disk, source, case_dir=case_dir, deadlines=deadlines)
                 )
-            elif disk.served_by in ("spdk", "lio"):
-                raise HostError(
-                    f"disk {disk.name}: {disk.served_by} targets are not wired into the bench yet",
-                    hint="use target qsd for vhost-user-blk",
-                )
+            elif disk.served_by == "spdk":
+                source = spdk_export(stack, disk, source, case_dir)
+            elif disk.served_by == "lio":
+                plan = lio_plan(disk, source)
+                case_dir.write_text(f"lio-{disk.name}.txt", plan.describe() + "\n")
+                stack.enter_context(LioTarget(plan))
+                source = replace(source, wwpn=plan.wwpn)
             sources[disk.name] = source
         yield sources

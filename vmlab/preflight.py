@@ -10,9 +10,11 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from vmlab.errors import HostError, VmlabError
 from vmlab.host import HostFacts, pick_accel
+from vmlab.launch import vhost_scsi
 from vmlab.plan import Case
 from vmlab.spec import BlockBackend, Disk, FileBackend, Guest
 
@@ -51,14 +53,11 @@ def _disk_problems(disk: Disk, facts: HostFacts, sysroot: Path) -> list[str]:
                 "(start spdk_tgt/vhost first, or give spdk.binary)"
             )
     elif served == "lio":
-        for module in ("vhost_scsi", "target_core_mod"):
-            if not (sysroot / "sys/module" / module).exists():
-                problems.append(
-                    f"{where}: kernel vhost-scsi needs module {module}: "
-                    "modprobe vhost_scsi target_core_iblock"
-                )
-        if not (sysroot / "dev/vhost-scsi").exists():
-            problems.append(f"{where}: /dev/vhost-scsi is missing (modprobe vhost_scsi)")
+        backstore: Literal["block", "fileio"] = (
+            "block" if isinstance(backend, BlockBackend) else "fileio"
+        )
+        for problem in vhost_scsi.preflight(sysroot, backstore=backstore):
+            problems.append(f"{where}: kernel vhost-scsi: {problem.message} ({problem.fix})")
     return problems
 
 

@@ -73,19 +73,29 @@ guest:
         "pinning names host CPUs [4096]",
         "disk data: vhost-user-blk needs qemu-storage-daemon",
         "disk ls: block device /nonexistent/dev does not exist",
-        "disk ls: kernel vhost-scsi needs module vhost_scsi",
-        "disk ls: /dev/vhost-scsi is missing",
+        "disk ls: kernel vhost-scsi: kernel modules not loaded: vhost_scsi",
+        "disk ls: kernel vhost-scsi: /dev/vhost-scsi is missing",
         "disk sp: no SPDK RPC socket at /nonexistent.sock",
     ):
         assert expected in text, expected
     assert "nothing was started" in (err.value.hint or "")
 
 
-def test_vhost_scsi_passes_when_the_modules_are_there(tmp_path: Path) -> None:
-    for module in ("vhost_scsi", "target_core_mod"):
+def test_vhost_scsi_passes_when_the_modules_are_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for module in ("vhost_scsi", "target_core_mod", "target_core_iblock"):
         (tmp_path / "sys/module" / module).mkdir(parents=True)
+    (tmp_path / "sys/kernel/config/target").mkdir(parents=True)
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/mounts").write_text("configfs /sys/kernel/config configfs rw 0 0\n")
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev/vhost-scsi").touch()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "targetcli").write_text("#!/bin/sh\n")
+    (bin_dir / "targetcli").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
     disk = tmp_path / "disk.raw"
     disk.touch()
     with pytest.raises(HostError, match="is not a block device") as err:
@@ -97,4 +107,4 @@ def test_vhost_scsi_passes_when_the_modules_are_there(tmp_path: Path) -> None:
             facts(),
             sysroot=tmp_path,
         )
-    assert "needs module" not in str(err.value) and "/dev/vhost-scsi" not in str(err.value)
+    assert "kernel vhost-scsi" not in str(err.value)
