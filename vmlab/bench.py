@@ -27,6 +27,7 @@ from vmlab.guest.ssh import GuestSSH, lab_key, public_line, wait_banner
 from vmlab.host import HostFacts, pick_accel, require_qemu
 from vmlab.launch.base import Launcher, LaunchRequest
 from vmlab.launch.direct import QemuLauncher
+from vmlab.launch.libvirt import LibvirtLauncher
 from vmlab.launch.qemu import Deadlines, sweep_stale
 from vmlab.paths import state_dir
 from vmlab.plan import Case, plan
@@ -75,6 +76,8 @@ class BenchOptions:
     results_root: Path
     timeout_scale: float = 1.0
     accel: str | None = None  # overrides the spec's accel for every case
+    launcher: str | None = None  # overrides the spec's launcher for every case
+    libvirt_uri: str = "qemu:///system"
     lab_key_path: Path = field(default_factory=lambda: state_dir() / "lab" / "id_ed25519")
 
 
@@ -161,7 +164,10 @@ class Bench:
         self.options = options
         self.events: BenchEvents = events or QuietEvents()
         self.key = lab_key(options.lab_key_path)
-        self.launchers: dict[str, Launcher] = {"qemu": QemuLauncher(require_qemu(facts))}
+        self.launchers: dict[str, Launcher] = {
+            "qemu": QemuLauncher(require_qemu(facts)),
+            "libvirt": LibvirtLauncher(options.libvirt_uri),
+        }
 
     def run(self, *, resume: RunDir | None = None) -> BenchOutcome:
         sweep_stale()
@@ -293,7 +299,7 @@ class Bench:
             ready_marker=self.image.ready_marker,
             failed_marker=self.image.failed_marker,
         )
-        launcher = self.launchers[case.variant.launcher]
+        launcher = self.launchers[self.options.launcher or case.variant.launcher]
         with served_disks(
             case,
             scratch,

@@ -286,7 +286,7 @@ class Variant(Model):
     """One point of the matrix: the axis values that chose it and the guest it describes."""
 
     params: dict[str, str]
-    launcher: Literal["qemu"] = "qemu"
+    launcher: Literal["qemu", "libvirt"] = "qemu"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     guest: Guest = Field(default_factory=Guest)
 
@@ -408,7 +408,7 @@ def _label(path: str, value: Any) -> str:
 class _VariantFields(Model):
     """The part of the spec file that describes one guest (for axis discovery)."""
 
-    launcher: Literal["qemu"] = "qemu"
+    launcher: Literal["qemu", "libvirt"] = "qemu"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     guest: Guest = Field(default_factory=Guest)
 
