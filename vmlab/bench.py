@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import shlex
 import subprocess
@@ -32,11 +33,11 @@ from vmlab.launch.qemu import Deadlines, sweep_stale
 from vmlab.paths import state_dir
 from vmlab.plan import Case, plan
 from vmlab.preflight import check_plan
-from vmlab.render import BootImage, pci_slot
+from vmlab.render import BootImage, DiskSource, pci_slot
 from vmlab.resources import templates_dir
 from vmlab.results.index import default_index_path, index_run
 from vmlab.results.rundir import ArtifactDir, CaseDir, RunDir, now_iso
-from vmlab.spec import BenchSpec, FileBackend
+from vmlab.spec import BenchSpec, FileBackend, FioJob
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +417,7 @@ class Bench:
         self.events.case_started(case, 0, len(cases))
         disks = {d.name: d for d in case.variant.guest.disks}
         targets: dict[str, str] = {}
+        sources: dict[str, DiskSource] = {}
         for name, disk in disks.items():
             source = local_source(case, disk, scratch)
             if source.format != "raw":  # fio writes raw bytes: keep qcow2 files intact
@@ -427,6 +429,7 @@ class Bench:
                     scratch,
                 )
             targets[name] = str(source.path)
+            sources[name] = source
         case_dir.write_json(
             "case.json", {"id": BASELINE_ID, "params": dict(case.params), "targets": targets}
         )
@@ -435,7 +438,10 @@ class Bench:
             for job in case.jobs:
                 for repetition in self.repetitions():
                     job_dir = case_dir.job(job.name, repetition)
-                    text = render_job(job, filename=targets[job.disk], case_id=BASELINE_ID)
+                    host_job, env = host_fio_job(job, sources[job.disk])
+                    text = render_job(
+                        host_job, filename=env.pop("FILENAME", ""), case_id=BASELINE_ID
+                    )
                     path = job_dir.write_text("job.fio", text)
                     self.events.stage(case, f"host fio {job.name} r{repetition}")
                     argv = ["fio", "--output-format=json+", str(path)]
@@ -445,6 +451,7 @@ class Bench:
                             argv,
                             capture_output=True,
                             check=False,
+                            env={**os.environ, **env},
                             timeout=fio_timeout_s(job, slack_s=60),
                         )
                     except subprocess.TimeoutExpired as exc:
@@ -470,6 +477,22 @@ class Bench:
 
 
 BASELINE_ID = "host-baseline"
+
+
+def host_fio_job(job: FioJob, source: DiskSource) -> tuple[FioJob, dict[str, str]]:
+    """The job as fio on the host runs it against a disk's backing store, and its environment
+    (FILENAME for files and devices; RBD goes through fio's rbd engine and CEPH_CONF)."""
+    if source.rbd is None:
+        return job, {"FILENAME": str(source.path)}
+    options = {
+        **job.options,
+        "clientname": source.rbd.user,
+        "pool": source.rbd.pool,
+        "rbdname": source.rbd.image,
+    }
+    return job.model_copy(update={"ioengine": "rbd", "options": options}), {
+        "CEPH_CONF": str(source.rbd.conf)
+    }
 
 
 def store_fio(

@@ -14,16 +14,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from vmlab.errors import CommandError, HostError
+from vmlab.ceph.cluster import MicroCluster
+from vmlab.ceph.info import ClusterInfo
+from vmlab.ceph.rbd import RbdImages
+from vmlab.errors import CommandError, HostError, VmlabError
 from vmlab.host import scratch_root
 from vmlab.launch.qemu import Deadlines
 from vmlab.launch.sidecars import qsd_export
 from vmlab.launch.spdk import AioBackend, DiskPlan, SpdkApp, SpdkTarget, render_plan
 from vmlab.launch.vhost_scsi import LioDisk, LioPlan, LioTarget, render_lio
+from vmlab.paths import state_dir
 from vmlab.plan import Case
-from vmlab.render import DiskSource
+from vmlab.render import DiskSource, RbdTarget
 from vmlab.results.rundir import CaseDir
-from vmlab.spec import BlockBackend, Disk, FileBackend
+from vmlab.spec import BlockBackend, CephCluster, Disk, FileBackend, RbdBackend
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ class ScratchDisks:
         self.root = root
         self.dry_run = dry_run
         self.made: dict[tuple[str, str, int], Path] = {}
+        self.ceph = CephSessions(run_id=root.name, dry_run=dry_run)
 
     def base(self, name: str, backend: FileBackend) -> Path:
         if backend.path is not None:
@@ -96,8 +101,11 @@ class ScratchDisks:
         return path
 
     def cleanup(self) -> None:
-        if not self.dry_run:
-            shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            self.ceph.cleanup()
+        finally:
+            if not self.dry_run:
+                shutil.rmtree(self.root, ignore_errors=True)
 
 
 @contextmanager
@@ -107,6 +115,87 @@ def scratch_disks(run_id: str) -> Iterator[ScratchDisks]:
         yield disks
     finally:
         disks.cleanup()
+
+
+class CephSessions:
+    """The Ceph clusters and RBD images a run uses: the micro cluster is brought up when a
+    spec needs it (and taken down again if this run started it); images vmlab creates for
+    the run are removed at its end."""
+
+    def __init__(self, *, run_id: str, dry_run: bool) -> None:
+        self.run_id = run_id
+        self.dry_run = dry_run
+        self.infos: dict[Path | None, ClusterInfo] = {}
+        self.started_micro: MicroCluster | None = None
+        self.images: dict[tuple[Path | None, str, str], str] = {}
+        self.created: list[tuple[ClusterInfo, str, str]] = []
+
+    def info(self, cluster: CephCluster) -> ClusterInfo:
+        if cluster.conf in self.infos:
+            return self.infos[cluster.conf]
+        if cluster.is_micro:
+            micro = MicroCluster(state_dir() / "ceph")
+            if self.dry_run:
+                conf = state_dir() / "ceph" / "ceph.conf"
+                info = ClusterInfo(
+                    conf_path=conf,
+                    keyring_path=conf.with_name("keyring"),
+                    fsid="",
+                    mon_addr="",
+                    pool="vmlab",
+                    state_dir=conf.parent,
+                )
+            else:
+                was_running = micro.status().running
+                info = micro.up()
+                if not was_running:
+                    self.started_micro = micro
+        else:
+            assert cluster.conf is not None
+            keyring = cluster.keyring or Path(f"/etc/ceph/ceph.client.{cluster.client_id}.keyring")
+            info = ClusterInfo(
+                conf_path=cluster.conf,
+                keyring_path=keyring,
+                fsid="",
+                mon_addr="",
+                pool="",
+                client_id=cluster.client_id,
+                state_dir=state_dir() / "ceph-clients" / _slug(str(cluster.conf)),
+            )
+        self.infos[cluster.conf] = info
+        return info
+
+    def image(self, disk_name: str, backend: RbdBackend) -> DiskSource:
+        info = self.info(backend.cluster)
+        key = (backend.cluster.conf, backend.pool, backend.image or f"@{disk_name}")
+        if key not in self.images:
+            name = backend.image or f"vmlab-{self.run_id}-{disk_name}"[:96]
+            if not self.dry_run:
+                images = RbdImages(info)
+                if images.get(backend.pool, name) is None:
+                    images.create(backend.pool, name, backend.size_bytes)
+                    self.created.append((info, backend.pool, name))
+            self.images[key] = name
+        name = self.images[key]
+        target = RbdTarget(pool=backend.pool, image=name, conf=info.conf_path, user=info.client_id)
+        return DiskSource(
+            path=Path(f"rbd:{backend.pool}/{name}"), format="raw", protocol="rbd", rbd=target
+        )
+
+    def cleanup(self) -> None:
+        try:
+            for info, pool, name in reversed(self.created):
+                try:
+                    RbdImages(info).remove(pool, name)
+                except VmlabError as exc:
+                    log.warning("could not remove RBD image %s/%s: %s", pool, name, exc)
+        finally:
+            if self.started_micro is not None:
+                self.started_micro.down()
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-")[-60:]
 
 
 def check_block_device(path: Path) -> None:
@@ -126,6 +215,8 @@ def check_block_device(path: Path) -> None:
 def local_source(case: Case, disk: Disk, scratch: ScratchDisks) -> DiskSource:
     """Where the disk's bytes are on this host, before any sidecar serves them."""
     backend = disk.backend
+    if isinstance(backend, RbdBackend):
+        return scratch.ceph.image(disk.name, backend)
     if isinstance(backend, BlockBackend):
         if not scratch.dry_run:
             check_block_device(backend.path)

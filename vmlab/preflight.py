@@ -6,8 +6,11 @@ before its first, naming every missing piece and how to get it.
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import stat
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -16,7 +19,7 @@ from vmlab.errors import HostError, VmlabError
 from vmlab.host import HostFacts, pick_accel
 from vmlab.launch import vhost_scsi
 from vmlab.plan import Case
-from vmlab.spec import BlockBackend, Disk, FileBackend, Guest
+from vmlab.spec import BlockBackend, Disk, FileBackend, Guest, RbdBackend
 
 HUGEPAGE_MIB = 2
 
@@ -39,6 +42,8 @@ def _disk_problems(disk: Disk, facts: HostFacts, sysroot: Path) -> list[str]:
             f"{where}: {backend.path} does not exist "
             "(leave path out for a scratch file vmlab makes)"
         )
+    elif isinstance(backend, RbdBackend):
+        problems += _rbd_problems(where, backend)
     served = disk.served_by
     if served == "qsd" and facts.qemu_storage_daemon is None:
         problems.append(
@@ -58,6 +63,40 @@ def _disk_problems(disk: Disk, facts: HostFacts, sysroot: Path) -> list[str]:
         )
         for problem in vhost_scsi.preflight(sysroot, backstore=backstore):
             problems.append(f"{where}: kernel vhost-scsi: {problem.message} ({problem.fix})")
+    return problems
+
+
+@functools.cache
+def qemu_block_drivers() -> frozenset[str]:
+    """Formats QEMU's block layer supports here (rbd comes from qemu-block-extra)."""
+    try:
+        out = subprocess.run(
+            ["qemu-img", "--help"], capture_output=True, text=True, check=False, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    for line in out.splitlines():
+        if line.startswith("Supported formats:"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def _rbd_problems(where: str, backend: RbdBackend) -> list[str]:
+    problems = []
+    if "rbd" not in qemu_block_drivers():
+        problems.append(f"{where}: QEMU has no rbd block driver: apt-get install qemu-block-extra")
+    cluster = backend.cluster
+    if cluster.is_micro:
+        if shutil.which("ceph-mon") is None:
+            problems.append(
+                f"{where}: the micro Ceph cluster needs Ceph: apt-get install "
+                "--no-install-recommends ceph-mon ceph-osd ceph-mgr ceph-common"
+            )
+    else:
+        assert cluster.conf is not None
+        for what, path in (("ceph.conf", cluster.conf), ("keyring", cluster.keyring)):
+            if path is not None and not path.is_file():
+                problems.append(f"{where}: the cluster's {what} {path} does not exist")
     return problems
 
 

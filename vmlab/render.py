@@ -82,14 +82,25 @@ class GuestRuntime:
 
 
 @dataclass(frozen=True)
+class RbdTarget:
+    """An RBD image as QEMU's rbd block driver opens it (the conf names the keyring)."""
+
+    pool: str
+    image: str
+    conf: Path
+    user: str
+
+
+@dataclass(frozen=True)
 class DiskSource:
     """Where a disk's data is, as the bench resolved it (scratch, overlay, sidecar socket)."""
 
     path: Path
     format: str = "raw"
-    protocol: str = "file"  # QEMU block driver: file | host_device
+    protocol: str = "file"  # QEMU block driver: file | host_device | rbd
     socket: Path | None = None  # vhost-user socket, for disks a sidecar serves
     wwpn: str | None = None  # vhost-scsi target, for disks LIO serves
+    rbd: RbdTarget | None = None  # for protocol rbd
 
 
 FIRST_DISK_SLOT = 0x10

@@ -91,7 +91,47 @@ class BlockBackend(Model):
         return "raw"
 
 
-Backend = Annotated[Union[FileBackend, BlockBackend], Field(discriminator="type")]  # noqa: UP007
+class CephCluster(Model):
+    """A Ceph cluster by ceph.conf, client id and keyring; no conf: vmlab's micro cluster."""
+
+    conf: Path | None = None
+    client_id: str = Field(default="admin", pattern=r"^[A-Za-z0-9_.-]+$")
+    keyring: Path | None = None
+
+    @property
+    def is_micro(self) -> bool:
+        return self.conf is None
+
+
+class RbdBackend(Model):
+    """An RBD image. Without `image`, vmlab creates one of `size` for the run and removes it
+    afterwards; a named image is used as it is (and created, then removed, if missing)."""
+
+    type: Literal["rbd"] = "rbd"
+    pool: str = Field(default="vmlab", pattern=r"^[A-Za-z0-9_.-]+$")
+    image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    size: str = "1G"
+    cluster: CephCluster = Field(default_factory=CephCluster)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        parse_size(v)
+        return v
+
+    @property
+    def size_bytes(self) -> int:
+        return parse_size(self.size)
+
+    @property
+    def format(self) -> str:
+        return "raw"
+
+
+Backend = Annotated[
+    Union[FileBackend, BlockBackend, RbdBackend],  # noqa: UP007
+    Field(discriminator="type"),
+]
 
 
 class Throttle(Model):
@@ -171,6 +211,11 @@ class Disk(Model):
             raise ValueError(f"{self.model} has no iothread option in QEMU")
         if target == "lio" and isinstance(self.backend, FileBackend) and self.backend.overlay:
             raise ValueError("LIO serves a block device or a raw file, not a qcow2 overlay")
+        if isinstance(self.backend, RbdBackend) and target in ("spdk", "lio"):
+            raise ValueError(
+                f"{target} reads RBD through a host device: map it (krbd) and "
+                "use backend type block"
+            )
         if self.backend.format == "qcow2" and target in ("spdk", "lio"):
             raise ValueError(f"{target} reads raw data: use format raw")
         return self
