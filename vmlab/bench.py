@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from vmlab import __version__
 from vmlab.disks import ScratchDisks, local_source, scratch_disks, served_disks
-from vmlab.errors import GuestError, ResultError, VmlabError
+from vmlab.errors import GuestError, HostError, ResultError, VmlabError
 from vmlab.fio.jobs import fio_command, fio_timeout_s, render_job
 from vmlab.fio.parse import parse_fio_output, summarize
 from vmlab.guest.image import GuestImage, authkey_cmdline
@@ -32,7 +32,7 @@ from vmlab.launch.libvirt import LibvirtLauncher
 from vmlab.launch.qemu import Deadlines, sweep_stale
 from vmlab.paths import state_dir
 from vmlab.plan import Case, plan
-from vmlab.preflight import check_plan
+from vmlab.preflight import check_plan, plan_problems
 from vmlab.render import BootImage, DiskSource, pci_slot
 from vmlab.resources import templates_dir
 from vmlab.results.index import default_index_path, index_run
@@ -78,6 +78,7 @@ class BenchOptions:
     timeout_scale: float = 1.0
     accel: str | None = None  # overrides the spec's accel for every case
     launcher: str | None = None  # overrides the spec's launcher for every case
+    skip_unsupported: bool = False  # run what this host can, record the rest as unsupported
     libvirt_uri: str = "qemu:///system"
     lab_key_path: Path = field(default_factory=lambda: state_dir() / "lab" / "id_ed25519")
 
@@ -173,12 +174,26 @@ class Bench:
     def run(self, *, resume: RunDir | None = None) -> BenchOutcome:
         sweep_stale()
         cases = plan(self.spec)
+        skipped: dict[str, list[str]] = {}
+        if self.options.skip_unsupported:
+            skipped = plan_problems(cases, self.facts, accel_override=self.options.accel)
+            for case in cases:
+                if case.id in skipped:
+                    self.events.case_finished(case, "unsupported", "; ".join(skipped[case.id]))
+            cases = [c for c in cases if c.id not in skipped]
+            if not cases:
+                raise HostError(
+                    "this host can run none of the spec's cases",
+                    hint="run `vmlab render SPEC` and `vmlab host check`",
+                )
         check_plan(
             cases, self.facts, accel_override=self.options.accel, baseline=self.spec.baseline
         )
         run = resume or self._new_run()
         outcome = BenchOutcome(run=run, cases=cases)
-        run.set_status("running", started=now_iso(), cases=[c.id for c in cases])
+        run.set_status(
+            "running", started=now_iso(), cases=[c.id for c in cases], unsupported=skipped
+        )
         status = "failed"
         try:
             with scratch_disks(run.run_id) as scratch:

@@ -213,6 +213,8 @@ class RichEvents:
         if status == "failed":
             self.progress.console.print(f"[red]✗ {case.id} failed:[/] {error}")
             self.progress.advance(self.overall, len(case.jobs))
+        elif status == "unsupported":
+            self.progress.console.print(f"[yellow]- {case.id} not on this host:[/] {error}")
         elif status == "skipped":
             self.progress.advance(self.overall, len(case.jobs))
         else:
@@ -282,6 +284,9 @@ def bench(
         str | None, typer.Option(help="run every case with this launcher: qemu or libvirt")
     ] = None,
     libvirt_uri: Annotated[str, typer.Option(help="libvirt connection URI")] = "qemu:///system",
+    skip_unsupported: Annotated[
+        bool, typer.Option(help="run the cases this host can; list the others with the reason")
+    ] = False,
 ) -> None:
     """Run a spec (or the embedded default lab) and print the comparison table."""
     from vmlab.bench import BenchOptions, run_bench
@@ -327,6 +332,7 @@ def bench(
         accel=accel,
         launcher=launcher,
         libvirt_uri=libvirt_uri,
+        skip_unsupported=skip_unsupported,
     )
     reps = spec.repeat + spec.warmup
     total = sum(len(c.jobs) for c in plan(spec)) * reps + len(spec.jobs) * reps * spec.baseline

@@ -124,21 +124,16 @@ def _guest_problems(guest: Guest, facts: HostFacts, host_cpus: set[int]) -> list
     return problems
 
 
-def check_plan(
+def plan_problems(
     cases: Sequence[Case],
     facts: HostFacts,
     *,
     sysroot: Path = Path("/"),
     accel_override: str | None = None,
-    baseline: bool = False,
-) -> None:
-    """Raise one HostError listing every problem of every case, or return quietly."""
-    problems: list[str] = []
-    if baseline and facts.fio_version is None:
-        problems.append(
-            "host-baseline: the host baseline runs fio on the host: apt-get install fio"
-        )
+) -> dict[str, list[str]]:
+    """What each case needs that this host lacks (cases that can run are left out)."""
     host_cpus = os.sched_getaffinity(0)
+    problems: dict[str, list[str]] = {}
     for case in cases:
         found: list[str] = []
         try:
@@ -149,10 +144,28 @@ def check_plan(
         found += _guest_problems(guest, facts, host_cpus)
         for disk in guest.disks:
             found += _disk_problems(disk, facts, sysroot)
-        problems += [f"{case.id}: {p}" for p in found if f"{case.id}: {p}" not in problems]
+        if found:
+            problems[case.id] = list(dict.fromkeys(found))
+    return problems
+
+
+def check_plan(
+    cases: Sequence[Case],
+    facts: HostFacts,
+    *,
+    sysroot: Path = Path("/"),
+    accel_override: str | None = None,
+    baseline: bool = False,
+) -> None:
+    """Raise one HostError listing every problem of every case, or return quietly."""
+    problems = plan_problems(cases, facts, sysroot=sysroot, accel_override=accel_override)
+    if baseline and facts.fio_version is None:
+        problems["host-baseline"] = ["the host baseline runs fio on the host: apt-get install fio"]
     if problems:
+        lines = [f"{case}: {p}" for case, found in problems.items() for p in found]
         raise HostError(
-            f"this host cannot run {len({p.split(':')[0] for p in problems})} of the "
-            f"{len(cases) + baseline} cases:\n  " + "\n  ".join(problems),
-            hint="fix the above, or drop those cases from the spec; nothing was started",
+            f"this host cannot run {len(problems)} of the {len(cases) + baseline} cases:\n  "
+            + "\n  ".join(lines),
+            hint="fix the above, drop those cases from the spec, or pass --skip-unsupported "
+            "to run the rest; nothing was started",
         )

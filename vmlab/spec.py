@@ -442,7 +442,11 @@ def _label(path: str, value: Any) -> str:
     elif isinstance(value, int | float):
         text = f"{key}-{value}"
     elif isinstance(value, Mapping):
-        text = "-".join(str(v) for k, v in value.items() if k in ("type", "format", "path"))
+        parts = [value.get(k) for k in ("model", "target", "type", "format")]
+        backend = value.get("backend")
+        if isinstance(backend, Mapping):
+            parts += [backend.get("type"), backend.get("format")]
+        text = "-".join(str(p) for p in parts if p) or "-".join(map(str, value.values()))
     elif isinstance(value, list):
         text = "+".join(_label(path, v) for v in value)
     else:

@@ -4,8 +4,11 @@ the limit; a pattern written through one path verifies through the other."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -181,3 +184,57 @@ jobs:
     assert result.metrics["write_iops"] > 0 and result.metrics["read_iops"] > 0  # verify reads
     # some write waited out the outage: the kill really happened under load
     assert result.metrics["write_lat_max_ns"] > 1e9, result.metrics["write_lat_max_ns"]
+
+
+def test_the_reference_experiment_runs_what_this_host_can_and_reports_it(
+    guest_image: GuestImage,
+    lab_env: dict[str, str],
+    micro: MicroCluster,
+    tmp_path: Path,
+) -> None:
+    if not os.access("/usr/bin/ceph-mon", os.X_OK):
+        pytest.skip("Ceph is not installed: scripts/setup --dev")
+    spec = Path(__file__).parent.parent.parent / "examples" / "reference-experiment.yaml"
+    results = Path(lab_env["RESULTS"])
+    vmlab = [sys.executable, "-m", "vmlab.cli"]
+    done = subprocess.run(
+        [
+            *vmlab,
+            "bench",
+            str(spec),
+            "--runtime",
+            "1",
+            "--skip-unsupported",
+            "--ci",
+            "--results",
+            str(results),
+        ],
+        env=lab_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "vhost-user-blk-spdk-block: unsupported" in done.stdout
+    assert "vhost-scsi-block: unsupported" in done.stdout
+    (run,) = [p for p in results.iterdir() if p.is_dir()]
+    status = json.loads((run / "status.json").read_text())
+    assert set(status["unsupported"]) == {"vhost-user-blk-spdk-block", "vhost-scsi-block"}
+    assert sorted(p.name for p in (run / "cases").iterdir()) == [
+        "host-baseline",
+        "vhost-user-blk-rbd",
+        "virtio-blk-rbd",
+    ]
+    report = subprocess.run(
+        [*vmlab, "report", str(run), "--out", str(tmp_path / "report")],
+        env=lab_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert report.returncode == 0, report.stdout + report.stderr
+    markdown = next((tmp_path / "report").glob("*.md")).read_text()
+    for case in ("virtio-blk-rbd", "vhost-user-blk-rbd", "host-baseline"):
+        assert case in markdown
