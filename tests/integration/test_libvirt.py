@@ -1,8 +1,9 @@
 """The libvirt launcher against a real libvirtd (no systemd), real QEMU under TCG, real fio.
 
-A session fixture starts `virtlogd -d` and `libvirtd -d` if they are not running (root only) and
-stops exactly what it started. It never starts a libvirt network: it refuses to start libvirtd
-while a network is marked for autostart (Debian's `default` would come up in the host namespace).
+A session fixture starts virtlogd and libvirtd (in the foreground, under vmlab.reaper) if they
+are not running (root only) and stops exactly what it started. It never starts a libvirt
+network: it refuses to start libvirtd while a network is marked for autostart (Debian's
+`default` would come up in the host namespace).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from vmlab import reaper
 from vmlab.bench import Bench, BenchOptions
 from vmlab.errors import LaunchError
 from vmlab.guest.image import GuestImage, authkey_cmdline
@@ -47,8 +49,6 @@ URI = "qemu:///system"
 GOLDEN = Path(__file__).parent.parent / "data" / "golden" / "libvirt"
 AUTOSTART = Path("/etc/libvirt/qemu/networks/autostart")
 DAEMONS = (("virtlogd", Path("/run/virtlogd.pid")), ("libvirtd", Path("/run/libvirtd.pid")))
-# Pydantic warns when it serializes launcher="libvirt" into a Literal["qemu"] field; this goes
-# away once the lead adds "libvirt" to the Literal.
 
 
 # --- daemons -------------------------------------------------------------------------------
@@ -83,15 +83,6 @@ def _can_connect() -> bool:
     return True
 
 
-def _stop(pid: int, timeout_s: float = 15.0) -> None:
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture(scope="session")
 def libvirtd() -> Iterator[str]:
     """A libvirtd answering on qemu:///system; started here (and stopped after) if needed."""
@@ -101,7 +92,7 @@ def libvirtd() -> Iterator[str]:
         libvirt_module()
     except Exception as exc:
         pytest.skip(f"{exc}: pip install libvirt-python (apt-get install libvirt-dev pkg-config)")
-    started: list[int] = []
+    started: list[subprocess.Popen[bytes]] = []
     try:
         if not _can_connect():
             if os.geteuid() != 0:
@@ -114,20 +105,28 @@ def libvirtd() -> Iterator[str]:
                 )
             for name, pidfile in DAEMONS:
                 if _daemon_pid(name, pidfile) is None:
-                    subprocess.run([name, "-d"], check=True, timeout=30)
+                    # Under a subreaper: PID 1 here reaps nothing, and libvirtd would wait on
+                    # each zombie of its QEMU capability probes (minutes on a fresh host).
+                    reaped = reaper.spawn([name], log=Path(f"/tmp/vmlab-test-{name}.log"))
                     deadline = time.monotonic() + 15
-                    while (pid := _daemon_pid(name, pidfile)) is None:
-                        assert time.monotonic() < deadline, f"{name} -d wrote no {pidfile}"
+                    while _daemon_pid(name, pidfile) is None:
+                        assert reaped.poll() is None, f"{name} exited: /tmp/vmlab-test-{name}.log"
+                        assert time.monotonic() < deadline, f"{name} wrote no {pidfile}"
                         time.sleep(0.1)
-                    started.append(pid)
+                    started.append(reaped)
             deadline = time.monotonic() + 30
             while not _can_connect():
                 assert time.monotonic() < deadline, "libvirtd started but does not answer"
                 time.sleep(0.2)
         yield URI
     finally:
-        for pid in reversed(started):
-            _stop(pid)
+        for proc in reversed(started):
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import shlex
 import socket
 import time
 from dataclasses import dataclass
@@ -176,10 +177,12 @@ class GuestSSH:
             raise GuestError(f"{self.where}: {command!r} exited {code}: {err}")
         return result
 
-    def put(self, data: bytes, remote: str, *, mode: int = 0o644) -> None:
-        with self.client.open_sftp() as sftp, sftp.open(remote, "wb") as fh:
-            fh.write(data)
-            fh.chmod(mode)
+    def put(self, data: bytes, remote: str, *, mode: int = 0o644, timeout_s: float = 60) -> None:
+        """Write a file in the guest through a shell's stdin, not SFTP: Debian 12's dropbear
+        (2022.83) aborts the whole connection when a channel opens while the previous SFTP
+        channel is still closing (dropbear #321), which a put-then-run pattern hits."""
+        target = shlex.quote(remote)
+        self.run(f"cat > {target} && chmod {mode:o} {target}", stdin=data, timeout_s=timeout_s)
 
     def get(self, remote: str) -> bytes:
         buf = io.BytesIO()
