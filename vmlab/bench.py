@@ -14,6 +14,8 @@ import secrets
 import shlex
 import subprocess
 import time
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +32,15 @@ from vmlab.launch.base import Launcher, LaunchRequest
 from vmlab.launch.direct import QemuLauncher
 from vmlab.launch.libvirt import LibvirtLauncher
 from vmlab.launch.qemu import Deadlines, sweep_stale
+from vmlab.net.iperf import (
+    IperfServer,
+    client_timeout_s,
+    guest_client_command,
+    parse_iperf,
+    summarize_iperf,
+)
+from vmlab.net.lab import LabNetwork, LabNic, guest_ifname_command
+from vmlab.net.netns import sweep_stale as sweep_stale_netns
 from vmlab.paths import state_dir
 from vmlab.plan import Case, plan
 from vmlab.preflight import check_plan, plan_problems
@@ -37,7 +48,7 @@ from vmlab.render import BootImage, DiskSource, pci_slot
 from vmlab.resources import templates_dir
 from vmlab.results.index import default_index_path, index_run
 from vmlab.results.rundir import ArtifactDir, CaseDir, RunDir, now_iso
-from vmlab.spec import BenchSpec, FileBackend, FioJob
+from vmlab.spec import BenchSpec, FileBackend, FioJob, Nic
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +184,7 @@ class Bench:
 
     def run(self, *, resume: RunDir | None = None) -> BenchOutcome:
         sweep_stale()
+        sweep_stale_netns()
         cases = plan(self.spec)
         skipped: dict[str, list[str]] = {}
         if self.options.skip_unsupported:
@@ -316,17 +328,36 @@ class Bench:
             failed_marker=self.image.failed_marker,
         )
         launcher = self.launchers[self.options.launcher or case.variant.launcher]
-        with served_disks(
-            case,
-            scratch,
-            case_dir=case_dir,
-            deadlines=deadlines,
-            qsd=self.facts.qemu_storage_daemon,
-        ) as disks:
+        with ExitStack() as stack:
+            lab = stack.enter_context(LabNetwork()) if guest.nics else None
+            nics = [self._add_nic(lab, case, nic) for nic in guest.nics] if lab else []
+            if lab is not None:
+                case_dir.write_json("network.json", network_record(lab, guest.nics, nics))
+            disks = stack.enter_context(
+                served_disks(
+                    case,
+                    scratch,
+                    case_dir=case_dir,
+                    deadlines=deadlines,
+                    qsd=self.facts.qemu_storage_daemon,
+                )
+            )
             self.events.stage(case, f"booting ({launcher.name}, {accel})")
             self._boot(
-                case, case_dir, launcher, replace(request, disks=disks), nonce, timings, outcome
+                case,
+                case_dir,
+                launcher,
+                replace(request, disks=disks, nics=nics),
+                nonce,
+                timings,
+                outcome,
+                lab,
             )
+
+    @staticmethod
+    def _add_nic(lab: LabNetwork, case: Case, nic: Nic) -> LabNic:
+        add = lab.add_tap if nic.attach == "tap" else lab.add_macvtap
+        return add(case.id, queues=nic.queues, vhost=nic.vhost)
 
     def _boot(
         self,
@@ -337,6 +368,7 @@ class Bench:
         nonce: str,
         timings: dict[str, float],
         outcome: BenchOutcome,
+        lab: LabNetwork | None,
     ) -> None:
         deadlines = request.deadlines
         with launcher.launch(request) as vm:
@@ -355,8 +387,57 @@ class Bench:
                 timings["ssh_ready_s"] = time.monotonic() - vm.started_at
                 self._check_identity(ssh, nonce)
                 devices = self._guest_facts(ssh, case, case_dir)
+                self._configure_nics(ssh, request.nics)
                 self._run_jobs(case, case_dir, ssh, devices, deadlines, outcome)
+                if lab is not None:
+                    self._run_net_jobs(case, case_dir, ssh, lab, outcome)
             self.events.stage(case, "powering off")
+
+    @staticmethod
+    def _configure_nics(ssh: GuestSSH, nics: Sequence[LabNic]) -> None:
+        """Give each lab NIC its address; the guest names NICs by MAC, never by ethN."""
+        for nic in nics:
+            ifname = ssh.run(guest_ifname_command(nic.mac), timeout_s=30).text.strip()
+            if not ifname:
+                raise GuestError(
+                    f"the guest has no NIC with MAC {nic.mac}",
+                    hint="the guest kernel may lack the NIC model's driver",
+                )
+            for command in nic.guest_commands(ifname):
+                ssh.run(command, timeout_s=30)
+
+    def _run_net_jobs(
+        self, case: Case, case_dir: CaseDir, ssh: GuestSSH, lab: LabNetwork, outcome: BenchOutcome
+    ) -> None:
+        """iperf3: the guest is the client, a server in the lab namespace the peer."""
+        server = str(lab.gateway)
+        for job in self.spec.net_jobs:
+            for repetition in self.repetitions():
+                job_dir = case_dir.job(job.name, repetition)
+                self.events.stage(case, f"iperf3 {job.name} r{repetition} ({job.duration_s} s)")
+                with IperfServer(lab.netns, server, output=job_dir.file("server.json")):
+                    result = ssh.run(
+                        guest_client_command(
+                            server,
+                            duration_s=job.duration_s,
+                            reverse=job.reverse,
+                            parallel=job.parallel,
+                        ),
+                        timeout_s=client_timeout_s(job.duration_s),
+                        check=False,
+                    )
+                raw = job_dir.write_bytes("iperf.json", result.stdout)  # before parsing
+                job_dir.write_bytes("iperf.stderr", result.stderr)
+                job_dir.write_json(
+                    "exit.json", {"exit_code": result.exit_code, "command": result.command}
+                )
+                parsed = parse_iperf(result.stdout, path=raw)
+                metrics = summarize_iperf(parsed)
+                job_dir.write_json(
+                    "summary.json", {"metrics": metrics, "iperf": parsed.model_dump(mode="json")}
+                )
+                outcome.results.append(JobOutcome(case.id, job.name, repetition, metrics))
+                self.events.job_finished(case, job.name, repetition, metrics)
 
     def _check_identity(self, ssh: GuestSSH, nonce: str) -> None:
         """The guest on this port is the one we just booted, not a stale one."""
@@ -535,6 +616,25 @@ def store_fio(
     metrics = summarize(parsed.jobs[0])
     job_dir.write_json("summary.json", {"metrics": metrics, "fio": parsed.model_dump(mode="json")})
     return metrics
+
+
+def network_record(lab: LabNetwork, specs: Sequence[Nic], nics: Sequence[LabNic]) -> dict[str, Any]:
+    return {
+        "namespace": lab.name,
+        "gateway": str(lab.gateway),
+        "nics": [
+            {
+                "name": spec.name,
+                "attach": nic.kind,
+                "model": spec.model,
+                "mac": nic.mac,
+                "address": str(nic.address),
+                "queues": nic.queues,
+                "vhost": nic.vhost,
+            }
+            for spec, nic in zip(specs, nics, strict=True)
+        ],
+    }
 
 
 def stored_metrics(summary_path: Path) -> dict[str, float]:

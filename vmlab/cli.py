@@ -238,11 +238,35 @@ class PlainEvents:
         print(f"  {case.id}: {status}{': ' + error if error else ''}", flush=True)
 
 
+def _print_network_table(results: list[Any]) -> None:
+    if not results:
+        return
+    table = Table(title="network (iperf3, guest as client)", title_justify="left")
+    for name, justify in (
+        ("configuration", "left"),
+        ("job", "left"),
+        ("received Gbit/s", "right"),
+        ("retransmits", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in results:
+        table.add_row(
+            r.case_id,
+            f"{r.job} r{r.repetition}",
+            f"{r.metrics['received_bits_per_s'] / 1e9:.2f}",
+            f"{r.metrics.get('retransmits', 0):.0f}",
+        )
+    out.print(table)
+
+
 def _print_table(outcome: Any, title: str) -> None:
     from vmlab.report.table import build_rows
 
     # r0 is the warm-up: stored, never counted
-    rows = build_rows([(r.case_id, r.job, r.metrics) for r in outcome.results if r.repetition])
+    counted = [r for r in outcome.results if r.repetition]
+    fio = [r for r in counted if "received_bits_per_s" not in r.metrics]
+    _print_network_table([r for r in counted if "received_bits_per_s" in r.metrics])
+    rows = build_rows([(r.case_id, r.job, r.metrics) for r in fio])
     with_host = any(r.of_host is not None for r in rows)
     table = Table(title=title, title_justify="left")
     for name, justify in (

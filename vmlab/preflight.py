@@ -111,6 +111,18 @@ def _guest_problems(guest: Guest, facts: HostFacts, host_cpus: set[int]) -> list
                 f"echo {facts.hugepages_2m_total + need - facts.hugepages_2m_free} "
                 "> /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
             )
+    if guest.nics:
+        if os.geteuid() != 0:
+            problems.append("lab NICs need root (network namespaces, taps, macvtap nodes)")
+        if shutil.which("ip") is None:
+            problems.append("lab NICs need iproute2: apt-get install iproute2")
+        if not Path("/dev/net/tun").exists():
+            problems.append("lab NICs need /dev/net/tun: modprobe tun")
+        if any(n.vhost for n in guest.nics) and not facts.vhost_net:
+            problems.append(
+                "vhost: true needs /dev/vhost-net (modprobe vhost_net); QEMU 7.2 "
+                "aborts instead of falling back"
+            )
     path = guest.memory_path
     if guest.memory_backend == "file" and path is not None and not path.is_dir():
         problems.append(f"memory_path {path} is not a directory")

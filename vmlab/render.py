@@ -79,6 +79,7 @@ class GuestRuntime:
     serial_log: Path
     pidfile: Path
     ssh_port: int
+    nics: Sequence[tuple[str, str]] = ()  # (-netdev, -device) of lab NICs, fds already open
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,11 @@ class DiskSource:
 
 
 FIRST_DISK_SLOT = 0x10
+FIRST_NIC_SLOT = 0x8  # lab NICs: after mgmt (eth0) and rng, before the disks
+
+
+def nic_slot(index: int) -> str:
+    return f"0x{FIRST_NIC_SLOT + index:x}"
 
 
 @dataclass(frozen=True)

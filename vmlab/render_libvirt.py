@@ -298,6 +298,12 @@ def render_libvirt(
     runtime: DomainRuntime,
 ) -> RenderedDomain:
     """The domain XML for one case, from the same models as :func:`vmlab.render.render_qemu`."""
+    if case.variant.guest.nics:
+        raise SpecError(
+            "the libvirt launcher does not attach lab NICs yet: libvirtd cannot take the tap "
+            "fds vmlab opens inside the lab namespace",
+            hint="use launcher qemu for cases with guest.nics",
+        )
     guest = case.variant.guest
     mode, model = cpu_mode(accel, guest.cpu_model)
     rendered_disks = libvirt_disks(guest, disks)

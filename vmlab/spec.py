@@ -232,6 +232,23 @@ class Disk(Model):
         return f"vmlab-{self.name}"
 
 
+class Nic(Model):
+    """A NIC under test on the bench's lab network (the management NIC stays separate, so SSH
+    works whatever is measured): a tap on the lab bridge or a macvtap in bridge mode."""
+
+    name: str = Field(default="lab0", pattern=r"^[a-z0-9]{1,8}$")
+    attach: Literal["tap", "macvtap"] = "tap"
+    model: Literal["virtio-net-pci", "e1000e"] = "virtio-net-pci"
+    queues: int = Field(default=1, ge=1, le=16)
+    vhost: bool = False
+
+    @model_validator(mode="after")
+    def _queues(self) -> Nic:
+        if self.queues > 1 and self.model != "virtio-net-pci":
+            raise ValueError(f"{self.model} has one queue; multi-queue needs virtio-net-pci")
+        return self
+
+
 class IOThread(Model):
     """A shared iothread that several disks can name."""
 
@@ -252,6 +269,7 @@ class Guest(Model):
     image: Literal["default"] = "default"
     iothreads: list[IOThread] = Field(default_factory=list)
     disks: list[Disk] = Field(default_factory=lambda: [Disk()], min_length=1)
+    nics: list[Nic] = Field(default_factory=list)
     kernel_args: str = ""
 
     @model_validator(mode="after")
@@ -311,6 +329,16 @@ class FioJob(Model):
         return v
 
 
+class IperfJob(Model):
+    """iperf3 between the guest (client) and a server on the lab network, over one NIC."""
+
+    name: str = Field(pattern=SLUG)
+    nic: str = "lab0"
+    duration_s: int = Field(default=10, ge=1)
+    reverse: bool = Field(default=False, description="the server sends, the guest receives")
+    parallel: int = Field(default=1, ge=1, le=128)
+
+
 def reference_jobs() -> list[FioJob]:
     """The two fio jobs of the reference experiment (design.md): latency and throughput."""
     common: dict[str, Any] = {
@@ -342,8 +370,9 @@ class BenchSpec(Model):
     runtime_s: int | None = Field(default=None, ge=1, description="overrides every job's runtime")
     baseline: bool = Field(default=False, description="also run each job with fio on the host")
     repeat: int = Field(default=1, ge=1, le=100, description="repetitions of every job")
+    net_jobs: list[IperfJob] = Field(default_factory=list)
     warmup: bool = Field(default=False, description="one more repetition first, never counted")
-    jobs: list[FioJob] = Field(min_length=1)
+    jobs: list[FioJob]
     variants: list[Variant] = Field(min_length=1)
     source: str = Field(default="", description="the spec text as the user wrote it")
 
@@ -361,6 +390,7 @@ _TOP_KEYS = (
     "repeat",
     "warmup",
     "jobs",
+    "net_jobs",
     *_VARIANT_KEYS,
 )
 
@@ -442,10 +472,12 @@ def _label(path: str, value: Any) -> str:
     elif isinstance(value, int | float):
         text = f"{key}-{value}"
     elif isinstance(value, Mapping):
-        parts = [value.get(k) for k in ("model", "target", "type", "format")]
+        parts = [value.get(k) for k in ("model", "target", "attach", "type", "format")]
         backend = value.get("backend")
         if isinstance(backend, Mapping):
             parts += [backend.get("type"), backend.get("format")]
+        parts += [k for k, v in value.items() if v is True]
+        parts += [f"{k}-{v}" for k, v in value.items() if k in ("queues", "num_queues")]
         text = "-".join(str(p) for p in parts if p) or "-".join(map(str, value.values()))
     elif isinstance(value, list):
         text = "+".join(_label(path, v) for v in value)
@@ -536,6 +568,22 @@ def parse_spec(raw: Any, *, file: Path | None = None, source: str = "") -> Bench
                 if line not in seen:
                     seen.add(line)
                     problems.append(line)
+    net_jobs: list[IperfJob] = []
+    for index, net_job in enumerate(raw.get("net_jobs") or []):
+        try:
+            net_jobs.append(IperfJob.model_validate(net_job))
+        except ValidationError as exc:
+            problems.extend(_problems(exc, f"net_jobs.{index}."))
+    for net_job in net_jobs:
+        for checked in variants:
+            if net_job.nic not in {n.name for n in checked.guest.nics}:
+                problems.append(
+                    f"net_jobs.{net_job.name}.nic: no NIC named {net_job.nic!r} in guest.nics "
+                    "(give the guest a lab NIC, e.g. nics: [{attach: tap}])"
+                )
+                break
+    if not jobs and not net_jobs:
+        problems.append("jobs: a bench needs at least one fio job or net job")
     disk_names = {d.name for v in variants for d in v.guest.disks}
     for job in jobs:
         if variants and job.disk not in disk_names:
@@ -551,6 +599,7 @@ def parse_spec(raw: Any, *, file: Path | None = None, source: str = "") -> Bench
                     "description": raw.get("description", ""),
                     "runtime_s": raw.get("runtime_s"),
                     "baseline": raw.get("baseline", False),
+                    "net_jobs": net_jobs,
                     "repeat": raw.get("repeat", 1),
                     "warmup": raw.get("warmup", False),
                     "jobs": jobs,

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from ipaddress import IPv4Interface
 from pathlib import Path
 
 import pytest
 
 from vmlab.disks import ScratchDisks, local_source
 from vmlab.fio.jobs import render_job
+from vmlab.net.lab import LabNic
 from vmlab.plan import Case, plan
-from vmlab.render import BootImage, DiskSource, GuestRuntime, qemu_quote, render_qemu
+from vmlab.render import (
+    BootImage,
+    DiskSource,
+    GuestRuntime,
+    mac_address,
+    nic_slot,
+    qemu_quote,
+    render_qemu,
+)
 from vmlab.spec import BenchSpec, default_lab, load_spec
 
 DATA = Path(__file__).parent.parent / "data"
@@ -40,6 +50,26 @@ def fixed_sources(case: Case) -> dict[str, DiskSource]:
     return sources
 
 
+def fixed_nics(case: Case) -> list[tuple[str, str]]:
+    """Lab NICs as the launcher renders them, with made-up fds (opened only at launch)."""
+    nics = []
+    for index, spec in enumerate(case.variant.guest.nics):
+        nic = LabNic(
+            guest=case.id,
+            kind=spec.attach,
+            netdev_id=f"lab-{spec.name}",
+            ifname=f"vt{index}",
+            netns="vmlab-test",
+            mac=mac_address(spec.name),
+            fds=tuple(range(100 + 10 * index, 100 + 10 * index + spec.queues)),
+            address=IPv4Interface(f"10.9.0.{10 + index}/24"),
+            gateway=IPv4Interface("10.9.0.1/24"),
+            vhost=spec.vhost,
+        )
+        nics.append((nic.netdev_arg(), nic.device_arg(model=spec.model, pci_addr=nic_slot(index))))
+    return nics
+
+
 def fixed_render(case: Case, accel: str = "tcg") -> list[str]:
     disks = fixed_sources(case)
     runtime = GuestRuntime(
@@ -47,6 +77,7 @@ def fixed_render(case: Case, accel: str = "tcg") -> list[str]:
         serial_log=Path("/r/serial.log"),
         pidfile=Path("/run/g/qemu.pid"),
         ssh_port=40022,
+        nics=fixed_nics(case),
     )
     boot = BootImage(Path("/img/vmlinux"), Path("/img/initrd.img"), "console=ttyS0 vmlab.x=1")
     return render_qemu(

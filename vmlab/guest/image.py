@@ -64,6 +64,9 @@ USERLAND_PACKAGES = (
     "libtommath1",
     "openssh-sftp-server",
     "fio",
+    "iperf3",  # network jobs; with its two libraries (libcrypto comes with fio's)
+    "libiperf0",
+    "libsctp1",
 )
 # button + evdev: ACPI power button → /dev/input/event* → busybox acpid (QMP system_powerdown).
 # virtio_rng: with -device virtio-rng-pci the kernel's RNG is ready at once (else dropbear waits
@@ -983,6 +986,7 @@ def _write_initramfs(
         "/usr/sbin/dropbear": tree / "usr/sbin/dropbear",
         "/usr/lib/openssh/sftp-server": tree / "usr/lib/openssh/sftp-server",
         "/usr/bin/fio": tree / "usr/bin/fio",
+        "/usr/bin/iperf3": tree / "usr/bin/iperf3",
     }
     libraries: dict[str, Path] = {}
     for binary in binaries.values():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vmlab.launch.qemu import Deadlines
+from vmlab.net.lab import LabNic
 from vmlab.plan import Case
 from vmlab.render import BootImage, DiskSource
 from vmlab.results.rundir import CaseDir
@@ -23,6 +24,7 @@ class LaunchRequest:
     deadlines: Deadlines
     ready_marker: str
     failed_marker: str
+    nics: Sequence[LabNic] = ()
 
 
 class RunningGuest(Protocol):

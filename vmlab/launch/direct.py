@@ -16,7 +16,7 @@ from vmlab.errors import LaunchError
 from vmlab.launch.base import LaunchRequest
 from vmlab.launch.pinning import apply_pinning
 from vmlab.launch.qemu import QemuProcess, new_guest_dir
-from vmlab.render import GuestRuntime, render_qemu
+from vmlab.render import GuestRuntime, nic_slot, render_qemu
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,10 @@ class QemuGuest:
     started_at: float
     timings: dict[str, float] = field(default_factory=dict)
     accel_info: dict[str, Any] = field(default_factory=dict)
+
+
+def nic_models(request: LaunchRequest) -> list[str]:
+    return [nic.model for nic in request.case.variant.guest.nics]
 
 
 def _port_taken(exc: LaunchError) -> bool:
@@ -74,6 +78,12 @@ class QemuLauncher:
                 serial_log=case_dir.file(f"serial{suffix}.log"),
                 pidfile=guest_dir / "qemu.pid",
                 ssh_port=free_port(),
+                nics=[
+                    (nic.netdev_arg(), nic.device_arg(model=model, pci_addr=nic_slot(i)))
+                    for i, (nic, model) in enumerate(
+                        zip(request.nics, nic_models(request), strict=True)
+                    )
+                ],
             )
             rendered = render_qemu(
                 request.case,
@@ -93,6 +103,7 @@ class QemuLauncher:
                 serial_log=runtime.serial_log,
                 qemu_log=case_dir.file(f"qemu{suffix}.log"),
                 deadlines=request.deadlines,
+                pass_fds=[fd for nic in request.nics for fd in nic.fds],
             ) as vm:
                 guest = QemuGuest("127.0.0.1", runtime.ssh_port, vm.started_at)
                 guest.timings["qmp_s"] = time.monotonic() - vm.started_at

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -116,7 +117,9 @@ class QemuProcess:
         qemu_log: Path,
         deadlines: Deadlines,
         kind: Literal["vm", "daemon"] = "vm",
+        pass_fds: Sequence[int] = (),
     ) -> None:
+        self.pass_fds = tuple(pass_fds)
         self.argv = argv
         self.kind = kind
         self.guest_dir = guest_dir
@@ -159,6 +162,7 @@ class QemuProcess:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    pass_fds=self.pass_fds,
                     preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
                 )
             except OSError as exc:
