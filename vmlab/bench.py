@@ -49,6 +49,7 @@ from vmlab.resources import templates_dir
 from vmlab.results.index import default_index_path, index_run
 from vmlab.results.rundir import ArtifactDir, CaseDir, RunDir, now_iso
 from vmlab.spec import BenchSpec, FileBackend, FioJob, Nic
+from vmlab.vfio import default_state_file, recover_stale, vfio_bound
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ class Bench:
     def run(self, *, resume: RunDir | None = None) -> BenchOutcome:
         sweep_stale()
         sweep_stale_netns()
+        recover_stale(default_state_file())  # devices a crashed run left bound to vfio-pci
         cases = plan(self.spec)
         skipped: dict[str, list[str]] = {}
         if self.options.skip_unsupported:
@@ -329,6 +331,8 @@ class Bench:
         )
         launcher = self.launchers[self.options.launcher or case.variant.launcher]
         with ExitStack() as stack:
+            if guest.hostdevs:  # bound to vfio-pci for this guest, restored after it
+                stack.enter_context(vfio_bound(guest.hostdevs, state_file=default_state_file()))
             lab = stack.enter_context(LabNetwork()) if guest.nics else None
             nics = [self._add_nic(lab, case, nic) for nic in guest.nics] if lab else []
             if lab is not None:

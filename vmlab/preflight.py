@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from vmlab import vfio
 from vmlab.errors import HostError, VmlabError
 from vmlab.host import HostFacts, pick_accel
 from vmlab.launch import vhost_scsi
@@ -100,7 +101,9 @@ def _rbd_problems(where: str, backend: RbdBackend) -> list[str]:
     return problems
 
 
-def _guest_problems(guest: Guest, facts: HostFacts, host_cpus: set[int]) -> list[str]:
+def _guest_problems(
+    guest: Guest, facts: HostFacts, host_cpus: set[int], sysroot: Path
+) -> list[str]:
     problems: list[str] = []
     if guest.effective_memory_backend == "hugepages":
         need = -(-guest.memory_mib // HUGEPAGE_MIB)
@@ -111,6 +114,9 @@ def _guest_problems(guest: Guest, facts: HostFacts, host_cpus: set[int]) -> list
                 f"echo {facts.hugepages_2m_total + need - facts.hugepages_2m_free} "
                 "> /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
             )
+    if guest.hostdevs:
+        report = vfio.check_passthrough(guest.hostdevs, root=sysroot, memory_mib=guest.memory_mib)
+        problems += [f"VFIO: {p.message} ({p.hint})" for p in report.all_problems]
     if guest.nics:
         if os.geteuid() != 0:
             problems.append("lab NICs need root (network namespaces, taps, macvtap nodes)")
@@ -153,7 +159,7 @@ def plan_problems(
         except VmlabError as exc:
             found.append(exc.message)
         guest = case.variant.guest
-        found += _guest_problems(guest, facts, host_cpus)
+        found += _guest_problems(guest, facts, host_cpus, sysroot)
         for disk in guest.disks:
             found += _disk_problems(disk, facts, sysroot)
         if found:

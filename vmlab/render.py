@@ -18,6 +18,7 @@ import jinja2
 from vmlab.plan import Case
 from vmlab.resources import templates_dir
 from vmlab.spec import Disk, Guest
+from vmlab.vfio import normalize_address
 
 
 def qemu_quote(value: object) -> str:
@@ -110,6 +111,13 @@ FIRST_NIC_SLOT = 0x8  # lab NICs: after mgmt (eth0) and rng, before the disks
 
 def nic_slot(index: int) -> str:
     return f"0x{FIRST_NIC_SLOT + index:x}"
+
+
+FIRST_HOSTDEV_SLOT = 0x18  # passed-through devices: after the disks (0x10-0x17)
+
+
+def hostdev_slot(index: int) -> str:
+    return f"0x{FIRST_HOSTDEV_SLOT + index:x}"
 
 
 @dataclass(frozen=True)
@@ -252,6 +260,8 @@ def render_qemu(
         rt=runtime,
         mgmt_mac=mac_address(case.id),
         memory=memory_object(guest),
+        hostdevs=[normalize_address(a) for a in guest.hostdevs],
+        hostdev_slot=hostdev_slot,
         disks=[_rendered_disk(i, d, disks[d.name]) for i, d in enumerate(guest.disks)],
     )
     return Rendered(case_id=case.id, argv=argv, accel=accel)

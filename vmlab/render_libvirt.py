@@ -45,6 +45,7 @@ import jinja2
 from vmlab.errors import SpecError
 from vmlab.plan import Case
 from vmlab.render import (
+    FIRST_HOSTDEV_SLOT,
     BootImage,
     CacheFlags,
     DiskSource,
@@ -55,6 +56,7 @@ from vmlab.render import (
 )
 from vmlab.resources import templates_dir
 from vmlab.spec import Disk, Guest
+from vmlab.vfio import libvirt_hostdev
 
 DOMAIN_TEMPLATE = "libvirt/domain.xml.j2"
 SECRET_TEMPLATE = "libvirt/secret.xml.j2"  # noqa: S105 - a template name
@@ -330,6 +332,8 @@ def render_libvirt(
             nic_slot=NIC_SLOT,
             rng_slot=RNG_SLOT,
             qemu_ns=QEMU_NS,
+            hostdevs=[libvirt_hostdev(a) for a in guest.hostdevs],
+            hostdev_slot0=FIRST_HOSTDEV_SLOT,
         )
     )
     return RenderedDomain(

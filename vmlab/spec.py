@@ -270,6 +270,9 @@ class Guest(Model):
     iothreads: list[IOThread] = Field(default_factory=list)
     disks: list[Disk] = Field(default_factory=lambda: [Disk()], min_length=1)
     nics: list[Nic] = Field(default_factory=list)
+    hostdevs: list[str] = Field(
+        default_factory=list, description="host PCI devices passed through with VFIO"
+    )
     kernel_args: str = ""
 
     @model_validator(mode="after")
@@ -285,6 +288,11 @@ class Guest(Model):
                     f"disk {disk.name} names iothread {disk.iothread!r}, which guest.iothreads "
                     f"does not define (defined: {', '.join(sorted(pool)) or 'none'})"
                 )
+        for address in self.hostdevs:
+            if not re.fullmatch(
+                r"(?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]", address
+            ):
+                raise ValueError(f"hostdev {address!r} is not a PCI address like 0000:01:00.0")
         if self.vcpu_pinning is not None and len(self.vcpu_pinning) != self.cpus:
             raise ValueError(
                 f"vcpu_pinning lists {len(self.vcpu_pinning)} CPUs for {self.cpus} vCPUs"

@@ -108,3 +108,11 @@ def test_vhost_scsi_passes_when_the_modules_are_there(
             sysroot=tmp_path,
         )
     assert "kernel vhost-scsi" not in str(err.value)
+
+
+def test_a_passthrough_device_is_checked_against_sysfs(tmp_path: Path) -> None:
+    with pytest.raises(HostError) as err:
+        check_plan(
+            cases("name: v\nguest:\n  hostdevs: ['0000:3b:00.0']\n"), facts(), sysroot=tmp_path
+        )
+    assert "VFIO: " in str(err.value) and "0000:3b:00.0" in str(err.value)
