@@ -25,7 +25,9 @@ from vmlab.disks import ScratchDisks, local_source, scratch_disks, served_disks
 from vmlab.errors import GuestError, HostError, ResultError, VmlabError
 from vmlab.fio.jobs import fio_command, fio_timeout_s, render_job
 from vmlab.fio.parse import parse_fio_output, summarize
-from vmlab.guest.image import GuestImage, authkey_cmdline
+from vmlab.guest.boot import BootPlan, plan_boot
+from vmlab.guest.cloudinit import check_instance_id, wait_cloud_init
+from vmlab.guest.image import GuestImage
 from vmlab.guest.ssh import GuestSSH, lab_key, public_line, wait_banner
 from vmlab.host import HostFacts, pick_accel, require_qemu
 from vmlab.launch.base import Launcher, LaunchRequest
@@ -44,7 +46,7 @@ from vmlab.net.netns import sweep_stale as sweep_stale_netns
 from vmlab.paths import state_dir
 from vmlab.plan import Case, plan
 from vmlab.preflight import check_plan, plan_problems
-from vmlab.render import BootImage, DiskSource, pci_slot
+from vmlab.render import DiskSource, pci_slot
 from vmlab.resources import templates_dir
 from vmlab.results.index import default_index_path, index_run
 from vmlab.results.rundir import ArtifactDir, CaseDir, RunDir, now_iso
@@ -308,26 +310,29 @@ class Bench:
         accel = pick_accel(self.facts, self.options.accel or case.variant.accel)
         deadlines = Deadlines.for_accel(accel, self.options.timeout_scale)
         nonce = secrets.token_hex(8)
-        cmdline = " ".join(
-            filter(
-                None,
-                [
-                    self.image.cmdline,
-                    authkey_cmdline(public_line(self.key)),
-                    f"vmlab.nonce={nonce}",
-                    guest.kernel_args,
-                ],
+        if guest.image != "default":  # systemd and cloud-init boots take minutes under TCG
+            deadlines = replace(
+                deadlines, boot_s=deadlines.boot_s * 3, powerdown_s=deadlines.powerdown_s * 2
             )
+        self.events.stage(case, "preparing the boot image")
+        boot = plan_boot(
+            case.id,
+            guest,
+            case_dir=case_dir,
+            scratch=scratch.root / "boot",
+            nonce=nonce,
+            public_key=public_line(self.key),
+            default=self.image,
         )
         request = LaunchRequest(
             case=case,
             case_dir=case_dir,
             accel=accel,
-            boot=BootImage(self.image.kernel, self.image.initrd, cmdline),
+            boot=boot.boot,
             disks={},
             deadlines=deadlines,
-            ready_marker=self.image.ready_marker,
-            failed_marker=self.image.failed_marker,
+            ready_marker=boot.ready_marker,
+            failed_marker=boot.failed_marker,
         )
         launcher = self.launchers[self.options.launcher or case.variant.launcher]
         with ExitStack() as stack:
@@ -352,6 +357,7 @@ class Bench:
                 case_dir,
                 launcher,
                 replace(request, disks=disks, nics=nics),
+                boot,
                 nonce,
                 timings,
                 outcome,
@@ -369,6 +375,7 @@ class Bench:
         case_dir: CaseDir,
         launcher: Launcher,
         request: LaunchRequest,
+        boot: BootPlan,
         nonce: str,
         timings: dict[str, float],
         outcome: BenchOutcome,
@@ -380,16 +387,33 @@ class Bench:
             self.events.stage(case, "waiting for SSH")
             wait_banner(vm.ssh_host, vm.ssh_port, timeout_s=deadlines.banner_s)
             timings["banner_s"] = time.monotonic() - vm.started_at
-            with GuestSSH.connect(
-                vm.ssh_host,
-                vm.ssh_port,
-                user=self.image.user,
-                key=self.key,
-                host_key=self.image.host_key,
-                timeout_s=deadlines.login_s,
-            ) as ssh:
+
+            def login(timeout_s: float) -> GuestSSH:
+                return GuestSSH.connect(
+                    vm.ssh_host,
+                    vm.ssh_port,
+                    user=boot.user,
+                    key=self.key,
+                    host_key=boot.host_key,
+                    timeout_s=timeout_s,
+                )
+
+            with login(deadlines.login_s) as ssh:
                 timings["ssh_ready_s"] = time.monotonic() - vm.started_at
-                self._check_identity(ssh, nonce)
+                if boot.instance_id is not None:
+                    check_instance_id(ssh, boot.instance_id)
+                    self.events.stage(case, "waiting for cloud-init")
+                    assert boot.cloud_init_timeout_s is not None
+                    status = wait_cloud_init(
+                        ssh,
+                        timeout_s=boot.cloud_init_timeout_s * self.options.timeout_scale,
+                        reconnect=login,
+                        console_log=case_dir.file("serial.log"),
+                    )
+                    case_dir.write_json("cloud-init.json", status)
+                    timings["cloud_init_s"] = time.monotonic() - vm.started_at
+                else:
+                    self._check_identity(ssh, nonce)
                 devices = self._guest_facts(ssh, case, case_dir)
                 self._configure_nics(ssh, request.nics)
                 self._run_jobs(case, case_dir, ssh, devices, deadlines, outcome)

@@ -89,6 +89,7 @@ def render(
 ) -> None:
     """Print, per case, the exact QEMU argv that would run, without running anything."""
     from vmlab.disks import ScratchDisks, lio_plan, local_source, spdk_plan
+    from vmlab.guest.boot import preview_boot
     from vmlab.launch.sidecars import render_qsd
     from vmlab.plan import plan
     from vmlab.render import GuestRuntime, render_qemu
@@ -140,7 +141,7 @@ def render(
             domain = render_libvirt(
                 c,
                 accel=accel,
-                boot=boot,
+                boot=preview_boot(c.variant.guest, boot),
                 disks=sources,
                 runtime=preview_runtime(c.id, serial_log=serial_log),
             )
@@ -153,7 +154,12 @@ def render(
                 ssh_port=10022,
             )
             rendered = render_qemu(
-                c, qemu="qemu-system-x86_64", accel=accel, boot=boot, disks=sources, runtime=rt
+                c,
+                qemu="qemu-system-x86_64",
+                accel=accel,
+                boot=preview_boot(c.variant.guest, boot),
+                disks=sources,
+                runtime=rt,
             )
             out.print(" \\\n  ".join(_argv_lines(rendered.argv)), markup=False)
         out.print(f"# jobs: {', '.join(f'{j.name} ({j.runtime_s} s)' for j in c.jobs)}\n")

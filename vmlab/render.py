@@ -67,9 +67,14 @@ _CACHE_MODES = {
 
 @dataclass(frozen=True)
 class BootImage:
-    kernel: Path
-    initrd: Path
+    """How the guest boots: a kernel (direct boot) or its own firmware and boot disk."""
+
+    kernel: Path | None
+    initrd: Path | None
     cmdline: str
+    root_disk: Path | None = None  # a per-guest qcow2 overlay (rootfs and cloud images)
+    seed: Path | None = None  # the NoCloud seed ISO
+    no_reboot: bool = True  # cloud guests may reboot during cloud-init
 
 
 @dataclass(frozen=True)

@@ -300,6 +300,12 @@ def render_libvirt(
     runtime: DomainRuntime,
 ) -> RenderedDomain:
     """The domain XML for one case, from the same models as :func:`vmlab.render.render_qemu`."""
+    if case.variant.guest.image != "default":
+        raise SpecError(
+            "the libvirt launcher boots vmlab's default image only, so far: rootfs and cloud "
+            "images (boot disk overlay, NoCloud seed) run with the QEMU launcher",
+            hint="use launcher qemu for cases with guest.image",
+        )
     if case.variant.guest.nics:
         raise SpecError(
             "the libvirt launcher does not attach lab NICs yet: libvirtd cannot take the tap "

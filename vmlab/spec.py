@@ -249,6 +249,39 @@ class Nic(Model):
         return self
 
 
+class RootfsImageSpec(Model):
+    """vmlab's Debian 12 root filesystem (mmdebstrap + mkfs.ext4 -d), booted from an overlay:
+    a tiny init, or systemd, or systemd + cloud-init configured by a NoCloud seed."""
+
+    kind: Literal["rootfs"] = "rootfs"
+    systemd: bool = False
+    cloud_init: bool = False
+
+    @model_validator(mode="after")
+    def _cloud_init_needs_systemd(self) -> RootfsImageSpec:
+        if self.cloud_init and not self.systemd:
+            raise ValueError("cloud_init needs systemd: set systemd: true")
+        return self
+
+
+class CloudImageSpec(Model):
+    """A cloud image (qcow2 or raw) with cloud-init, never written: guests boot overlays of it
+    through their firmware, configured by a NoCloud seed vmlab generates."""
+
+    kind: Literal["cloud"] = "cloud"
+    source: str = Field(description="a local path or an http(s)/file URL")
+    sha256: str | None = Field(default=None, pattern=r"^(sha256:)?[0-9a-fA-F]{64}$")
+    format: Literal["qcow2", "raw"] | None = None
+    packages: list[str] = Field(default_factory=list, description="cloud-init installs them")
+    runcmd: list[str] = Field(default_factory=list)
+    network: Literal["static", "dhcp"] = "static"
+    disk_size: str | None = None
+    cloud_init_timeout_s: int = Field(default=600, ge=10)
+
+
+ImageSpec = Annotated[Union[RootfsImageSpec, CloudImageSpec], Field(discriminator="kind")]  # noqa: UP007
+
+
 class IOThread(Model):
     """A shared iothread that several disks can name."""
 
@@ -266,7 +299,7 @@ class Guest(Model):
     vcpu_pinning: list[int] | None = Field(default=None, description="host CPU per vCPU")
     machine: str = "q35"
     cpu_model: str | None = None
-    image: Literal["default"] = "default"
+    image: Literal["default"] | ImageSpec = "default"
     iothreads: list[IOThread] = Field(default_factory=list)
     disks: list[Disk] = Field(default_factory=lambda: [Disk()], min_length=1)
     nics: list[Nic] = Field(default_factory=list)
@@ -278,6 +311,8 @@ class Guest(Model):
     @model_validator(mode="after")
     def _consistent(self) -> Guest:
         names = [d.name for d in self.disks]
+        if {"root", "seed"} & set(names):
+            raise ValueError("disk names root and seed are taken by the boot disk and the seed")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"disk names must be unique, repeated: {', '.join(dupes)}")
@@ -480,7 +515,7 @@ def _label(path: str, value: Any) -> str:
     elif isinstance(value, int | float):
         text = f"{key}-{value}"
     elif isinstance(value, Mapping):
-        parts = [value.get(k) for k in ("model", "target", "attach", "type", "format")]
+        parts = [value.get(k) for k in ("kind", "model", "target", "attach", "type", "format")]
         backend = value.get("backend")
         if isinstance(backend, Mapping):
             parts += [backend.get("type"), backend.get("format")]

@@ -10,6 +10,7 @@ import pytest
 
 from vmlab.disks import ScratchDisks, local_source
 from vmlab.fio.jobs import render_job
+from vmlab.guest.boot import preview_boot
 from vmlab.net.lab import LabNic
 from vmlab.plan import Case, plan
 from vmlab.render import (
@@ -79,7 +80,10 @@ def fixed_render(case: Case, accel: str = "tcg") -> list[str]:
         ssh_port=40022,
         nics=fixed_nics(case),
     )
-    boot = BootImage(Path("/img/vmlinux"), Path("/img/initrd.img"), "console=ttyS0 vmlab.x=1")
+    boot = preview_boot(
+        case.variant.guest,
+        BootImage(Path("/img/vmlinux"), Path("/img/initrd.img"), "console=ttyS0 vmlab.x=1"),
+    )
     return render_qemu(
         case, qemu="qemu-system-x86_64", accel=accel, boot=boot, disks=disks, runtime=runtime
     ).argv

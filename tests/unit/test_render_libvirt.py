@@ -77,6 +77,9 @@ def fixed_sources(case: Case) -> dict[str, DiskSource]:
 # Cases the libvirt renderer refuses, and why (everything else has a golden file).
 REFUSED = {
     "targets/default": "memory_path",
+    "images/rootfs": "default image only",
+    "images/rootfs-systemd-cloud-init": "default image only",
+    "images/cloud": "default image only",
     "network/tap": "lab NICs",
     "network/macvtap": "lab NICs",
     "network/tap-vhost-queues-2+e1000e-macvtap": "lab NICs",
