@@ -124,6 +124,10 @@ def _guest_problems(
             problems.append("lab NICs need iproute2: apt-get install iproute2")
         if not Path("/dev/net/tun").exists():
             problems.append("lab NICs need /dev/net/tun: modprobe tun")
+        if shutil.which("iperf3") is None:
+            problems.append(
+                "lab NICs: net_jobs run iperf3 -s in the lab namespace: apt-get install iperf3"
+            )
         if any(n.vhost for n in guest.nics) and not facts.vhost_net:
             problems.append(
                 "vhost: true needs /dev/vhost-net (modprobe vhost_net); QEMU 7.2 "

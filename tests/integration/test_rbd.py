@@ -216,14 +216,15 @@ def test_the_reference_experiment_runs_what_this_host_can_and_reports_it(
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "vhost-user-blk-spdk-block: unsupported" in done.stdout
-    assert "vhost-scsi-block: unsupported" in done.stdout
+    spdk, lio = "vhost-user-blk-spdk-block-num-queues-2", "vhost-scsi-block-num-queues-2"
+    assert f"{spdk}: unsupported" in done.stdout
+    assert f"{lio}: unsupported" in done.stdout
     (run,) = [p for p in results.iterdir() if p.is_dir()]
     status = json.loads((run / "status.json").read_text())
-    assert set(status["unsupported"]) == {"vhost-user-blk-spdk-block", "vhost-scsi-block"}
+    assert set(status["unsupported"]) == {spdk, lio}
     assert sorted(p.name for p in (run / "cases").iterdir()) == [
         "host-baseline",
-        "vhost-user-blk-rbd",
+        "vhost-user-blk-rbd-num-queues-2",
         "virtio-blk-rbd",
     ]
     report = subprocess.run(
@@ -236,5 +237,5 @@ def test_the_reference_experiment_runs_what_this_host_can_and_reports_it(
     )
     assert report.returncode == 0, report.stdout + report.stderr
     markdown = next((tmp_path / "report").glob("*.md")).read_text()
-    for case in ("virtio-blk-rbd", "vhost-user-blk-rbd", "host-baseline"):
+    for case in ("virtio-blk-rbd", "vhost-user-blk-rbd-num-queues-2", "host-baseline"):
         assert case in markdown
