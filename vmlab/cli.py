@@ -317,6 +317,9 @@ def bench(
     skip_unsupported: Annotated[
         bool, typer.Option(help="run the cases this host can; list the others with the reason")
     ] = False,
+    junit: Annotated[
+        Path | None, typer.Option(help="write JUnit XML: one testcase per case and job")
+    ] = None,
 ) -> None:
     """Run a spec (or the embedded default lab) and print the comparison table."""
     from vmlab.bench import BenchOptions, run_bench
@@ -398,6 +401,20 @@ def bench(
         err.print(f"[yellow]{INTERRUPTED}[/]")
         raise typer.Exit(130) from None
     _print_table(outcome, f"{spec.name}: {outcome.run.path}")
+    if junit is not None:
+        from vmlab.report.bench_junit import bench_junit, write_bench_junit
+
+        unsupported = outcome.run.status().get("unsupported") or {}
+        write_bench_junit(
+            junit,
+            bench_junit(
+                spec.name,
+                [(r.case_id, r.job, r.repetition, r.metrics) for r in outcome.results],
+                outcome.failed,
+                unsupported,
+                [j.name for j in spec.jobs] + [j.name for j in spec.net_jobs],
+            ),
+        )
     if not outcome.ok:
         raise VmlabError(
             f"{len(outcome.failed)} of {len(outcome.cases)} cases failed: "

@@ -36,7 +36,18 @@ def test_default_lab_prints_a_table_from_three_real_guests(
     guest_image: GuestImage, lab_env: dict[str, str], qemu_pids: Callable[[str], list[int]]
 ) -> None:
     results = Path(lab_env["RESULTS"])
-    done = vmlab("bench", "--runtime", "2", "--results", str(results), "--ci", env=lab_env)
+    junit = results.parent / "bench.xml"
+    done = vmlab(
+        "bench",
+        "--runtime",
+        "2",
+        "--results",
+        str(results),
+        "--ci",
+        "--junit",
+        str(junit),
+        env=lab_env,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     for case in ("virtio-blk", "virtio-scsi", "nvme"):
@@ -44,6 +55,7 @@ def test_default_lab_prints_a_table_from_three_real_guests(
         assert len(rows) == 2, f"{case}: {rows}"  # latency and throughput
     run = only_run(results)
     assert json.loads((run / "status.json").read_text())["status"] == "complete"
+    assert junit.read_text().count("<testcase") == 6 and "<failure" not in junit.read_text()
     for case in ("virtio-blk", "virtio-scsi", "nvme"):
         cdir = run / "cases" / case
         argv = json.loads((cdir / "argv.json").read_text())
