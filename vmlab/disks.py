@@ -22,6 +22,7 @@ from vmlab.host import scratch_root
 from vmlab.launch.qemu import Deadlines
 from vmlab.launch.sidecars import qsd_export
 from vmlab.launch.spdk import AioBackend, DiskPlan, SpdkApp, SpdkTarget, render_plan
+from vmlab.launch.spdk import RbdBackend as SpdkRbd
 from vmlab.launch.vhost_scsi import LioDisk, LioPlan, LioTarget, render_lio
 from vmlab.paths import state_dir
 from vmlab.plan import Case
@@ -129,6 +130,8 @@ class CephSessions:
         self.started_micro: MicroCluster | None = None
         self.images: dict[tuple[Path | None, str, str], str] = {}
         self.created: list[tuple[ClusterInfo, str, str]] = []
+        self.mapped: dict[tuple[Path, str, str], Path] = {}
+        self.devices: list[tuple[ClusterInfo, Path]] = []
 
     def info(self, cluster: CephCluster) -> ClusterInfo:
         if cluster.conf in self.infos:
@@ -177,6 +180,15 @@ class CephSessions:
                     self.created.append((info, backend.pool, name))
             self.images[key] = name
         name = self.images[key]
+        if backend.krbd:
+            device = Path("/dev/rbd<N>")
+            if not self.dry_run:
+                device = self.mapped.get((info.conf_path, backend.pool, name)) or RbdImages(
+                    info
+                ).map_krbd(backend.pool, name)
+                self.mapped[(info.conf_path, backend.pool, name)] = device
+                self.devices.append((info, device))
+            return DiskSource(path=device, format="raw", protocol="host_device")
         target = RbdTarget(pool=backend.pool, image=name, conf=info.conf_path, user=info.client_id)
         return DiskSource(
             path=Path(f"rbd:{backend.pool}/{name}"), format="raw", protocol="rbd", rbd=target
@@ -184,6 +196,11 @@ class CephSessions:
 
     def cleanup(self) -> None:
         try:
+            for info, device in reversed(self.devices):
+                try:
+                    RbdImages(info).unmap_krbd(device)
+                except VmlabError as exc:
+                    log.warning("could not unmap %s: %s", device, exc)
             for info, pool, name in reversed(self.created):
                 try:
                     RbdImages(info).remove(pool, name)
@@ -231,9 +248,19 @@ def local_source(case: Case, disk: Disk, scratch: ScratchDisks) -> DiskSource:
 
 def spdk_plan(disk: Disk, source: DiskSource) -> DiskPlan:
     """The RPC calls that make `disk` a vhost-user-blk controller (bdev named by the serial,
-    which SPDK hands the guest as the virtio serial)."""
+    which SPDK hands the guest as the virtio serial): bdev_rbd_create for RBD through
+    librbd, bdev_aio_create for files and block devices."""
     assert disk.spdk is not None
-    return render_plan(disk.serial, AioBackend(filename=source.path), cpumask=disk.spdk.cpumask)
+    if source.rbd is not None:
+        bdev: AioBackend | SpdkRbd = SpdkRbd(
+            pool=source.rbd.pool,
+            image=source.rbd.image,
+            user_id=source.rbd.user,
+            config_file=source.rbd.conf,
+        )
+    else:
+        bdev = AioBackend(filename=source.path)
+    return render_plan(disk.serial, bdev, cpumask=disk.spdk.cpumask)
 
 
 def spdk_export(stack: ExitStack, disk: Disk, source: DiskSource, case_dir: CaseDir) -> DiskSource:

@@ -86,6 +86,11 @@ def _rbd_problems(where: str, backend: RbdBackend) -> list[str]:
     problems = []
     if "rbd" not in qemu_block_drivers():
         problems.append(f"{where}: QEMU has no rbd block driver: apt-get install qemu-block-extra")
+    if backend.krbd and not Path("/sys/bus/rbd").is_dir():
+        problems.append(
+            f"{where}: krbd needs the kernel RBD driver: modprobe rbd (this "
+            "kernel has none: use QEMU's librbd, backend.krbd: false)"
+        )
     cluster = backend.cluster
     if cluster.is_micro:
         if shutil.which("ceph-mon") is None:

@@ -112,6 +112,11 @@ class RbdBackend(Model):
     image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     size: str = "1G"
     cluster: CephCluster = Field(default_factory=CephCluster)
+    krbd: bool = Field(
+        default=False,
+        description="map it on the host (rbd device map) and "
+        "serve /dev/rbdN as a host block device",
+    )
 
     @field_validator("size")
     @classmethod
@@ -211,11 +216,8 @@ class Disk(Model):
             raise ValueError(f"{self.model} has no iothread option in QEMU")
         if target == "lio" and isinstance(self.backend, FileBackend) and self.backend.overlay:
             raise ValueError("LIO serves a block device or a raw file, not a qcow2 overlay")
-        if isinstance(self.backend, RbdBackend) and target in ("spdk", "lio"):
-            raise ValueError(
-                f"{target} reads RBD through a host device: map it (krbd) and "
-                "use backend type block"
-            )
+        if isinstance(self.backend, RbdBackend) and target == "lio" and not self.backend.krbd:
+            raise ValueError("LIO serves RBD through the kernel driver: set backend.krbd: true")
         if self.backend.format == "qcow2" and target in ("spdk", "lio"):
             raise ValueError(f"{target} reads raw data: use format raw")
         return self

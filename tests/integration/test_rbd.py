@@ -216,7 +216,7 @@ def test_the_reference_experiment_runs_what_this_host_can_and_reports_it(
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    spdk, lio = "vhost-user-blk-spdk-block-num-queues-2", "vhost-scsi-block-num-queues-2"
+    spdk, lio = "vhost-user-blk-spdk-rbd-num-queues-2", "vhost-scsi-rbd-num-queues-2"
     assert f"{spdk}: unsupported" in done.stdout
     assert f"{lio}: unsupported" in done.stdout
     (run,) = [p for p in results.iterdir() if p.is_dir()]
