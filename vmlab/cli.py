@@ -488,11 +488,13 @@ def image_info() -> None:
 def _mount_subcommands() -> None:
     """Command groups that live beside the code they drive."""
     from vmlab.ceph.cli import app as ceph_app
+    from vmlab.fleet.cli import app as fleet_app
     from vmlab.report.cli import app as report_app
     from vmlab.results.cli import app as results_app
 
     app.add_typer(ceph_app, name="ceph", help="A micro Ceph cluster for labs and tests.")
     app.add_typer(results_app, name="results", help="Stored runs: list, show, rm, reindex.")
+    app.add_typer(fleet_app, name="fleet", help="Run a spec on every host of an Ansible inventory.")
     app.registered_commands += report_app.registered_commands  # import, compare, report
 
 

@@ -1,0 +1,498 @@
+"""`vmlab fleet run`: one spec on every host of an Ansible inventory, merged into one run.
+
+The work on the hosts is ``playbooks/bench.yml`` (copy the spec, ``vmlab bench --ci``, fetch
+the run directory back); this module only drives it through ``ansible_runner``, turns runner
+events into per-host progress, and merges what came back (:mod:`vmlab.fleet.merge`).
+
+The merged run directory is created first, so everything lands inside it as it happens:
+ansible-runner's artifacts (events, stdout) under ``ansible/``, the fetched run directories
+under ``.fetch/`` until they are merged. A host that fails (unreachable, ``vmlab bench`` exits
+non-zero, the fetch fails) is recorded with its error and does not stop the others.
+
+Which ansible.cfg: ``$ANSIBLE_CONFIG`` if set, else ``./ansible.cfg`` of the directory vmlab
+was started in, else the one beside the playbooks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from vmlab.errors import CommandError, HostError, VmlabError
+from vmlab.fleet.merge import HostOutcome, MergedHost, merge_fleet
+from vmlab.resources import playbooks_dir
+from vmlab.results.index import default_index_path, index_run
+from vmlab.results.rundir import RunDir, now_iso
+from vmlab.spec import load_spec
+
+log = logging.getLogger(__name__)
+
+RUNNER_IDENT = "bench"
+DEFAULT_HOST_TIMEOUT_S = 6 * 3600
+RUNNER_SLACK_S = 900
+"""The whole ansible run may take this much longer than one host's `vmlab bench` (copying the
+spec, fetching results)."""
+CANCEL_TIMEOUT_S = 60.0
+POLL_S = 0.2
+ERROR_LINES = 12
+NO_HOSTS = "leaves us with no hosts to target"
+"""What ansible-playbook says when the inventory and --limit select no host."""
+
+State = Literal["running", "ok", "changed", "skipped", "failed", "unreachable", "done"]
+
+
+@dataclass(frozen=True)
+class HostUpdate:
+    """One step of one host, as a front end shows it."""
+
+    host: str
+    task: str
+    state: State
+    detail: str | None = None
+
+
+class FleetEvents(Protocol):
+    def host_update(self, update: HostUpdate) -> None: ...
+
+
+class QuietFleetEvents:
+    def host_update(self, update: HostUpdate) -> None:
+        log.info("%s: %s %s %s", update.host, update.task, update.state, update.detail or "")
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    inventory: Path
+    spec: Path
+    results_root: Path = Path("results")
+    limit: str | None = None
+    forks: int | None = None
+    bench_args: Sequence[str] = ()
+    """More `vmlab bench` options for every host (--runtime, --timeout-scale, --accel)."""
+    extra_vars: Mapping[str, Any] = field(default_factory=dict)
+    host_timeout_s: int = DEFAULT_HOST_TIMEOUT_S
+    """A host's `vmlab bench` is stopped and the host failed after this long (sets
+    vmlab_bench_timeout_s); the whole ansible run gets RUNNER_SLACK_S more."""
+    playbook: Path | None = None
+    """Default: bench.yml shipped with vmlab."""
+
+
+@dataclass(frozen=True)
+class FleetOutcome:
+    run: RunDir
+    hosts: tuple[MergedHost, ...]
+    ansible_status: str
+    ansible_rc: int | None
+
+    @property
+    def failed(self) -> tuple[MergedHost, ...]:
+        return tuple(h for h in self.hosts if not h.ok)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.hosts) and not self.failed
+
+
+# --------------------------------------------------------------------------------------------
+# Runner events -> per-host state
+
+
+def describe_failure(task: str, res: Mapping[str, Any]) -> str:
+    """One readable error from a task result: its message, exit code, the tail of stderr."""
+    msg = str(res.get("msg") or "").strip()
+    text = f"{task}: {msg or 'failed'}"
+    rc = res.get("rc")
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0 and "exit" not in msg:
+        text += f" (exit {rc})"
+    stderr = str(res.get("stderr") or res.get("module_stderr") or "").strip()
+    if stderr:
+        text += "\n" + "\n".join(stderr.splitlines()[-ERROR_LINES:])
+    return text
+
+
+@dataclass
+class _HostState:
+    first_seen: int
+    problem: Literal["failed", "unreachable"] | None = None
+    error: str | None = None
+    failed_task: str | None = None
+
+
+class EventCollector:
+    """ansible-runner's event_handler: keeps each host's first failure and forwards progress.
+
+    Called from the runner's thread; everything it keeps is behind a lock.
+    """
+
+    def __init__(self, events: FleetEvents) -> None:
+        self.events = events
+        self._lock = threading.Lock()
+        self._hosts: dict[str, _HostState] = {}
+        self._stats: dict[str, dict[str, int]] = {}
+        self.no_hosts_matched = False
+
+    def __call__(self, event: Mapping[str, Any]) -> bool:
+        try:
+            self._handle(event)
+        except Exception:  # a display problem must never stop the run
+            log.exception("could not handle ansible event %s", event.get("event"))
+        return True  # keep every event in the artifacts
+
+    def _seen(self, host: str) -> _HostState:
+        state = self._hosts.get(host)
+        if state is None:
+            state = self._hosts[host] = _HostState(first_seen=len(self._hosts))
+        return state
+
+    def _handle(self, event: Mapping[str, Any]) -> None:
+        kind = str(event.get("event", ""))
+        data = event.get("event_data")
+        data = data if isinstance(data, Mapping) else {}
+        if kind == "playbook_on_no_hosts_matched":
+            self.no_hosts_matched = True
+            return
+        if kind == "playbook_on_stats":
+            with self._lock:
+                for key in ("ok", "dark", "failures", "skipped", "changed", "processed"):
+                    counts = data.get(key)
+                    if isinstance(counts, Mapping):
+                        self._stats[key] = {str(h): int(n) for h, n in counts.items()}
+            return
+        host = data.get("host")
+        if not host or not kind.startswith("runner_on_"):
+            return
+        host, task = str(host), str(data.get("task", "")).strip()
+        res = data.get("res")
+        res = res if isinstance(res, Mapping) else {}
+        update: HostUpdate | None = None
+        with self._lock:
+            state = self._seen(host)
+            if kind == "runner_on_start":
+                update = HostUpdate(host, task, "running")
+            elif kind == "runner_on_ok":
+                update = HostUpdate(host, task, "changed" if res.get("changed") else "ok")
+            elif kind == "runner_on_skipped":
+                update = HostUpdate(host, task, "skipped")
+            elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+                error = describe_failure(task, res)
+                if state.problem is None:
+                    state.problem, state.error, state.failed_task = "failed", error, task
+                update = HostUpdate(host, task, "failed", error)
+            elif kind == "runner_on_unreachable":
+                error = f"unreachable during {task!r}: {str(res.get('msg') or '').strip()}"
+                if state.problem is None:
+                    state.problem, state.error, state.failed_task = "unreachable", error, task
+                update = HostUpdate(host, task, "unreachable", error)
+        if update is not None:
+            self.events.host_update(update)
+
+    def outcomes(self) -> list[HostOutcome]:
+        """Every host the play touched, in the order they first appeared."""
+        with self._lock:
+            for host in self._stats.get("processed", {}):
+                self._seen(host)
+            dark = self._stats.get("dark", {})
+            failures = self._stats.get("failures", {})
+            out = []
+            for host, state in sorted(self._hosts.items(), key=lambda kv: kv[1].first_seen):
+                if state.problem is not None:
+                    out.append(HostOutcome(host, state.problem, state.error, state.failed_task))
+                elif dark.get(host):
+                    out.append(HostOutcome(host, "unreachable", "unreachable (no detail)"))
+                elif failures.get(host):
+                    out.append(HostOutcome(host, "failed", "a task failed (no detail)"))
+                else:
+                    out.append(HostOutcome(host, "ok"))
+            return out
+
+
+# --------------------------------------------------------------------------------------------
+# Running the playbook
+
+
+def _require_runner() -> Any:
+    try:
+        import ansible_runner
+    except ImportError as exc:
+        raise HostError(
+            "ansible-runner is not installed",
+            hint="pip install 'vmlab[fleet]' (ansible-core and ansible-runner)",
+        ) from exc
+    return ansible_runner
+
+
+def _ansible_env() -> dict[str, str]:
+    bindir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    env = {
+        "PATH": f"{bindir}{os.pathsep}{path}" if path else bindir,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+    }
+    if not os.environ.get("ANSIBLE_CONFIG"):
+        local = Path.cwd() / "ansible.cfg"
+        shipped = playbooks_dir() / "ansible.cfg"
+        env["ANSIBLE_CONFIG"] = str(local if local.is_file() else shipped)
+    if shutil.which("ansible-playbook", path=env["PATH"]) is None:
+        raise HostError(
+            "ansible-playbook is not installed",
+            hint="pip install 'vmlab[fleet]' into the environment vmlab runs from",
+        )
+    return env
+
+
+_SECRET = re.compile(r"pass|secret|token|vault|credential", re.IGNORECASE)
+
+
+def redact(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Variables to record: values of names that look secret are replaced."""
+    return {k: "<redacted>" if _SECRET.search(k) else v for k, v in variables.items()}
+
+
+def _scrub_command_artifact(artifact_dir: Path) -> None:
+    """ansible-runner saves its whole environment and the extra variables in `command`; keep
+    only the environment's names and redact secret-looking variables (results get shared)."""
+    path = artifact_dir / "command"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(data, dict):
+        return
+    if isinstance(data.get("env"), dict):
+        data["env"] = sorted(data["env"])
+    argv = data.get("command")
+    if isinstance(argv, list):
+        for i, arg in enumerate(argv[:-1]):
+            if arg == "-e" and isinstance(argv[i + 1], str):
+                try:
+                    given = json.loads(argv[i + 1])
+                except ValueError:
+                    continue
+                if isinstance(given, dict):
+                    argv[i + 1] = json.dumps(redact(given))
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _run_playbook(
+    runner: Any,
+    *,
+    private_data_dir: Path,
+    playbook: Path,
+    options: FleetOptions,
+    extravars: Mapping[str, Any],
+    envvars: Mapping[str, str],
+    collector: EventCollector,
+) -> tuple[str, int | None, bool]:
+    """Run the playbook to its end; returns (runner status, rc, interrupted).
+
+    On Ctrl-C the runner is cancelled (it kills ansible-playbook) before this returns.
+    """
+    cancel = threading.Event()
+    kwargs: dict[str, Any] = {
+        "private_data_dir": str(private_data_dir),
+        "ident": RUNNER_IDENT,
+        "playbook": str(playbook),
+        "inventory": str(options.inventory.resolve()),
+        "extravars": dict(extravars),
+        "envvars": dict(envvars),
+        "quiet": True,
+        "suppress_env_files": True,
+        "event_handler": collector,
+        "cancel_callback": cancel.is_set,
+        "timeout": options.host_timeout_s + RUNNER_SLACK_S,
+    }
+    if options.limit:
+        kwargs["limit"] = options.limit
+    if options.forks:
+        kwargs["forks"] = options.forks
+    private_data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        thread, handle = runner.run_async(**kwargs)
+    except Exception as exc:  # ansible-runner raises ValueError, ConfigurationError...
+        raise VmlabError(
+            f"ansible-runner could not start the playbook: {exc}",
+            hint="check the inventory path and that ansible-core is installed",
+        ) from exc
+    interrupted = False
+    try:
+        while thread.is_alive():
+            thread.join(timeout=POLL_S)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted: cancelling ansible-playbook")
+        cancel.set()
+        thread.join(timeout=CANCEL_TIMEOUT_S)
+        if thread.is_alive():
+            log.warning("ansible-runner did not stop within %.0f s", CANCEL_TIMEOUT_S)
+    status = str(getattr(handle, "status", "unknown"))
+    rc = getattr(handle, "rc", None)
+    return status, rc if isinstance(rc, int) else None, interrupted
+
+
+def _stdout_tail(artifact_dir: Path, lines: int = 20) -> str:
+    try:
+        text = (artifact_dir / "stdout").read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run_fleet(options: FleetOptions, events: FleetEvents | None = None) -> FleetOutcome:
+    """Run the spec on every host (see the module docstring). Raises SpecError for a bad
+    spec, HostError when Ansible is missing, VmlabError when no host matched; a host's failure
+    is in the outcome, not raised. KeyboardInterrupt is re-raised after the hosts' results
+    that came back are merged."""
+    spec = load_spec(options.spec)
+    if not options.inventory.exists():
+        raise VmlabError(
+            f"no inventory at {options.inventory}",
+            hint="pass an Ansible inventory file (see playbooks/inventory.example.yml)",
+        )
+    runner = _require_runner()
+    envvars = _ansible_env()
+    playbook = (options.playbook or playbooks_dir() / "bench.yml").resolve()
+    run = RunDir.create(options.results_root, f"fleet-{spec.name}")
+    started = now_iso()
+    run.set_status("running", started=started)
+    private = run.path / "ansible"
+    fetch_dir = run.path / ".fetch"
+    fetch_dir.mkdir()
+    run_tag = f"{run.run_id}-{secrets.token_hex(3)}"
+    extravars = {
+        **dict(options.extra_vars),
+        "vmlab_spec": str(options.spec.resolve()),
+        "vmlab_fetch_dir": str(fetch_dir.resolve()),
+        "vmlab_run_tag": run_tag,
+        "vmlab_bench_extra_args": list(options.bench_args),
+        "vmlab_bench_timeout_s": options.host_timeout_s,
+    }
+    collector = EventCollector(events or QuietFleetEvents())
+    status, rc, interrupted = "unknown", None, False
+    try:
+        begun = time.monotonic()
+        try:
+            status, rc, interrupted = _run_playbook(
+                runner,
+                private_data_dir=private,
+                playbook=playbook,
+                options=options,
+                extravars=extravars,
+                envvars=envvars,
+                collector=collector,
+            )
+        except VmlabError:  # the playbook never started: nothing to keep
+            shutil.rmtree(run.path, ignore_errors=True)
+            raise
+        log.info("ansible-playbook: %s (rc %s) in %.1f s", status, rc, time.monotonic() - begun)
+        artifacts = private / "artifacts" / RUNNER_IDENT
+        _scrub_command_artifact(artifacts)
+        outcomes = collector.outcomes()
+        if interrupted:  # hosts still busy when Ctrl-C came: not failed, stopped
+            outcomes = [
+                replace(o, status="interrupted", error="interrupted (Ctrl-C on the controller)")
+                if o.status == "ok"
+                else o
+                for o in outcomes
+            ]
+        if not outcomes and not interrupted:
+            tail = _stdout_tail(artifacts)
+            shutil.rmtree(run.path, ignore_errors=True)
+            if collector.no_hosts_matched or rc == 0 or NO_HOSTS in tail:
+                raise VmlabError(
+                    f"no host of {options.inventory} matches"
+                    + (f" --limit {options.limit}" if options.limit else ""),
+                    hint="`ansible-inventory -i INVENTORY --graph` lists the hosts",
+                )
+            raise CommandError(
+                f"ansible-playbook failed before reaching any host ({status})",
+                argv=["ansible-playbook", "-i", str(options.inventory), str(playbook)],
+                returncode=rc,
+                output=tail,
+                hint="check the inventory and ansible.cfg",
+            )
+        merged = merge_fleet(
+            run,
+            fetch_dir,
+            outcomes,
+            fallback_spec=spec.model_dump(mode="json", exclude={"source"}),
+            fallback_spec_yaml=spec.source or "# see spec.json\n",
+            meta={
+                "inventory": str(options.inventory.resolve()),
+                "spec": str(options.spec.resolve()),
+                "limit": options.limit,
+                "forks": options.forks,
+                "playbook": str(playbook),
+                "run_tag": run_tag,
+                "bench_args": list(options.bench_args),
+                "extra_vars": redact(
+                    {k: v for k, v in extravars.items() if k != "vmlab_fetch_dir"}
+                ),
+                "started": started,
+                "finished": now_iso(),
+                "ansible": {
+                    "status": status,
+                    "rc": rc,
+                    "artifacts": str(artifacts.relative_to(run.path)),
+                },
+            },
+            interrupted=interrupted,
+        )
+    finally:
+        shutil.rmtree(fetch_dir, ignore_errors=True)
+    _index(options.results_root, run)
+    if interrupted:
+        raise KeyboardInterrupt
+    return FleetOutcome(run=run, hosts=merged.hosts, ansible_status=status, ansible_rc=rc)
+
+
+def _index(results_root: Path, run: RunDir) -> None:
+    try:
+        index_run(default_index_path(results_root), run.path)
+    except VmlabError as exc:
+        log.warning("could not index %s: %s (run `vmlab results reindex`)", run.path, exc)
+
+
+def parse_extra_vars(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> variables; VALUE is read as YAML (``[a, b]``, ``{k: v}``, 3)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise VmlabError(
+                f"bad extra variable {pair!r}",
+                hint="write KEY=VALUE, e.g. -e vmlab_bin=/opt/vmlab/venv/bin/vmlab",
+            )
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def bench_args(
+    *, runtime_s: int | None, timeout_scale: float | None, accel: str | None
+) -> list[str]:
+    """The `vmlab bench` options `vmlab fleet run` passes through to every host."""
+    args: list[str] = []
+    if runtime_s is not None:
+        args += ["--runtime", str(runtime_s)]
+    if timeout_scale is not None:
+        args += ["--timeout-scale", f"{timeout_scale:g}"]
+    if accel is not None:
+        args += ["--accel", accel]
+    return args
