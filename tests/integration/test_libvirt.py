@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -287,6 +288,45 @@ jobs:
         assert not Path(f"/var/log/libvirt/qemu/vmlab-{run.name}-{case}.log").exists()
     assert leftovers(conn) == NOTHING
     assert list(Path(lab_env["VMLAB_SCRATCH"]).iterdir()) == []
+
+
+def test_both_launchers_side_by_side_in_one_run_and_its_report(
+    guest_image: GuestImage, lab_env: dict[str, str], conn: Any, libvirtd: str, tmp_path: Path
+) -> None:
+    """The same guest under QEMU and under libvirt: two cases of one run, one report."""
+    text = """
+name: launchers
+launcher: [qemu, libvirt]
+guest:
+  disks: [{name: data, model: virtio-blk, backend: {type: file, size: 64M}}]
+jobs:
+  - {name: qd4, rw: randrw, rwmixread: 90, bs: 4k, iodepth: 4, runtime_s: 2}
+"""
+    spec = parse_spec(yaml.safe_load(text), source=text)
+    options = BenchOptions(
+        results_root=Path(lab_env["RESULTS"]),
+        accel="tcg",
+        lab_key_path=Path(lab_env["VMLAB_STATE"]) / "key",
+    )
+    bench = Bench(spec, facts=check_host(probe=False), image=guest_image, options=options)
+    bench.launchers["libvirt"] = LibvirtLauncher(libvirtd)
+    outcome = bench.run()
+    assert outcome.ok, outcome.failed
+    assert sorted(r.case_id for r in outcome.results) == ["libvirt", "qemu"]
+    run = outcome.run.path
+    assert (run / "cases" / "qemu" / "argv.json").exists()
+    assert (run / "cases" / "libvirt" / "domain.xml").exists()
+    report = subprocess.run(
+        [sys.executable, "-m", "vmlab.cli", "report", str(run), "--out", str(tmp_path / "report")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert report.returncode == 0, report.stdout + report.stderr
+    markdown = next((tmp_path / "report").glob("*.md")).read_text()
+    assert "qemu" in markdown and "libvirt" in markdown
+    assert leftovers(conn) == NOTHING
 
 
 def test_readiness_timeout_leaves_nothing_behind(
