@@ -183,7 +183,7 @@ def cache_flags(mode: str) -> CacheFlags:
     return _CACHE_MODES[mode]
 
 
-def _rendered_disk(index: int, disk: Disk, source: DiskSource) -> RenderedDisk:
+def rendered_disk(index: int, disk: Disk, source: DiskSource) -> RenderedDisk:
     limits: list[tuple[str, int]] = []
     node = f"fmt-{disk.name}"
     if disk.throttle is not None:
@@ -267,6 +267,6 @@ def render_qemu(
         memory=memory_object(guest),
         hostdevs=[normalize_address(a) for a in guest.hostdevs],
         hostdev_slot=hostdev_slot,
-        disks=[_rendered_disk(i, d, disks[d.name]) for i, d in enumerate(guest.disks)],
+        disks=[rendered_disk(i, d, disks[d.name]) for i, d in enumerate(guest.disks)],
     )
     return Rendered(case_id=case.id, argv=argv, accel=accel)

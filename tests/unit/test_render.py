@@ -11,6 +11,7 @@ import pytest
 from vmlab.disks import ScratchDisks, local_source
 from vmlab.fio.jobs import render_job
 from vmlab.guest.boot import preview_boot
+from vmlab.launch.sidecars import render_qsd
 from vmlab.net.lab import LabNic
 from vmlab.plan import Case, plan
 from vmlab.render import (
@@ -153,3 +154,40 @@ def test_fio_job_file() -> None:
         "ioengine=libaio",
     ):
         assert expected in lines
+
+
+QSD_GOLDEN = DATA / "golden" / "qsd"
+
+
+def _qsd_disks() -> list[tuple[str, Case, str]]:
+    return [
+        (name, case, d.name)
+        for name, case in _cases()
+        for d in case.variant.guest.disks
+        if d.served_by == "qsd"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec_name", "case", "disk"), _qsd_disks(), ids=lambda v: getattr(v, "id", v)
+)
+def test_qemu_storage_daemon_argv_matches_golden(
+    spec_name: str, case: Case, disk: str, regenerate_golden: bool
+) -> None:
+    (spec_disk,) = [d for d in case.variant.guest.disks if d.name == disk]
+    source = local_source(case, spec_disk, ScratchDisks(Path("/scratch"), dry_run=True))
+    argv = render_qsd(
+        "qemu-storage-daemon",
+        spec_disk,
+        source,
+        socket=Path("/run/q/vu.sock"),
+        qmp_socket=Path("/run/q/qmp.sock"),
+        pidfile=Path("/run/q/qemu.pid"),
+    )
+    golden = QSD_GOLDEN / spec_name / f"{case.id}.{disk}.argv"
+    text = "\n".join(argv) + "\n"
+    if regenerate_golden:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text()
+    assert "--export" in argv and any(f"num-queues={spec_disk.num_queues or 1}" in a for a in argv)

@@ -12,36 +12,14 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from vmlab.launch.qemu import Deadlines, QemuProcess, new_guest_dir
-from vmlab.render import CacheFlags, DiskSource, cache_flags, render_argv
+from vmlab.render import DiskSource, render_argv, rendered_disk
 from vmlab.results.rundir import CaseDir
 from vmlab.spec import Disk
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class QsdDisk:
-    """The subset of RenderedDisk the qemu-storage-daemon template reads."""
-
-    disk: Disk
-    source: DiskSource
-    cache: CacheFlags
-
-    @property
-    def path(self) -> Path:
-        return self.source.path
-
-    @property
-    def format(self) -> str:
-        return self.source.format
-
-    @property
-    def protocol(self) -> str:
-        return self.source.protocol
 
 
 def render_qsd(
@@ -50,7 +28,7 @@ def render_qsd(
     return render_argv(
         "qemu/qsd.argv.j2",
         qsd=qsd,
-        d=QsdDisk(disk, source, cache_flags(disk.cache)),
+        d=rendered_disk(0, disk, source),
         disk=disk,
         iothread=disk.iothread is True,
         socket=socket,
