@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vmlab import __version__
+from vmlab.ceph.cluster import MicroCluster
+from vmlab.ceph.info import ClusterInfo
 from vmlab.disks import ScratchDisks, local_source, scratch_disks, served_disks
 from vmlab.errors import GuestError, HostError, ResultError, VmlabError
 from vmlab.fio.jobs import fio_command, fio_timeout_s, render_job
@@ -50,7 +52,7 @@ from vmlab.render import DiskSource, pci_slot
 from vmlab.resources import templates_dir
 from vmlab.results.index import default_index_path, index_run
 from vmlab.results.rundir import ArtifactDir, CaseDir, RunDir, now_iso
-from vmlab.spec import BenchSpec, FileBackend, FioJob, Nic
+from vmlab.spec import BenchSpec, Disk, FileBackend, FioJob, Nic, RbdBackend
 from vmlab.vfio import default_state_file, recover_stale, vfio_bound
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,12 @@ class BenchOptions:
     lab_key_path: Path = field(default_factory=lambda: state_dir() / "lab" / "id_ed25519")
 
 
+@dataclass(frozen=True)
+class GuestCeph:
+    info: ClusterInfo
+    images: dict[str, tuple[str, str]]  # disk name -> (pool, image)
+
+
 @dataclass
 class JobOutcome:
     case_id: str
@@ -141,6 +149,8 @@ def find_disks(case: Case, seen: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Guest device node per spec disk: by serial, else by the PCI slot vmlab gave it."""
     devices: dict[str, str] = {}
     for index, disk in enumerate(case.variant.guest.disks):
+        if disk.served_by == "guest":
+            continue  # no device: fio's rbd engine in the guest talks to the cluster
         slot = f"0000:00:{int(pci_slot(index), 16):02x}.0"
         by_serial = [dev for dev, d in seen.items() if d.get("serial") == disk.serial]
         by_slot = [dev for dev, d in seen.items() if d.get("pci") == slot]
@@ -180,6 +190,7 @@ class Bench:
         self.options = options
         self.events: BenchEvents = events or QuietEvents()
         self.key = lab_key(options.lab_key_path)
+        self.guest_ceph: GuestCeph | None = None  # the current case's in-guest Ceph client
         self.launchers: dict[str, Launcher] = {
             "qemu": QemuLauncher(require_qemu(facts)),
             "libvirt": LibvirtLauncher(options.libvirt_uri),
@@ -310,6 +321,7 @@ class Bench:
         accel = pick_accel(self.facts, self.options.accel or case.variant.accel)
         deadlines = Deadlines.for_accel(accel, self.options.timeout_scale)
         nonce = secrets.token_hex(8)
+        self.guest_ceph = None
         if guest.image != "default":  # systemd and cloud-init boots take minutes under TCG
             deadlines = replace(
                 deadlines, boot_s=deadlines.boot_s * 3, powerdown_s=deadlines.powerdown_s * 2
@@ -342,6 +354,9 @@ class Bench:
             nics = [self._add_nic(lab, case, nic) for nic in guest.nics] if lab else []
             if lab is not None:
                 case_dir.write_json("network.json", network_record(lab, guest.nics, nics))
+            in_guest = [d for d in guest.disks if d.served_by == "guest"]
+            if in_guest and lab is not None:
+                self.guest_ceph = self._lab_cluster(stack, lab, case, in_guest, scratch)
             disks = stack.enter_context(
                 served_disks(
                     case,
@@ -363,6 +378,43 @@ class Bench:
                 outcome,
                 lab,
             )
+
+    def _lab_cluster(
+        self,
+        stack: ExitStack,
+        lab: LabNetwork,
+        case: Case,
+        disks: Sequence[Disk],
+        scratch: ScratchDisks,
+    ) -> GuestCeph:
+        """A micro Ceph cluster inside the lab namespace, bound to the bridge address the guest
+        reaches over its lab NIC; images for the case's in-guest RBD disks."""
+        cluster = MicroCluster(
+            scratch.root / f"ceph-{case.id}", bind_addr=str(lab.gateway), netns=lab.name
+        )
+        stack.callback(cluster.purge)
+        self.events.stage(case, "starting a Ceph cluster in the lab network")
+        info = cluster.up()
+        images: dict[str, tuple[str, str]] = {}
+        for disk in disks:
+            backend = disk.backend
+            assert isinstance(backend, RbdBackend)
+            name = backend.image or f"vmlab-{disk.name}"
+            cluster.ensure_pool(backend.pool)
+            cluster.ensure_image(backend.pool, name, backend.size_bytes)
+            images[disk.name] = (backend.pool, name)
+        return GuestCeph(info=info, images=images)
+
+    @staticmethod
+    def _push_ceph_client(ssh: GuestSSH, ceph: GuestCeph) -> None:
+        """ceph.conf and the keyring into the guest (the keyring goes nowhere else)."""
+        conf = (
+            f"[global]\nfsid = {ceph.info.fsid}\nmon host = {ceph.info.mon_addr}\n"
+            "[client]\nkeyring = /etc/ceph/keyring\n"
+        )
+        ssh.run("mkdir -p /etc/ceph", timeout_s=30)
+        ssh.put(conf.encode(), "/etc/ceph/ceph.conf")
+        ssh.put(ceph.info.keyring_path.read_bytes(), "/etc/ceph/keyring", mode=0o600)
 
     @staticmethod
     def _add_nic(lab: LabNetwork, case: Case, nic: Nic) -> LabNic:
@@ -416,6 +468,8 @@ class Bench:
                     self._check_identity(ssh, nonce)
                 devices = self._guest_facts(ssh, case, case_dir)
                 self._configure_nics(ssh, request.nics)
+                if self.guest_ceph is not None:
+                    self._push_ceph_client(ssh, self.guest_ceph)
                 self._run_jobs(case, case_dir, ssh, devices, deadlines, outcome)
                 if lab is not None:
                     self._run_net_jobs(case, case_dir, ssh, lab, outcome)
@@ -494,10 +548,16 @@ class Bench:
         deadlines: Deadlines,
         outcome: BenchOutcome,
     ) -> None:
-        for job in case.jobs:
+        for spec_job in case.jobs:
+            job = spec_job
+            in_guest = self.guest_ceph.images.get(job.disk) if self.guest_ceph else None
+            if in_guest is not None:  # fio's rbd engine, the guest as the Ceph client
+                pool, image = in_guest
+                options = {**job.options, "clientname": "admin", "pool": pool, "rbdname": image}
+                job = job.model_copy(update={"ioengine": "rbd", "options": options})
             for repetition in self.repetitions():
                 job_dir = case_dir.job(job.name, repetition)
-                text = render_job(job, filename=devices[job.disk], case_id=case.id)
+                text = render_job(job, filename=devices.get(job.disk, ""), case_id=case.id)
                 job_dir.write_text("job.fio", text)
                 ssh.put(text.encode(), GUEST_JOB_PATH)
                 self.events.stage(case, f"fio {job.name} r{repetition} ({job.runtime_s} s)")

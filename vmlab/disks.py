@@ -294,6 +294,9 @@ def served_disks(
     with ExitStack() as stack:
         sources: dict[str, DiskSource] = {}
         for disk in case.variant.guest.disks:
+            if disk.served_by == "guest":  # the guest reaches the cluster itself
+                sources[disk.name] = DiskSource(path=Path(f"rbd-in-guest:{disk.name}"))
+                continue
             source = local_source(case, disk, scratch)
             if disk.served_by == "qsd":
                 if qsd is None:

@@ -176,7 +176,7 @@ class Disk(Model):
     name: str = Field(default="data", pattern=r"^[a-z0-9][a-z0-9-]{0,13}$")
     model: DeviceModel = "virtio-blk"
     backend: Backend = Field(default_factory=FileBackend)
-    target: Literal["qemu", "qsd", "spdk", "lio"] | None = None
+    target: Literal["qemu", "qsd", "spdk", "lio", "guest"] | None = None
     spdk: Spdk | None = None
     cache: Literal["none", "directsync", "writeback", "writethrough", "unsafe"] = "none"
     aio: Literal["threads", "native", "io_uring"] = "threads"
@@ -198,6 +198,15 @@ class Disk(Model):
                 f"(got cache={self.cache}), or aio threads/io_uring"
             )
         target = self.served_by
+        if target == "guest":
+            if not isinstance(self.backend, RbdBackend) or not self.backend.cluster.is_micro:
+                raise ValueError(
+                    "target guest (the guest is the Ceph client) needs an rbd "
+                    "backend on vmlab's micro cluster (cluster: {})"
+                )
+            if self.backend.krbd:
+                raise ValueError("target guest runs fio's rbd engine in the guest: drop krbd")
+            return self
         allowed = {
             "vhost-user-blk": ("qsd", "spdk"),
             "vhost-scsi": ("lio",),
@@ -318,6 +327,11 @@ class Guest(Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"disk names must be unique, repeated: {', '.join(dupes)}")
+        if any(d.served_by == "guest" for d in self.disks) and not self.nics:
+            raise ValueError(
+                "a disk with target guest needs a lab NIC to reach the cluster: "
+                "nics: [{attach: tap}]"
+            )
         pool = {t.name for t in self.iothreads}
         for disk in self.disks:
             if isinstance(disk.iothread, str) and disk.iothread not in pool:

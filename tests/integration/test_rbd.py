@@ -223,10 +223,17 @@ def test_the_reference_experiment_runs_what_this_host_can_and_reports_it(
     status = json.loads((run / "status.json").read_text())
     assert set(status["unsupported"]) == {spdk, lio}
     assert sorted(p.name for p in (run / "cases").iterdir()) == [
+        "guest-rbd",
         "host-baseline",
         "vhost-user-blk-rbd-num-queues-2",
         "virtio-blk-rbd",
     ]
+    job = (run / "cases" / "guest-rbd" / "jobs" / "latency" / "r1" / "job.fio").read_text()
+    assert "ioengine=rbd" in job and "filename" not in job
+    keyring = (Path(lab_env["VMLAB_STATE"]) / "ceph" / "ceph.client.admin.keyring").read_text()
+    secret = keyring.split("key = ")[1].split()[0]
+    stored = [p for p in run.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert stored == []  # keys never land in results
     report = subprocess.run(
         [*vmlab, "report", str(run), "--out", str(tmp_path / "report")],
         env=lab_env,
@@ -237,5 +244,5 @@ def test_the_reference_experiment_runs_what_this_host_can_and_reports_it(
     )
     assert report.returncode == 0, report.stdout + report.stderr
     markdown = next((tmp_path / "report").glob("*.md")).read_text()
-    for case in ("virtio-blk-rbd", "vhost-user-blk-rbd-num-queues-2", "host-baseline"):
+    for case in ("guest-rbd", "virtio-blk-rbd", "vhost-user-blk-rbd-num-queues-2", "host-baseline"):
         assert case in markdown

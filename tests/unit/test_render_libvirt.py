@@ -80,6 +80,7 @@ REFUSED = {
     "images/rootfs": "default image only",
     "images/rootfs-systemd-cloud-init": "default image only",
     "images/cloud": "default image only",
+    "guest-rbd/default": "lab NICs",
     "network/tap": "lab NICs",
     "network/macvtap": "lab NICs",
     "network/tap-vhost-queues-2+e1000e-macvtap": "lab NICs",
