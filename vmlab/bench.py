@@ -239,10 +239,10 @@ class Bench:
             status = "interrupted"
             raise
         finally:
-            self._index(run)
             run.set_status(
                 status, finished=now_iso(), cases=[c.id for c in cases], failed=outcome.failed
             )
+            self._index(run)  # after the final status, so the index records it
         return outcome
 
     def _index(self, run: RunDir) -> None:

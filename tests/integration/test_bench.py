@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from vmlab.guest.image import GuestImage
+from vmlab.results.index import default_index_path, list_runs
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +57,8 @@ def test_default_lab_prints_a_table_from_three_real_guests(
     run = only_run(results)
     assert json.loads((run / "status.json").read_text())["status"] == "complete"
     assert junit.read_text().count("<testcase") == 6 and "<failure" not in junit.read_text()
+    (indexed,) = list_runs(default_index_path(results))  # indexed after its final status
+    assert (indexed.id, indexed.status, indexed.cases) == (run.name, "complete", 3)
     for case in ("virtio-blk", "virtio-scsi", "nvme"):
         cdir = run / "cases" / case
         argv = json.loads((cdir / "argv.json").read_text())
