@@ -217,6 +217,12 @@ def libvirt_disks(guest: Guest, sources: Mapping[str, DiskSource]) -> list[Libvi
     out: list[LibvirtDisk] = []
     virtio = scsi = 0
     for index, disk in enumerate(guest.disks):
+        if sources[disk.name].protocol == "rbd" and disk.served_by == "qemu":
+            raise SpecError(
+                f"disk {disk.name}: RBD through QEMU's librbd is not rendered as a libvirt "
+                "network disk yet (it needs a <secret> for the key)",
+                hint="use launcher qemu for RBD disks, or backend.krbd: true",
+            )
         slot = int(pci_slot(index), 16)
         if slot > LAST_SLOT:
             raise SpecError(

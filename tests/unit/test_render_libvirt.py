@@ -21,7 +21,7 @@ from vmlab.disks import ScratchDisks, local_source
 from vmlab.errors import SpecError
 from vmlab.launch.libvirt import is_local_uri, lease_address, parse_owner
 from vmlab.plan import Case, plan
-from vmlab.render import BootImage, DiskSource, GuestRuntime, render_qemu
+from vmlab.render import BootImage, DiskSource, GuestRuntime, RbdTarget, render_qemu
 from vmlab.render_libvirt import (
     OWNER_NS,
     QEMU_NS,
@@ -466,3 +466,15 @@ def test_preview_runtime_renders_a_valid_document_for_vmlab_render(tmp_path: Pat
     assert root.findtext("name") == "vmlab-RUN-nvme"
     assert root.find("devices/serial/source").attrib["path"] == "<run>/cases/nvme/serial.log"
     assert parse_owner(ET.tostring(root.find("metadata")[0], encoding="unicode")).pid == 0
+
+
+def test_rbd_through_librbd_is_refused_clearly_not_rendered_as_a_file() -> None:
+    text = "name: r\nguest:\n  disks: [{name: data, backend: {type: rbd}}]\n"
+    case = plan(parse_spec(yaml.safe_load(text)))[0]
+    rbd = DiskSource(
+        path=Path("rbd:vmlab/x"),
+        protocol="rbd",
+        rbd=RbdTarget(pool="vmlab", image="x", conf=Path("/c"), user="admin"),
+    )
+    with pytest.raises(SpecError, match="RBD through QEMU's librbd"):
+        libvirt_disks(case.variant.guest, {"data": rbd})
