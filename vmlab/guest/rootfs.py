@@ -133,6 +133,7 @@ class RootfsImage:
     user: str
     kernel_version: str
     min_memory_mib: int
+    extra_packages: tuple[str, ...] = ()  # beyond the variant's own (e.g. QEMU for nested)
 
     @property
     def systemd(self) -> bool:
@@ -290,6 +291,7 @@ def _load(root: Path) -> RootfsImage | None:
             user=manifest["user"],
             kernel_version=manifest["kernel_version"],
             min_memory_mib=int(manifest["min_memory_mib"]),
+            extra_packages=tuple(manifest.get("extra_packages", ())),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -316,7 +318,7 @@ def find_rootfs(
             if root.name.startswith(".") or not root.is_dir():
                 continue
             image = _load(root)
-            if image is not None and image.variant == variant:
+            if image is not None and image.variant == variant and not image.extra_packages:
                 found.append(((root / "manifest.json").stat().st_mtime, image))
     return max(found, key=lambda pair: pair[0])[1] if found else None
 
@@ -339,10 +341,17 @@ def host_sources() -> tuple[str, str]:
 
 
 def key_material(
-    image: GuestImage, variant: str, versions: Mapping[str, str], sources: str
+    image: GuestImage,
+    variant: str,
+    versions: Mapping[str, str],
+    sources: str,
+    extra_packages: Sequence[str] = (),
 ) -> dict[str, Any]:
     templates = resources.templates_dir()
+    # Only when set, so the keys of the plain variants stay what they were.
+    extra = {"extra_packages": sorted(extra_packages)} if extra_packages else {}
     return {
+        **extra,
         "format": FORMAT_VERSION,
         "variant": variant,
         "suite": SUITE,
@@ -375,16 +384,21 @@ def build_rootfs(
     cloud_init: bool,
     force: bool = False,
     progress: ProgressFn | None = None,
+    extra_packages: Sequence[str] = (),
 ) -> RootfsImage:
-    """The cached rootfs image of this variant for the current inputs, built first if needed."""
+    """The cached rootfs image of this variant for the current inputs, built first if needed.
+
+    ``extra_packages`` are installed on top of the variant's packages and go into the cache
+    key; :func:`find_rootfs` never returns such an image for a plain variant."""
     variant = variant_name(systemd=systemd, cloud_init=cloud_init)
     cache = cache_root if cache_root is not None else paths.cache_dir()
     image = build_image(cache, progress=progress)  # the kernel, busybox-static, the .debs
-    packages = rootfs_packages(variant)
+    extra_packages = tuple(dict.fromkeys(extra_packages))
+    packages = tuple(dict.fromkeys((*rootfs_packages(variant), *extra_packages)))
     _note(progress, f"resolving the {variant} rootfs packages with apt")
     versions = {r.package: r.version for r in _apt_show(list(packages))}
     sources_path, sources_text = host_sources()
-    material = key_material(image, variant, versions, sources_text)
+    material = key_material(image, variant, versions, sources_text, extra_packages)
     key = compute_key(material)
     top = _rootfs_dir(cache)
     final = top / key
@@ -723,6 +737,7 @@ def _build_into(
         "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "suite": SUITE,
         "packages": dict(versions),
+        "extra_packages": list(material.get("extra_packages", [])),
         "sources": sources_path or "mmdebstrap default",
         "default_image": image.key,
         "kernel_version": kernel_version,
