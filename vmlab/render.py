@@ -16,14 +16,10 @@ from typing import Any
 import jinja2
 
 from vmlab.plan import Case
+from vmlab.qemuopts import qemu_quote
 from vmlab.resources import templates_dir
 from vmlab.spec import Disk, Guest
 from vmlab.vfio import normalize_address
-
-
-def qemu_quote(value: object) -> str:
-    """Escape a value for QEMU's key=value,key=value option syntax: ',' becomes ',,'."""
-    return str(value).replace(",", ",,")
 
 
 @functools.cache

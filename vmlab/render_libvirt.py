@@ -44,6 +44,7 @@ import jinja2
 
 from vmlab.errors import SpecError
 from vmlab.plan import Case
+from vmlab.qemuopts import qemu_quote
 from vmlab.render import (
     FIRST_HOSTDEV_SLOT,
     BootImage,
@@ -52,7 +53,6 @@ from vmlab.render import (
     cache_flags,
     mac_address,
     pci_slot,
-    qemu_quote,
 )
 from vmlab.resources import templates_dir
 from vmlab.spec import Disk, Guest

@@ -27,6 +27,7 @@ from typing import Any
 
 from vmlab.errors import HostError, SpecError
 from vmlab.paths import state_dir
+from vmlab.qemuopts import qemu_quote
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +130,11 @@ def normalize_address(address: str) -> str:
     return f"{domain:04x}:{int(m['bus'], 16):02x}:{int(m['slot'], 16):02x}.{m['function']}"
 
 
-def _qemu_escape(value: str) -> str:
-    return value.replace(",", ",,")
-
-
 def qemu_vfio_args(address: str, *, id: str, bus: str | None = None) -> list[str]:
     """``["-device", "vfio-pci,host=0000:01:00.0,id=hostdev0"]`` (values comma-escaped)."""
-    opts = [f"vfio-pci,host={normalize_address(address)}", f"id={_qemu_escape(id)}"]
+    opts = [f"vfio-pci,host={normalize_address(address)}", f"id={qemu_quote(id)}"]
     if bus is not None:
-        opts.append(f"bus={_qemu_escape(bus)}")
+        opts.append(f"bus={qemu_quote(bus)}")
     return ["-device", ",".join(opts)]
 
 

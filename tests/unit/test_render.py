@@ -14,13 +14,13 @@ from vmlab.guest.boot import preview_boot
 from vmlab.launch.sidecars import render_qsd
 from vmlab.net.lab import LabNic
 from vmlab.plan import Case, plan
+from vmlab.qemuopts import qemu_quote
 from vmlab.render import (
     BootImage,
     DiskSource,
     GuestRuntime,
     mac_address,
     nic_slot,
-    qemu_quote,
     render_qemu,
 )
 from vmlab.spec import BenchSpec, default_lab, load_spec

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -163,7 +163,7 @@ class QemuProcess:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     pass_fds=self.pass_fds,
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+                    preexec_fn=die_with_parent,  # noqa: PLW1509 - only calls prctl
                 )
             except OSError as exc:
                 raise LaunchError(

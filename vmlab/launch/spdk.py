@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import ctypes
 import errno
 import json
 import logging
@@ -41,7 +40,9 @@ from types import TracebackType
 from typing import Any, Self
 
 from vmlab.errors import CommandError, HostError, LaunchError, SpecError
+from vmlab.launch.qemu import die_with_parent
 from vmlab.paths import runtime_dir
+from vmlab.qemuopts import qemu_quote
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ RPC_METHOD_NOT_FOUND = -32601
 RPC_INVALID_PARAMS = -32602
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,20}$")
-_PR_SET_PDEATHSIG = 1
 
 # create method -> (delete method, parameter naming the object)
 _UNDO: dict[str, tuple[str, str]] = {
@@ -74,10 +74,6 @@ _BUILD_HINTS = {
     "bdev_uring_": "SPDK built with `./configure --with-uring`",
     "vhost_": "an SPDK app with vhost: spdk_tgt or vhost (build/bin/)",
 }
-
-
-def _qemu_quote(value: object) -> str:
-    return str(value).replace(",", ",,")
 
 
 # --------------------------------------------------------------------------------------------
@@ -746,12 +742,12 @@ def qemu_vhost_user_blk_args(
     ``-machine ...,memory-backend=mem``.
     """
     chardev = f"{id}-sock"
-    device = ["vhost-user-blk-pci", f"chardev={_qemu_quote(chardev)}", f"id={_qemu_quote(id)}"]
+    device = ["vhost-user-blk-pci", f"chardev={qemu_quote(chardev)}", f"id={qemu_quote(id)}"]
     if num_queues is not None:
         device.append(f"num-queues={num_queues}")
     return [
         "-chardev",
-        f"socket,id={_qemu_quote(chardev)},path={_qemu_quote(socket_path)}",
+        f"socket,id={qemu_quote(chardev)},path={qemu_quote(socket_path)}",
         "-device",
         ",".join(device),
     ]
@@ -771,11 +767,6 @@ class VhostDisk:
 
 # --------------------------------------------------------------------------------------------
 # the target
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -947,7 +938,7 @@ class SpdkTarget:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+                    preexec_fn=die_with_parent,  # noqa: PLW1509 - only calls prctl
                 )
             except OSError as exc:
                 raise LaunchError(

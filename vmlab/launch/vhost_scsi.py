@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 from vmlab.errors import CommandError, HostError, SpecError
+from vmlab.qemuopts import qemu_quote
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,6 @@ BACKSTORE_MODULES: dict[str, str] = {"block": "target_core_iblock", "fileio": "t
 CONFIGFS = Path("/sys/kernel/config")
 _SERIAL_NAMESPACE = uuid.UUID("5b6c7d1e-2f30-4a41-9b52-6c7d8e9fa0b1")  # vmlab's, fixed
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def _qemu_quote(value: object) -> str:
-    return str(value).replace(",", ",,")
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,11 +254,11 @@ class LioPlan:
         self, *, id: str, num_queues: int | None = None, bus: str | None = None
     ) -> list[str]:
         """``["-device", "vhost-scsi-pci,wwpn=naa...,id=ID[,num_queues=N][,bus=B]"]``."""
-        opts = ["vhost-scsi-pci", f"wwpn={_qemu_quote(self.wwpn)}", f"id={_qemu_quote(id)}"]
+        opts = ["vhost-scsi-pci", f"wwpn={qemu_quote(self.wwpn)}", f"id={qemu_quote(id)}"]
         if num_queues is not None:
             opts.append(f"num_queues={num_queues}")
         if bus is not None:
-            opts.append(f"bus={_qemu_quote(bus)}")
+            opts.append(f"bus={qemu_quote(bus)}")
         return ["-device", ",".join(opts)]
 
     def describe(self) -> str:
