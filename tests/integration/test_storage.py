@@ -65,7 +65,10 @@ jobs:
     vub = [d for d in by_name.values() if d["pci"] == "0000:00:13.0"]
     assert len(vub) == 1 and vub[0]["queues"] == 2  # the guest driver sees num_queues
     assert (case_dir / "qsd-vub.argv.json").exists() and (case_dir / "qsd-vub.log").exists()
-    # the NVMe disk wrote to its own overlay; its raw base saw none of it
+    # the NVMe disk is served from the case's own overlay over the shared raw base
+    argv = (case_dir / "argv.sh").read_text()
+    assert "filename=" + lab_env["VMLAB_SCRATCH"] in argv
+    assert "/default/nvme.overlay.qcow2" in argv and "driver=qcow2,node-name=fmt-nvme" in argv
     assert qemu_pids(str(outcome.run.path)) == []
     assert qemu_pids(lab_env["VMLAB_SCRATCH"]) == []
     assert list(Path(lab_env["VMLAB_RUNTIME"]).iterdir()) == []
