@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from ipaddress import IPv4Interface
 from pathlib import Path
 
 import pytest
+from golden_cases import fixed_sources, golden_cases
 
 from vmlab.disks import ScratchDisks, local_source
 from vmlab.fio.jobs import render_job
@@ -17,39 +17,15 @@ from vmlab.plan import Case, plan
 from vmlab.qemuopts import qemu_quote
 from vmlab.render import (
     BootImage,
-    DiskSource,
     GuestRuntime,
     mac_address,
     nic_slot,
     render_qemu,
 )
-from vmlab.spec import BenchSpec, default_lab, load_spec
+from vmlab.spec import default_lab
 
 DATA = Path(__file__).parent.parent / "data"
 GOLDEN = DATA / "golden" / "qemu"
-
-
-def _specs() -> list[tuple[str, BenchSpec]]:
-    specs = [("default-lab", default_lab())]
-    specs += [(p.stem, load_spec(p)) for p in sorted((DATA / "specs").glob("*.yaml"))]
-    return specs
-
-
-def _cases() -> list[tuple[str, Case]]:
-    return [(name, case) for name, spec in _specs() for case in plan(spec)]
-
-
-def fixed_sources(case: Case) -> dict[str, DiskSource]:
-    scratch = ScratchDisks(Path("/scratch"), dry_run=True)
-    sources = {}
-    for d in case.variant.guest.disks:
-        source = local_source(case, d, scratch)
-        if d.served_by in ("qsd", "spdk"):
-            source = replace(source, socket=Path(f"/run/{d.served_by}-{d.name}/vhost-user.sock"))
-        elif d.served_by == "lio":
-            source = replace(source, wwpn="naa.5001405abcdef012")
-        sources[d.name] = source
-    return sources
 
 
 def fixed_nics(case: Case) -> list[tuple[str, str]]:
@@ -90,7 +66,7 @@ def fixed_render(case: Case, accel: str = "tcg") -> list[str]:
     ).argv
 
 
-@pytest.mark.parametrize(("spec_name", "case"), _cases(), ids=lambda v: getattr(v, "id", v))
+@pytest.mark.parametrize(("spec_name", "case"), golden_cases(), ids=lambda v: getattr(v, "id", v))
 def test_argv_matches_golden(spec_name: str, case: Case, regenerate_golden: bool) -> None:
     golden = GOLDEN / spec_name / f"{case.id}.argv"
     text = "\n".join(fixed_render(case)) + "\n"
@@ -102,13 +78,13 @@ def test_argv_matches_golden(spec_name: str, case: Case, regenerate_golden: bool
 
 
 def test_every_golden_file_belongs_to_a_case() -> None:
-    expected = {f"{name}/{case.id}.argv" for name, case in _cases()}
+    expected = {f"{name}/{case.id}.argv" for name, case in golden_cases()}
     present = {str(p.relative_to(GOLDEN)) for p in GOLDEN.glob("*/*.argv")}
     assert present == expected
 
 
 def test_commas_in_paths_are_doubled_and_tokens_are_whole() -> None:
-    case = next(c for n, c in _cases() if n == "devices" and c.id.startswith("virtio-blk"))
+    case = next(c for n, c in golden_cases() if n == "devices" and c.id.startswith("virtio-blk"))
     argv = fixed_render(case)
     (blockdev,) = [a for a in argv if "data,,1.raw" in a]
     assert blockdev.startswith("driver=file,node-name=file-data,filename=/srv/images/data,,1.raw,")
@@ -124,7 +100,7 @@ def test_kvm_uses_host_cpu_and_tcg_uses_max() -> None:
 
 
 def test_cache_modes_map_to_blockdev_and_device_flags() -> None:
-    by_id = {c.id: fixed_render(c) for n, c in _cases() if n == "devices"}
+    by_id = {c.id: fixed_render(c) for n, c in golden_cases() if n == "devices"}
     wb = by_id["virtio-blk_writeback"]
     assert any("cache.direct=off,cache.no-flush=off" in a for a in wb if "file-data" in a)
     assert any(a.startswith("virtio-blk-pci,id=dev-data") and "write-cache=on" in a for a in wb)
@@ -162,7 +138,7 @@ QSD_GOLDEN = DATA / "golden" / "qsd"
 def _qsd_disks() -> list[tuple[str, Case, str]]:
     return [
         (name, case, d.name)
-        for name, case in _cases()
+        for name, case in golden_cases()
         for d in case.variant.guest.disks
         if d.served_by == "qsd"
     ]

@@ -11,13 +11,12 @@ import itertools
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
+from golden_cases import fixed_sources, golden_cases
 
-from vmlab.disks import ScratchDisks, local_source
 from vmlab.errors import SpecError
 from vmlab.launch.libvirt import is_local_uri, lease_address, parse_owner
 from vmlab.plan import Case, plan
@@ -35,7 +34,7 @@ from vmlab.render_libvirt import (
     render_libvirt,
     render_secret,
 )
-from vmlab.spec import BenchSpec, Disk, Guest, default_lab, load_spec, parse_spec
+from vmlab.spec import Disk, Guest, default_lab, parse_spec
 
 DATA = Path(__file__).parent.parent / "data"
 GOLDEN = DATA / "golden" / "libvirt"
@@ -48,30 +47,6 @@ OWNER = Owner(
     run_id="20250101-000000-golden",
     case_id="CASE",
 )
-
-
-def _specs() -> list[tuple[str, BenchSpec]]:
-    specs = [("default-lab", default_lab())]
-    specs += [(p.stem, load_spec(p)) for p in sorted((DATA / "specs").glob("*.yaml"))]
-    return specs
-
-
-def _cases() -> list[tuple[str, Case]]:
-    return [(name, case) for name, spec in _specs() for case in plan(spec)]
-
-
-def fixed_sources(case: Case) -> dict[str, DiskSource]:
-    """The same disk sources as the QEMU goldens (tests/unit/test_render.py)."""
-    scratch = ScratchDisks(Path("/scratch"), dry_run=True)
-    sources = {}
-    for d in case.variant.guest.disks:
-        source = local_source(case, d, scratch)
-        if d.served_by in ("qsd", "spdk"):
-            source = replace(source, socket=Path(f"/run/{d.served_by}-{d.name}/vhost-user.sock"))
-        elif d.served_by == "lio":
-            source = replace(source, wwpn="naa.5001405abcdef012")
-        sources[d.name] = source
-    return sources
 
 
 # Cases the libvirt renderer refuses, and why (everything else has a golden file).
@@ -88,7 +63,7 @@ REFUSED = {
 
 
 def _renderable() -> list[tuple[str, Case]]:
-    return [(n, c) for n, c in _cases() if f"{n}/{c.id}" not in REFUSED]
+    return [(n, c) for n, c in golden_cases() if f"{n}/{c.id}" not in REFUSED]
 
 
 BOOT = BootImage(Path("/img/vmlinux"), Path("/img/initrd.img"), "console=ttyS0 vmlab.x=1")
@@ -139,7 +114,7 @@ def test_secret_matches_golden(regenerate_golden: bool) -> None:
 
 
 def test_refused_cases_say_why_and_what_to_do() -> None:
-    refused = [(n, c) for n, c in _cases() if f"{n}/{c.id}" in REFUSED]
+    refused = [(n, c) for n, c in golden_cases() if f"{n}/{c.id}" in REFUSED]
     assert len(refused) == len(REFUSED)
     for name, case in refused:
         with pytest.raises(SpecError, match=REFUSED[f"{name}/{case.id}"]) as info:
@@ -179,7 +154,7 @@ def test_every_golden_file_passes_virt_xml_validate() -> None:
 
 def test_golden_xml_says_what_the_qemu_argv_says() -> None:
     """Device model, cache, aio, queues, iothread, throttle, serial: one table, both renderers."""
-    by_id = {c.id: c for n, c in _cases() if n == "devices"}
+    by_id = {c.id: c for n, c in golden_cases() if n == "devices"}
     root = ET.fromstring(fixed_xml(by_id["virtio-blk_writeback"]))
     assert root.attrib["type"] == "qemu"
     assert root.findtext("memory") == "1024" and root.find("memory").attrib["unit"] == "MiB"
@@ -280,7 +255,7 @@ def qemu_argv(case: Case, boot: BootImage, disks: dict[str, DiskSource]) -> list
 
 
 def test_nvme_goes_through_qemu_commandline_with_the_qemu_launchers_blockdevs() -> None:
-    by_id = {c.id: c for n, c in _cases() if n == "devices"}
+    by_id = {c.id: c for n, c in golden_cases() if n == "devices"}
     root = ET.fromstring(fixed_xml(by_id["nvme_writeback"]))
     assert [d.findtext("serial") for d in root.iterfind("devices/disk")] == ["vmlab-aux"]
     args = _qemu_args(root)
