@@ -189,7 +189,13 @@ class CephSessions:
                 self.mapped[(info.conf_path, backend.pool, name)] = device
                 self.devices.append((info, device))
             return DiskSource(path=device, format="raw", protocol="host_device")
-        target = RbdTarget(pool=backend.pool, image=name, conf=info.conf_path, user=info.client_id)
+        target = RbdTarget(
+            pool=backend.pool,
+            image=name,
+            conf=info.conf_path,
+            user=info.client_id,
+            keyring=info.keyring_path,
+        )
         return DiskSource(
             path=Path(f"rbd:{backend.pool}/{name}"), format="raw", protocol="rbd", rbd=target
         )

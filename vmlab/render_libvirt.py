@@ -8,9 +8,11 @@ XML-escaped by autoescape after.
 
 In libvirt's own XML: direct kernel boot, memory and its backing (memfd, hugepages, shared for
 vhost-user), vCPUs, CPU mode, iothreads and their pinning, vCPU pinning, virtio-blk and
-virtio-scsi disks on files or block devices (cache, io, discard, queues, iotune), vhost-user-blk
-(``<disk type='vhostuser'>``), kernel vhost-scsi (a ``scsi_host`` hostdev), virtio-rng and the
-serial console to a file.
+virtio-scsi disks on files, block devices or RBD images (cache, io, discard, queues, iotune;
+RBD as ``<disk type='network'>`` whose Ceph key is in an ephemeral private libvirt secret the
+launcher defines, never in the XML), vhost-user-blk (``<disk type='vhostuser'>``), kernel
+vhost-scsi (a ``scsi_host`` hostdev), the boot disk overlay and NoCloud seed of rootfs and cloud
+guests (firmware boot when there is no kernel), virtio-rng and the serial console to a file.
 
 What libvirt 9.0 (Debian 12) cannot say goes through ``<qemu:commandline>`` or
 ``<qemu:override>``, which taints the domain (libvirt logs "Domain id=N is tainted:
@@ -50,6 +52,7 @@ from vmlab.render import (
     BootImage,
     CacheFlags,
     DiskSource,
+    RbdTarget,
     cache_flags,
     mac_address,
     pci_slot,
@@ -68,6 +71,8 @@ NIC_SLOT = 1  # QEMU auto-assigns these two, in -device order, before the disks'
 RNG_SLOT = 2
 LAST_SLOT = 0x1E  # 00:1f.x is q35's ICH9 (LPC, SATA, SMBus)
 HUGEPAGE_KIB = 2048  # the QEMU path's hugetlbsize=2M
+ROOT_DISK_SLOT = 0x0E  # where templates/qemu/guest.argv.j2 puts a rootfs/cloud boot disk
+SEED_SLOT = 0x0F  # ... and the NoCloud seed
 
 # libvirt <iotune> element per Throttle field (the QEMU path uses x-iops-total etc.)
 _IOTUNE = (
@@ -145,6 +150,16 @@ class LibvirtDisk:
     scsi_index: int | None
     iotune: Sequence[tuple[str, int]]
     qemu_throttle: Sequence[tuple[str, int]]
+    secret_usage: str | None = None  # RBD through librbd: the libvirt secret with the key
+
+    @property
+    def protocol(self) -> str:
+        """QEMU block driver (templates/qemu/_blockdev.j2 reads these two, for NVMe)."""
+        return self.source.protocol
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
 
     @property
     def node(self) -> str:
@@ -153,10 +168,25 @@ class LibvirtDisk:
 
     @property
     def kind(self) -> str:
-        """libvirt <disk type=...>: file, block (host_device) or vhostuser."""
+        """libvirt <disk type=...>: file, block (host_device), network (rbd) or vhostuser."""
         if self.disk.model == "vhost-user-blk":
             return "vhostuser"
+        if self.source.protocol == "rbd":
+            return "network"
         return "block" if self.source.protocol == "host_device" else "file"
+
+
+@dataclass(frozen=True)
+class BootDisk:
+    """The boot disk overlay or the NoCloud seed of a rootfs or cloud guest."""
+
+    name: str  # root | seed: the serial is vmlab-<name>, as on the QEMU path
+    path: Path
+    format: str
+    read_only: bool
+    slot: int
+    target: str
+    boot_order: int | None  # firmware boot (no kernel): the root disk boots first
 
 
 @dataclass(frozen=True)
@@ -168,6 +198,8 @@ class RenderedDomain:
     xml: str
     accel: str
     taints: tuple[str, ...] = field(default=())  # why <qemu:...> passthrough was needed
+    # (secret usage name, RBD image) per network disk: the launcher defines each secret first
+    secrets: tuple[tuple[str, RbdTarget], ...] = field(default=())
 
 
 def hex_slot(slot: int) -> str:
@@ -212,17 +244,20 @@ def iothread_slots(guest: Guest) -> tuple[list[IOThreadSlot], dict[str, int]]:
     return slots, by_disk
 
 
-def libvirt_disks(guest: Guest, sources: Mapping[str, DiskSource]) -> list[LibvirtDisk]:
+def rbd_secret_usage(domain: str, disk: str) -> str:
+    """The usage name of the libvirt secret holding an RBD disk's Ceph key (starts ``vmlab-``)."""
+    return f"{domain}-{disk}"
+
+
+def libvirt_disks(
+    guest: Guest, sources: Mapping[str, DiskSource], *, domain: str
+) -> list[LibvirtDisk]:
+    """The data disks; RBD through librbd becomes a network disk whose key is in the secret
+    named by :func:`rbd_secret_usage` (the launcher defines it)."""
     _, iothreads = iothread_slots(guest)
     out: list[LibvirtDisk] = []
     virtio = scsi = 0
     for index, disk in enumerate(guest.disks):
-        if sources[disk.name].protocol == "rbd" and disk.served_by == "qemu":
-            raise SpecError(
-                f"disk {disk.name}: RBD through QEMU's librbd is not rendered as a libvirt "
-                "network disk yet (it needs a <secret> for the key)",
-                hint="use launcher qemu for RBD disks, or backend.krbd: true",
-            )
         slot = int(pci_slot(index), 16)
         if slot > LAST_SLOT:
             raise SpecError(
@@ -246,10 +281,32 @@ def libvirt_disks(guest: Guest, sources: Mapping[str, DiskSource]) -> list[Libvi
                 iothread_id=iothreads.get(disk.name),
                 target=target,
                 scsi_index=scsi_index,
+                secret_usage=(
+                    rbd_secret_usage(domain, disk.name)
+                    if sources[disk.name].protocol == "rbd"
+                    and disk.model in ("virtio-blk", "virtio-scsi")
+                    else None
+                ),
                 iotune=_limits(disk, _IOTUNE),
                 qemu_throttle=_limits(disk, _QEMU_THROTTLE),
             )
         )
+    return out
+
+
+def boot_disks(boot: BootImage, disks: Sequence[LibvirtDisk]) -> list[BootDisk]:
+    """Root overlay and seed as virtio-blk at the QEMU launcher's slots, after the data disks'
+    targets (libvirt's target names are only unique keys; the guest names disks itself)."""
+    virtio = sum(1 for d in disks if d.target is not None and d.target.startswith("vd"))
+    out: list[BootDisk] = []
+    if boot.root_disk is not None:
+        order = None if boot.kernel else 1
+        target = f"vd{_letters(virtio)}"
+        out.append(BootDisk("root", boot.root_disk, "qcow2", False, ROOT_DISK_SLOT, target, order))
+        virtio += 1
+    if boot.seed is not None:
+        target = f"vd{_letters(virtio)}"
+        out.append(BootDisk("seed", boot.seed, "raw", True, SEED_SLOT, target, None))
     return out
 
 
@@ -306,12 +363,6 @@ def render_libvirt(
     runtime: DomainRuntime,
 ) -> RenderedDomain:
     """The domain XML for one case, from the same models as :func:`vmlab.render.render_qemu`."""
-    if case.variant.guest.image != "default":
-        raise SpecError(
-            "the libvirt launcher boots vmlab's default image only, so far: rootfs and cloud "
-            "images (boot disk overlay, NoCloud seed) run with the QEMU launcher",
-            hint="use launcher qemu for cases with guest.image",
-        )
     if case.variant.guest.nics:
         raise SpecError(
             "the libvirt launcher does not attach lab NICs yet: libvirtd cannot take the tap "
@@ -320,7 +371,7 @@ def render_libvirt(
         )
     guest = case.variant.guest
     mode, model = cpu_mode(accel, guest.cpu_model)
-    rendered_disks = libvirt_disks(guest, disks)
+    rendered_disks = libvirt_disks(guest, disks, domain=runtime.name)
     iothreads, _ = iothread_slots(guest)
     xml = (
         environment()
@@ -337,6 +388,7 @@ def render_libvirt(
             owner_prefix=OWNER_PREFIX,
             mgmt_mac=mac_address(case.id),
             disks=rendered_disks,
+            boot_disks=boot_disks(boot, rendered_disks),
             iothreads=iothreads,
             memory=memory_backing(guest),
             hugepage_kib=HUGEPAGE_KIB,
@@ -349,7 +401,16 @@ def render_libvirt(
         )
     )
     return RenderedDomain(
-        case_id=case.id, name=runtime.name, xml=xml, accel=accel, taints=_taints(rendered_disks)
+        case_id=case.id,
+        name=runtime.name,
+        xml=xml,
+        accel=accel,
+        taints=_taints(rendered_disks),
+        secrets=tuple(
+            (d.secret_usage, d.source.rbd)
+            for d in rendered_disks
+            if d.secret_usage is not None and d.source.rbd is not None
+        ),
     )
 
 

@@ -8,6 +8,7 @@ network: it refuses to start libvirtd while a network is marked for autostart (D
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,12 @@ import yaml
 
 from vmlab import reaper
 from vmlab.bench import Bench, BenchOptions
+from vmlab.ceph.cluster import MicroCluster
+from vmlab.ceph.info import read_key
 from vmlab.errors import LaunchError
+from vmlab.guest.cloud import sha256_file
 from vmlab.guest.image import GuestImage, authkey_cmdline
+from vmlab.guest.rootfs import build_rootfs
 from vmlab.guest.ssh import GuestSSH, lab_key, public_line, wait_banner
 from vmlab.host import check_host
 from vmlab.launch.base import LaunchRequest
@@ -38,6 +44,7 @@ from vmlab.launch.libvirt import (
     sweep_stale_secrets,
 )
 from vmlab.launch.qemu import Deadlines
+from vmlab.paths import state_dir
 from vmlab.plan import Case, plan
 from vmlab.render import BootImage, DiskSource
 from vmlab.render_libvirt import DomainRuntime, Owner, render_libvirt, render_secret
@@ -326,6 +333,97 @@ jobs:
     assert report.returncode == 0, report.stdout + report.stderr
     markdown = next((tmp_path / "report").glob("*.md")).read_text()
     assert "qemu" in markdown and "libvirt" in markdown
+    assert leftovers(conn) == NOTHING
+
+
+def _bench(spec: BenchSpec, image: GuestImage, env: dict[str, str], uri: str) -> Bench:
+    options = BenchOptions(
+        results_root=Path(env["RESULTS"]),
+        accel="tcg",
+        lab_key_path=Path(env["VMLAB_STATE"]) / "key",
+        timeout_scale=2,
+    )
+    bench = Bench(spec, facts=check_host(probe=False), image=image, options=options)
+    bench.launchers["libvirt"] = LibvirtLauncher(uri)
+    return bench
+
+
+def test_rbd_through_librbd_keeps_the_key_in_a_libvirt_secret_and_leaves_none(
+    guest_image: GuestImage, lab_env: dict[str, str], conn: Any, libvirtd: str
+) -> None:
+    """A <disk type='network'> on the micro cluster: the key reaches QEMU through an ephemeral
+    private secret (never in the XML or QEMU's argv), and the secret is gone afterwards."""
+    if not os.access("/usr/bin/ceph-mon", os.X_OK):
+        pytest.skip("Ceph is not installed: scripts/setup --dev")
+    micro = MicroCluster(state_dir() / "ceph")
+    try:
+        spec = libvirt_spec(
+            """
+name: lv-rbd
+runtime_s: 2
+guest:
+  memory_mib: 512
+  disks:
+    - {name: data, model: [virtio-blk, virtio-scsi], cache: none, backend: {type: rbd, size: 128M}}
+jobs: [{name: qd4, rw: randrw, rwmixread: 70, bs: 4k, iodepth: 4}]
+"""
+        )
+        outcome = _bench(spec, guest_image, lab_env, libvirtd).run()
+        assert outcome.ok, outcome.failed
+        key = base64.b64encode(
+            read_key(micro.state_dir / "ceph.client.admin.keyring", "client.admin")
+        ).decode()
+        run = outcome.run.path
+        for case in ("virtio-blk", "virtio-scsi"):
+            result = next(r for r in outcome.results if r.case_id == case)
+            assert result.metrics["read_iops"] > 0 and result.metrics["write_iops"] > 0
+            cdir = run / "cases" / case
+            usage = f"vmlab-{run.name}-{case}-data"
+            assert json.loads((cdir / "libvirt.json").read_text())["secrets"] == [usage]
+            xml = (cdir / "domain.xml").read_text()
+            assert f"<secret type='ceph' usage='{usage}'/>" in xml
+            qemu_log = (cdir / "qemu.log").read_text()
+            assert "key-secret" in qemu_log  # libvirt handed QEMU the key as a secret object
+            for text in (xml, qemu_log, (cdir / "domain-live.xml").read_text()):
+                assert key not in text
+        assert leftovers(conn) == NOTHING
+    finally:
+        micro.purge()
+
+
+def test_cloud_init_rootfs_guest_through_libvirt_overlay_seed_and_no_leftovers(
+    guest_image: GuestImage, lab_env: dict[str, str], conn: Any, libvirtd: str
+) -> None:
+    """The systemd + cloud-init rootfs as a "cloud image" under libvirt: root overlay and
+    NoCloud seed as disks, a reboot allowed, readiness after cloud-init, base untouched."""
+    rootfs = build_rootfs(systemd=True, cloud_init=True)  # cached after the first build
+    before = sha256_file(rootfs.base)
+    spec = libvirt_spec(
+        """
+name: lv-cloud
+guest:
+  memory_mib: 1024
+  image: {kind: rootfs, systemd: true, cloud_init: true}
+  disks: [{name: data, model: virtio-blk, backend: {type: file, size: 64M}}]
+jobs:
+  - {name: qd4, rw: randrw, iodepth: 4, runtime_s: 2}
+"""
+    )
+    outcome = _bench(spec, guest_image, lab_env, libvirtd).run()
+    assert outcome.ok, outcome.failed
+    (result,) = outcome.results
+    assert result.metrics["read_iops"] > 0
+    cdir = outcome.run.path / "cases" / "default"
+    live = ET.fromstring((cdir / "domain-live.xml").read_text())
+    assert live.findtext("on_reboot") == "restart"
+    serials = {d.findtext("serial"): d for d in live.iterfind("devices/disk")}
+    assert serials["vmlab-seed"].find("readonly") is not None
+    assert serials["vmlab-root"].find("driver").attrib["type"] == "qcow2"
+    assert json.loads((cdir / "cloud-init.json").read_text())
+    facts = json.loads((cdir / "guest.json").read_text())
+    assert "Debian" in facts["distro"]
+    assert "vmlab-data" in [d["serial"] for d in facts["disks"].values()]
+    assert sha256_file(rootfs.base) == before
     assert leftovers(conn) == NOTHING
 
 

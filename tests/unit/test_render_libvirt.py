@@ -11,6 +11,7 @@ import itertools
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,10 @@ import yaml
 from golden_cases import fixed_sources, golden_cases
 
 from vmlab.errors import SpecError
+from vmlab.guest.boot import preview_boot
 from vmlab.launch.libvirt import is_local_uri, lease_address, parse_owner
 from vmlab.plan import Case, plan
-from vmlab.render import BootImage, DiskSource, GuestRuntime, RbdTarget, render_qemu
+from vmlab.render import BootImage, DiskSource, GuestRuntime, render_qemu
 from vmlab.render_libvirt import (
     OWNER_NS,
     QEMU_NS,
@@ -31,6 +33,7 @@ from vmlab.render_libvirt import (
     environment,
     libvirt_disks,
     preview_runtime,
+    rbd_secret_usage,
     render_libvirt,
     render_secret,
 )
@@ -52,9 +55,6 @@ OWNER = Owner(
 # Cases the libvirt renderer refuses, and why (everything else has a golden file).
 REFUSED = {
     "targets/default": "memory_path",
-    "images/rootfs": "default image only",
-    "images/rootfs-systemd-cloud-init": "default image only",
-    "images/cloud": "default image only",
     "guest-rbd/default": "lab NICs",
     "network/tap": "lab NICs",
     "network/macvtap": "lab NICs",
@@ -69,6 +69,20 @@ def _renderable() -> list[tuple[str, Case]]:
 BOOT = BootImage(Path("/img/vmlinux"), Path("/img/initrd.img"), "console=ttyS0 vmlab.x=1")
 
 
+def fixed_boot(case: Case) -> BootImage:
+    """`vmlab render`'s boot preview with absolute paths (the schema wants them)."""
+    boot = preview_boot(case.variant.guest, BOOT)
+    if boot == BOOT:
+        return BOOT
+    return replace(
+        boot,
+        kernel=Path("/rootfs/vmlinux") if boot.kernel else None,
+        initrd=Path("/rootfs/initrd.img") if boot.initrd else None,
+        root_disk=Path(f"/scratch/boot/{case.id}-root.qcow2"),
+        seed=Path("/r/seed.iso") if boot.seed else None,
+    )
+
+
 def fixed_xml(case: Case, accel: str = "tcg", dac_label: str | None = "+0:+0") -> str:
     runtime = DomainRuntime(
         name=domain_name(OWNER.run_id, case.id),
@@ -78,7 +92,7 @@ def fixed_xml(case: Case, accel: str = "tcg", dac_label: str | None = "+0:+0") -
         dac_label=dac_label,
     )
     return render_libvirt(
-        case, accel=accel, boot=BOOT, disks=fixed_sources(case), runtime=runtime
+        case, accel=accel, boot=fixed_boot(case), disks=fixed_sources(case), runtime=runtime
     ).xml
 
 
@@ -389,10 +403,18 @@ def test_domain_names_are_prefixed_and_bounded() -> None:
 def test_too_many_disks_for_the_root_bus_is_a_spec_error() -> None:
     guest = Guest(disks=[Disk(name=f"d{i}") for i in range(16)])
     with pytest.raises(SpecError, match="too many disks"):
-        libvirt_disks(guest, {d.name: DiskSource(path=Path("/x")) for d in guest.disks})
+        libvirt_disks(
+            guest, {d.name: DiskSource(path=Path("/x")) for d in guest.disks}, domain="vmlab-x"
+        )
     fifteen = Guest(disks=guest.disks[:15])
     assert (
-        len(libvirt_disks(fifteen, {d.name: DiskSource(path=Path("/x")) for d in fifteen.disks}))
+        len(
+            libvirt_disks(
+                fifteen,
+                {d.name: DiskSource(path=Path("/x")) for d in fifteen.disks},
+                domain="vmlab-x",
+            )
+        )
         == 15
     )
 
@@ -443,13 +465,40 @@ def test_preview_runtime_renders_a_valid_document_for_vmlab_render(tmp_path: Pat
     assert parse_owner(ET.tostring(root.find("metadata")[0], encoding="unicode")).pid == 0
 
 
-def test_rbd_through_librbd_is_refused_clearly_not_rendered_as_a_file() -> None:
-    text = "name: r\nguest:\n  disks: [{name: data, backend: {type: rbd}}]\n"
-    case = plan(parse_spec(yaml.safe_load(text)))[0]
-    rbd = DiskSource(
-        path=Path("rbd:vmlab/x"),
-        protocol="rbd",
-        rbd=RbdTarget(pool="vmlab", image="x", conf=Path("/c"), user="admin"),
-    )
-    with pytest.raises(SpecError, match="RBD through QEMU's librbd"):
-        libvirt_disks(case.variant.guest, {"data": rbd})
+def test_rbd_through_librbd_is_a_network_disk_keyed_by_a_secret_never_by_the_key() -> None:
+    (case,) = [c for n, c in golden_cases() if n == "rbd" and c.id == "virtio-blk"]
+    root = ET.fromstring(fixed_xml(case))
+    (disk,) = root.iterfind("devices/disk[@type='network']")
+    source = disk.find("source")
+    assert source.attrib == {"protocol": "rbd", "name": "bench/vol1"}
+    assert source.find("config").attrib["file"] == "/etc/ceph/lab,1.conf"  # XML: no ,, here
+    assert source.find("auth").attrib["username"] == "bench"
+    secret = source.find("auth/secret").attrib
+    assert secret["type"] == "ceph"
+    assert secret["usage"] == rbd_secret_usage(root.findtext("name"), "data")
+    assert secret["usage"].startswith("vmlab-")  # so a crashed run's secret can be swept
+    assert "io" not in disk.find("driver").attrib  # QEMU's rbd driver has no aio mode
+    assert "key" not in ET.tostring(root, encoding="unicode").lower().replace("keyed", "")
+
+
+def test_boot_disks_boot_and_reboot_as_on_the_qemu_launcher() -> None:
+    """Slots are checked with every other device above; here: boot order, read-only seed,
+    and reboots (a cloud-init guest may reboot; every other guest must not)."""
+    images = [c for n, c in golden_cases() if n == "images"]
+    assert len(images) == 3
+    for case in images:
+        root = ET.fromstring(fixed_xml(case))
+        argv = (QEMU_GOLDEN / "images" / f"{case.id}.argv").read_text()
+        by_serial = {d.findtext("serial"): d for d in root.iterfind("devices/disk")}
+        assert by_serial["vmlab-root"].find("driver").attrib["type"] == "qcow2"
+        firmware = root.find("os/kernel") is None
+        assert (by_serial["vmlab-root"].find("boot") is not None) == firmware
+        assert ("bootindex=0" in argv) == firmware
+        if "vmlab-seed" in by_serial:
+            assert by_serial["vmlab-seed"].find("readonly") is not None
+            assert by_serial["vmlab-seed"].find("address").attrib["slot"] == "0x0f"
+            assert root.findtext("on_reboot") == "restart"  # cloud-init may reboot
+            assert "-no-reboot" not in argv
+        else:
+            assert root.findtext("on_reboot") == "destroy"
+            assert "-no-reboot" in argv

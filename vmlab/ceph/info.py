@@ -2,16 +2,48 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmlab.ceph.proc import netns_prefix
-from vmlab.errors import VmlabError
+from vmlab.errors import HostError, VmlabError
 
 CLIENT_ID = "admin"
 # QEMU's rbd: filename: a backslash escapes the next character; these would split a token.
 _QEMU_VALUE_SPECIAL = "\\:"
 _QEMU_NAME_SPECIAL = "\\:/="
+
+
+def read_key(keyring: Path, entity: str) -> bytes:
+    """The secret of ``entity`` (e.g. ``client.admin``) in a Ceph keyring, as raw bytes (what
+    a libvirt ``ceph`` secret holds; the keyring has it base64-encoded)."""
+    try:
+        text = keyring.read_text()
+    except OSError as exc:
+        raise HostError(
+            f"cannot read the Ceph keyring {keyring}: {exc.strerror}",
+            hint="set backend.cluster.keyring to the client's keyring file",
+        ) from exc
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == entity and "=" in line:
+            name, value = (part.strip() for part in line.split("=", 1))
+            if name == "key":
+                try:
+                    return base64.b64decode(value, validate=True)
+                except binascii.Error as exc:
+                    raise HostError(
+                        f"the key of {entity} in {keyring} is not base64", hint=str(exc)
+                    ) from exc
+    raise HostError(
+        f"the Ceph keyring {keyring} has no key for {entity}",
+        hint=f"check backend.cluster.client_id and keyring (`ceph auth get {entity}`)",
+    )
 
 
 @dataclass(frozen=True)

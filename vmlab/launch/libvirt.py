@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
+from vmlab.ceph.info import read_key
 from vmlab.errors import HostError, LaunchError
 from vmlab.launch.base import LaunchRequest
 from vmlab.launch.direct import PORT_ATTEMPTS, free_port
@@ -437,7 +438,7 @@ class LibvirtLauncher:
     def _launch_once(
         self, conn: Any, request: LaunchRequest, suffix: str
     ) -> Iterator[LibvirtGuest]:
-        lv = libvirt_module()
+        """Secrets (RBD keys) first, then the domain; undone in reverse on every way out."""
         case_dir = request.case_dir
         runtime, rendered = self._render(request, suffix)
         # Saved before it runs: a domain that never starts still leaves its XML behind.
@@ -450,9 +451,36 @@ class LibvirtLauncher:
                 "libvirt_version": conn.getLibVersion(),
                 "hypervisor_version": conn.getVersion(),
                 "taints": list(rendered.taints),
+                "secrets": [usage for usage, _ in rendered.secrets],
             },
         )
         _refuse_existing(conn, rendered.name)
+        with contextlib.ExitStack() as secrets:
+            for usage, rbd in rendered.secrets:
+                keyring = rbd.keyring or Path(f"/etc/ceph/ceph.client.{rbd.user}.keyring")
+                secrets.enter_context(
+                    lab_secret(
+                        conn,
+                        usage_name=usage,
+                        value=read_key(keyring, f"client.{rbd.user}"),
+                        owner=runtime.owner,
+                    )
+                )
+            with self._domain(conn, request, runtime, rendered, suffix) as guest:
+                yield guest
+
+    @contextmanager
+    def _domain(
+        self,
+        conn: Any,
+        request: LaunchRequest,
+        runtime: DomainRuntime,
+        rendered: RenderedDomain,
+        suffix: str,
+    ) -> Iterator[LibvirtGuest]:
+        """Define and start the domain; destroy and undefine it on the way out."""
+        lv = libvirt_module()
+        case_dir = request.case_dir
         serial_log = runtime.serial_log
         t0 = time.monotonic()
         try:
