@@ -27,7 +27,7 @@ from vmlab.ceph.cluster import (
     parse_cluster_report,
     render_ceph_conf,
 )
-from vmlab.ceph.info import ClusterInfo
+from vmlab.ceph.info import ClusterInfo, read_key
 from vmlab.ceph.proc import asok_command, pid_is_live, proc_state
 from vmlab.errors import HostError, VmlabError
 
@@ -434,3 +434,21 @@ def test_parse_size(text: str, size: int) -> None:
 def test_parse_size_rejects_nonsense() -> None:
     with pytest.raises(VmlabError, match="bad size"):
         parse_size("ten gigs")
+
+
+def test_read_key_finds_the_entitys_key_and_names_the_file_when_it_cannot(tmp_path: Path) -> None:
+    keyring = tmp_path / "ceph.client.bench.keyring"
+    keyring.write_text(
+        "[client.admin]\n\tkey = QURNSU4=\n[client.bench]\n"
+        '\tkey = QkVOQ0g=\n\tcaps mon = "allow r"\n'
+    )
+    assert read_key(keyring, "client.bench") == b"BENCH"
+    assert read_key(keyring, "client.admin") == b"ADMIN"
+    with pytest.raises(HostError, match=r"has no key for client\.other") as info:
+        read_key(keyring, "client.other")
+    assert "client_id" in (info.value.hint or "")
+    with pytest.raises(HostError, match=r"cannot read the Ceph keyring .*missing"):
+        read_key(tmp_path / "missing", "client.admin")
+    keyring.write_text("[client.bench]\nkey = not base64!\n")
+    with pytest.raises(HostError, match="not base64"):
+        read_key(keyring, "client.bench")
