@@ -351,7 +351,7 @@ class Bench:
             if guest.hostdevs:  # bound to vfio-pci for this guest, restored after it
                 stack.enter_context(vfio_bound(guest.hostdevs, state_file=default_state_file()))
             lab = stack.enter_context(LabNetwork()) if guest.nics else None
-            nics = [self._add_nic(lab, case, nic) for nic in guest.nics] if lab else []
+            nics = [self._add_nic(lab, launcher, case, n) for n in guest.nics] if lab else []
             if lab is not None:
                 case_dir.write_json("network.json", network_record(lab, guest.nics, nics))
             in_guest = [d for d in guest.disks if d.served_by == "guest"]
@@ -417,7 +417,11 @@ class Bench:
         ssh.put(ceph.info.keyring_path.read_bytes(), "/etc/ceph/keyring", mode=0o600)
 
     @staticmethod
-    def _add_nic(lab: LabNetwork, case: Case, nic: Nic) -> LabNic:
+    def _add_nic(lab: LabNetwork, launcher: Launcher, case: Case, nic: Nic) -> LabNic:
+        """QEMU gets tap or macvtap fds opened in the lab namespace; libvirt makes its own tap
+        or macvtap in the host namespace, on a host-side port of the lab network."""
+        if launcher.name == "libvirt":
+            return lab.add_host_port(case.id, nic.attach, queues=nic.queues, vhost=nic.vhost)
         add = lab.add_tap if nic.attach == "tap" else lab.add_macvtap
         return add(case.id, queues=nic.queues, vhost=nic.vhost)
 

@@ -40,15 +40,18 @@ import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Interface
 from pathlib import Path
 
 import jinja2
 
 from vmlab.errors import SpecError
+from vmlab.net.lab import LabNic
 from vmlab.plan import Case
 from vmlab.qemuopts import qemu_quote
 from vmlab.render import (
     FIRST_HOSTDEV_SLOT,
+    FIRST_NIC_SLOT,
     BootImage,
     CacheFlags,
     DiskSource,
@@ -58,7 +61,7 @@ from vmlab.render import (
     pci_slot,
 )
 from vmlab.resources import templates_dir
-from vmlab.spec import Disk, Guest
+from vmlab.spec import Disk, Guest, Nic
 from vmlab.vfio import libvirt_hostdev
 
 DOMAIN_TEMPLATE = "libvirt/domain.xml.j2"
@@ -177,6 +180,21 @@ class LibvirtDisk:
 
 
 @dataclass(frozen=True)
+class Interface:
+    """A lab NIC as libvirt attaches it in the host namespace: ``bridge`` (libvirt's tap on the
+    lab's host-side bridge) or ``direct`` (a macvtap in bridge mode on the host-side parent)."""
+
+    alias: str
+    type: str
+    dev: str
+    mac: str
+    model: str  # libvirt <model type>: virtio | e1000e
+    queues: int
+    vhost: bool
+    slot: int
+
+
+@dataclass(frozen=True)
 class BootDisk:
     """The boot disk overlay or the NoCloud seed of a rootfs or cloud guest."""
 
@@ -258,6 +276,8 @@ def libvirt_disks(
     out: list[LibvirtDisk] = []
     virtio = scsi = 0
     for index, disk in enumerate(guest.disks):
+        if disk.served_by == "guest":  # the guest reaches the cluster over its lab NIC
+            continue
         slot = int(pci_slot(index), 16)
         if slot > LAST_SLOT:
             raise SpecError(
@@ -292,6 +312,48 @@ def libvirt_disks(
             )
         )
     return out
+
+
+def interfaces(guest: Guest, nics: Sequence[LabNic] | None) -> list[Interface]:
+    """The guest's lab NICs as libvirt interfaces, in spec order, at the QEMU launcher's slots."""
+    if not guest.nics:
+        return []
+    if nics is None:
+        nics = [_preview_nic(spec, i) for i, spec in enumerate(guest.nics)]
+    if len(nics) != len(guest.nics) or not all(n.host_side for n in nics):
+        raise ValueError("libvirt attaches lab NICs on host-side ports: use add_host_port")
+    return [
+        Interface(
+            alias=f"ua-nic-{nic.netdev_id}",
+            type="bridge" if nic.kind == "tap" else "direct",
+            dev=nic.ifname,
+            mac=nic.mac,
+            model="virtio" if spec.model == "virtio-net-pci" else spec.model,
+            queues=nic.queues,
+            vhost=nic.vhost,
+            slot=FIRST_NIC_SLOT + index,
+        )
+        for index, (spec, nic) in enumerate(zip(guest.nics, nics, strict=True))
+    ]
+
+
+def _preview_nic(spec: Nic, index: int) -> LabNic:
+    """What `vmlab render` shows for a lab NIC (names and addresses are made at launch)."""
+    lab = "vmlab-LABNET"
+    return LabNic(
+        guest="preview",
+        kind=spec.attach,
+        netdev_id=f"lab{index}",
+        ifname=f"{'lb' if spec.attach == 'tap' else 'lm'}-LABNET",
+        netns=lab,
+        mac=mac_address(f"{lab}/{spec.name}"),
+        fds=(),
+        address=IPv4Interface(f"10.255.255.{10 + index}/24"),
+        gateway=IPv4Interface("10.255.255.1/24"),
+        vhost=spec.vhost,
+        host_side=True,
+        host_queues=spec.queues,
+    )
 
 
 def boot_disks(boot: BootImage, disks: Sequence[LibvirtDisk]) -> list[BootDisk]:
@@ -361,14 +423,13 @@ def render_libvirt(
     boot: BootImage,
     disks: Mapping[str, DiskSource],
     runtime: DomainRuntime,
+    nics: Sequence[LabNic] | None = None,
 ) -> RenderedDomain:
-    """The domain XML for one case, from the same models as :func:`vmlab.render.render_qemu`."""
-    if case.variant.guest.nics:
-        raise SpecError(
-            "the libvirt launcher does not attach lab NICs yet: libvirtd cannot take the tap "
-            "fds vmlab opens inside the lab namespace",
-            hint="use launcher qemu for cases with guest.nics",
-        )
+    """The domain XML for one case, from the same models as :func:`vmlab.render.render_qemu`.
+
+    ``nics``: the case's lab NICs from :meth:`vmlab.net.lab.LabNetwork.add_host_port`; None
+    renders placeholders (``vmlab render``: the lab network exists only while a case runs).
+    """
     guest = case.variant.guest
     mode, model = cpu_mode(accel, guest.cpu_model)
     rendered_disks = libvirt_disks(guest, disks, domain=runtime.name)
@@ -389,6 +450,7 @@ def render_libvirt(
             mgmt_mac=mac_address(case.id),
             disks=rendered_disks,
             boot_disks=boot_disks(boot, rendered_disks),
+            interfaces=interfaces(guest, nics),
             iothreads=iothreads,
             memory=memory_backing(guest),
             hugepage_kib=HUGEPAGE_KIB,

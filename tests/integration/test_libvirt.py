@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from vmlab import reaper
-from vmlab.bench import Bench, BenchOptions
+from vmlab.bench import Bench, BenchOptions, QuietEvents
 from vmlab.ceph.cluster import MicroCluster
 from vmlab.ceph.info import read_key
 from vmlab.errors import LaunchError
@@ -424,6 +424,66 @@ jobs:
     assert "Debian" in facts["distro"]
     assert "vmlab-data" in [d["serial"] for d in facts["disks"].values()]
     assert sha256_file(rootfs.base) == before
+    assert leftovers(conn) == NOTHING
+
+
+def _host_links() -> dict[str, list[str]]:
+    """Links in the host namespace, with their addresses (IPv4 and IPv6)."""
+    out = subprocess.run(
+        ["ip", "-j", "addr", "show"], capture_output=True, text=True, check=True, timeout=30
+    )
+    return {
+        link["ifname"]: [a["local"] for a in link.get("addr_info", [])]
+        for link in json.loads(out.stdout)
+    }
+
+
+def test_lab_nics_through_libvirt_bridge_and_direct_run_iperf3_and_leave_nothing(
+    guest_image: GuestImage, lab_env: dict[str, str], conn: Any, libvirtd: str
+) -> None:
+    """<interface type='bridge'> and type='direct' (macvtap) on the lab network's host-side
+    ports: iperf3 against the peer in the lab namespace, no address ever on a host link."""
+    before = _host_links()
+    seen: dict[str, list[str]] = {}
+
+    class Watch(QuietEvents):
+        def stage(self, case: Case, what: str) -> None:
+            if what.startswith(("fio", "iperf3")):  # the guest is up: what the host has now
+                seen.update({k: v for k, v in _host_links().items() if k not in before})
+
+    spec = libvirt_spec(
+        """
+name: lv-net
+guest:
+  memory_mib: 512
+  nics: [[{name: lab0, attach: tap, queues: 2}], [{name: lab0, attach: macvtap}]]
+jobs:
+  - {name: qd1, rw: randread, runtime_s: 1}
+net_jobs:
+  - {name: tx, nic: lab0, duration_s: 2}
+"""
+    )
+    bench = _bench(spec, guest_image, lab_env, libvirtd)
+    bench.events = Watch()
+    outcome = bench.run()
+    assert outcome.ok, outcome.failed
+    got = {(r.case_id, r.job): r.metrics for r in outcome.results}
+    run = outcome.run.path
+    for case, kind in (("tap-queues-2", "bridge"), ("macvtap", "direct")):
+        assert got[(case, "tx")]["received_bits_per_s"] > 1e6, case
+        live = ET.fromstring((run / "cases" / case / "domain-live.xml").read_text())
+        (iface,) = live.iterfind("devices/interface")
+        assert iface.attrib["type"] == kind
+        record = json.loads((run / "cases" / case / "network.json").read_text())
+        assert iface.find("mac").attrib["address"] == record["nics"][0]["mac"]
+    assert (
+        got[("tap-queues-2", "tx")]
+        and "queues='2'" in (run / "cases" / "tap-queues-2" / "domain.xml").read_text()
+    )
+    host_side = {k: v for k, v in seen.items() if k.startswith(("lb-", "lh-", "lm-"))}
+    assert host_side, f"no host-side lab port seen while a guest ran: {sorted(seen)}"
+    assert all(addrs == [] for addrs in host_side.values()), host_side
+    assert _host_links().keys() == before.keys()
     assert leftovers(conn) == NOTHING
 
 

@@ -431,6 +431,7 @@ class LibvirtLauncher:
             boot=request.boot,
             disks=request.disks,
             runtime=runtime,
+            nics=request.nics,
         )
         return runtime, rendered
 

@@ -144,10 +144,14 @@ class LabNic:
     address: IPv4Interface  # for the guest to configure on this NIC
     gateway: IPv4Interface
     vhost: bool
+    # A NIC libvirt attaches itself (no fds): ``ifname`` is then a device in the host
+    # namespace, the lab's host-side bridge (tap) or macvtap parent, with no address on it.
+    host_side: bool = False
+    host_queues: int = 1
 
     @property
     def queues(self) -> int:
-        return len(self.fds)
+        return len(self.fds) if self.fds else self.host_queues
 
     def netdev_arg(self) -> str:
         return links.netdev_tap_fds(self.netdev_id, self.fds, vhost=self.vhost)
@@ -212,6 +216,8 @@ class LabNetwork:
         self.nics: list[LabNic] = []
         self._stack = ExitStack()
         self._macvtap_parent: str | None = None
+        self._host_bridge_name: str | None = None
+        self._host_parent_name: str | None = None
 
     @property
     def name(self) -> str:
@@ -250,6 +256,7 @@ class LabNetwork:
             self.nics.clear()
             self.uplink_link = None
             self._macvtap_parent = None
+            self._host_bridge_name = self._host_parent_name = None
 
     def _build(self) -> None:
         stack = self._stack
@@ -345,6 +352,65 @@ class LabNetwork:
                 vhost=vhost,
             )
         )
+
+    def add_host_port(
+        self, guest: str, kind: NicKind, *, queues: int = 1, vhost: bool = False
+    ) -> LabNic:
+        """A lab NIC for a launcher that makes the tap or macvtap itself in the host namespace
+        (libvirt's ``<interface type='bridge'>`` / ``type='direct'``): a host-side device joined
+        to the lab bridge by a veth, with no address (not even IPv6 link-local). tap: the bridge
+        ``lb-<id>``; macvtap: the veth end ``lm-<id>`` as the macvtap's parent."""
+        if vhost:
+            check_vhost()
+        links.check_queues(queues)
+        index, mac = self._next(guest, kind)
+        return self._add(
+            LabNic(
+                guest=guest,
+                kind=kind,
+                netdev_id=f"lab{index}",
+                ifname=self._host_bridge() if kind == "tap" else self._host_parent(),
+                netns=self.name,
+                mac=mac,
+                fds=(),
+                address=self.addresses.guest(index),
+                gateway=self.addresses.gateway,
+                vhost=vhost,
+                host_side=True,
+                host_queues=queues,
+            )
+        )
+
+    def _host_name(self, prefix: str) -> str:
+        return f"{prefix}-{self.name.removeprefix('vmlab-')}"[: links.IFNAMSIZ - 1]
+
+    def _host_bridge(self) -> str:
+        if self._host_bridge_name is None:
+            name = self._host_name("lb")
+            self._stack.enter_context(links.bridge(name, link_local=False))
+            self._stack.enter_context(
+                links.veth_pair(
+                    self._host_name("lh"),
+                    "lbp",
+                    peer_netns=self.name,
+                    master=name,
+                    peer_master=BRIDGE,
+                    link_local=False,
+                )
+            )
+            self._host_bridge_name = name
+        return self._host_bridge_name
+
+    def _host_parent(self) -> str:
+        if self._host_parent_name is None:
+            name = self._host_name("lm")
+            self._stack.enter_context(
+                links.veth_pair(
+                    name, "lmp", peer_netns=self.name, peer_master=BRIDGE, link_local=False
+                )
+            )
+            self._host_parent_name = name
+        return self._host_parent_name
 
     def _parent(self) -> str:
         if self._macvtap_parent is None:

@@ -140,6 +140,11 @@ def set_up(name: str, netns: str | None = None, *, master: str | None = None) ->
     run(ip_argv(netns, "link", "set", "dev", name, "up"))
 
 
+def no_link_local(name: str, netns: str | None = None) -> None:
+    """No IPv6 address generation on a link that is not up yet (so it never has an address)."""
+    run(ip_argv(netns, "link", "set", "dev", name, "addrgenmode", "none"))
+
+
 def add_address(name: str, cidr: str, netns: str | None = None) -> None:
     run(ip_argv(netns, "addr", "add", cidr, "dev", name))
 
@@ -148,11 +153,17 @@ def add_address(name: str, cidr: str, netns: str | None = None) -> None:
 
 
 @contextmanager
-def bridge(name: str, *, netns: str | None = None, address: str | None = None) -> Iterator[Link]:
-    """A Linux bridge (STP off, so ports forward at once), up, with an optional ADDR/PREFIX."""
+def bridge(
+    name: str, *, netns: str | None = None, address: str | None = None, link_local: bool = True
+) -> Iterator[Link]:
+    """A Linux bridge (STP off, so ports forward at once), up, with an optional ADDR/PREFIX.
+    ``link_local=False``: no IPv6 link-local address either (a bridge in the host namespace
+    that must carry no address at all)."""
     check_ifname(name)
     with _deleted_at_exit(name, netns):
         run(ip_argv(netns, "link", "add", "name", name, "type", "bridge", "stp_state", "0"))
+        if not link_local:
+            no_link_local(name, netns)
         if address is not None:
             add_address(name, address, netns)
         set_up(name, netns)
@@ -168,10 +179,12 @@ def veth_pair(
     peer_netns: str | None = None,
     master: str | None = None,
     peer_master: str | None = None,
+    link_local: bool = True,
 ) -> Iterator[VethPair]:
     """A veth pair: ``name`` in ``netns``, ``peer`` moved into ``peer_netns`` (default: the
     same namespace), both up, optionally enslaved to bridges on their side. Deleting one end
-    deletes both; the namespace is given at creation, so no end ever shows up elsewhere."""
+    deletes both; the namespace is given at creation, so no end ever shows up elsewhere.
+    ``link_local=False``: ``name`` gets no IPv6 link-local address."""
     check_ifname(name)
     check_ifname(peer)
     peer_ns = peer_netns if peer_netns is not None else netns
@@ -182,6 +195,8 @@ def veth_pair(
                 netns, "link", "add", "name", name, "type", "veth", "peer", "name", peer, *where
             )
         )
+        if not link_local:
+            no_link_local(name, netns)
         set_up(name, netns, master=master)
         set_up(peer, peer_ns, master=peer_master)
         yield VethPair(read_link(name, netns), read_link(peer, peer_ns))
