@@ -35,6 +35,7 @@ from vmlab.guest.rootfs import build_rootfs
 from vmlab.guest.ssh import GuestSSH, lab_key, public_line, wait_banner
 from vmlab.host import check_host
 from vmlab.launch.base import LaunchRequest
+from vmlab.launch.direct import free_port
 from vmlab.launch.libvirt import (
     LibvirtLauncher,
     current_owner,
@@ -484,6 +485,74 @@ net_jobs:
     assert host_side, f"no host-side lab port seen while a guest ran: {sorted(seen)}"
     assert all(addrs == [] for addrs in host_side.values()), host_side
     assert _host_links().keys() == before.keys()
+    assert leftovers(conn) == NOTHING
+
+
+@pytest.fixture
+def loopback_sshd(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
+    """A real sshd on 127.0.0.1 only: (port, client key, known_hosts) for a qemu+ssh:// URI."""
+    need("/usr/sbin/sshd", "openssh-server")
+    work = tmp_path / "sshd"
+    work.mkdir()
+    host_key, client_key = work / "host_key", work / "client_key"
+    for key in (host_key, client_key):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+            check=True,
+            timeout=30,
+        )
+    (work / "authorized_keys").write_text(client_key.with_suffix(".pub").read_text())
+    port = free_port()
+    known_hosts = work / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key.with_suffix('.pub').read_text()}")
+    (work / "sshd_config").write_text(
+        f"ListenAddress 127.0.0.1:{port}\nHostKey {host_key}\n"
+        f"PidFile {work / 'sshd.pid'}\nAuthorizedKeysFile {work / 'authorized_keys'}\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+    with (work / "sshd.log").open("wb") as log_file:
+        sshd = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(work / "sshd_config")],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_banner("127.0.0.1", port, timeout_s=30)
+        yield port, client_key, known_hosts
+    finally:
+        os.killpg(sshd.pid, signal.SIGTERM)
+        sshd.wait(timeout=30)
+
+
+def test_a_qemu_ssh_uri_reaches_libvirtd_through_real_ssh(
+    guest_image: GuestImage,
+    tmp_path: Path,
+    conn: Any,
+    libvirtd: str,
+    loopback_sshd: tuple[int, Path, Path],
+) -> None:
+    """The connection URI is the user's: over SSH to this host (libvirt's libssh client with a
+    pinned known_hosts, virt-ssh-helper on the far side) a guest boots, serves SSH and is
+    cleaned up as with qemu:///system. (qemu+ssh:// runs OpenSSH, which would pin the host
+    key in root's own ~/.ssh/known_hosts: not something a test may touch.)"""
+    port, key, known_hosts = loopback_sshd
+    uri = (
+        f"qemu+libssh://root@127.0.0.1:{port}/system?keyfile={key}&known_hosts={known_hosts}"
+        "&sshauth=privkey"
+    )
+    (case,) = plan(libvirt_spec(ONE_DISK))
+    deadlines = Deadlines.for_accel("tcg")
+    request, _ = request_for(case, guest_image, tmp_path, deadlines, tmp_path / "key")
+    launcher = LibvirtLauncher(uri)
+    with launcher.launch(request) as vm:
+        wait_banner(vm.ssh_host, vm.ssh_port, timeout_s=deadlines.banner_s)
+        assert vm.name in [d.name() for d in conn.listAllDomains(0) if d.isActive()]
+    recorded = json.loads((request.case_dir.path / "libvirt.json").read_text())
+    assert recorded["uri"] == uri
+    assert "Accepted publickey for root" in (key.parent / "sshd.log").read_text()
     assert leftovers(conn) == NOTHING
 
 
