@@ -154,7 +154,10 @@ def test_sweep_removes_a_dead_owners_namespace_and_processes() -> None:
         ns.state_file.write_text(
             json.dumps({"name": ns.name, "owner_pid": dead.pid, "owner_start": dead_start})
         )
-        assert netns.sweep_stale() == [ns.name]
+        bridge = netns.host_side_name("lb", ns.name)  # a libvirt lab's host-side bridge
+        with links.bridge(bridge, link_local=False):
+            assert netns.sweep_stale() == [ns.name]
+            assert not Path(f"/sys/class/net/{bridge}").exists()
         assert sleeper.wait(timeout=10) == -signal.SIGTERM
         assert not ns.state_file.exists()
     finally:

@@ -9,9 +9,15 @@
                                                         br0 10.X.Y.1  (peers, iperf3 -s, Ceph)
     vl-xxxxxxxx (optional uplink) ═══ veth ═══ up0 ─────┘
 
+    libvirt ── tap vnetN ─ lb-xxxxxxxx (bridge) ─ lh-xxxxxxxx ═ veth ═ lbp ── br0
+    libvirt ── macvtapN on lm-xxxxxxxx ═══════════════════════ veth ═ lmp ── br0
+
 QEMU stays in the host namespace; the tap or macvtap it uses lives in the lab namespace and
-reaches QEMU as an inherited fd (``pass_fds``). Addresses come from 10.0.0.0/8 and exist only
-inside the lab namespace, unless an uplink is asked to carry one (``uplink_address=True``).
+reaches QEMU as an inherited fd (``pass_fds``). libvirtd cannot take such fds, so for its
+guests the lab grows host-side ports (:meth:`LabNetwork.add_host_port`) that carry no address,
+not even IPv6 link-local, and libvirt makes its own tap or macvtap on them. Addresses come
+from 10.0.0.0/8 and exist only inside the lab namespace, unless an uplink is asked to carry
+one (``uplink_address=True``).
 Everything is torn down on exit, in reverse order, on errors and Ctrl-C too.
 """
 
@@ -30,7 +36,7 @@ from typing import Literal, Self
 
 from vmlab.errors import HostError
 from vmlab.net import links
-from vmlab.net.netns import Netns, ip_argv, run
+from vmlab.net.netns import Netns, host_side_name, ip_argv, run
 from vmlab.render import mac_address
 
 log = logging.getLogger(__name__)
@@ -381,16 +387,13 @@ class LabNetwork:
             )
         )
 
-    def _host_name(self, prefix: str) -> str:
-        return f"{prefix}-{self.name.removeprefix('vmlab-')}"[: links.IFNAMSIZ - 1]
-
     def _host_bridge(self) -> str:
         if self._host_bridge_name is None:
-            name = self._host_name("lb")
+            name = host_side_name("lb", self.name)
             self._stack.enter_context(links.bridge(name, link_local=False))
             self._stack.enter_context(
                 links.veth_pair(
-                    self._host_name("lh"),
+                    host_side_name("lh", self.name),
                     "lbp",
                     peer_netns=self.name,
                     master=name,
@@ -403,7 +406,7 @@ class LabNetwork:
 
     def _host_parent(self) -> str:
         if self._host_parent_name is None:
-            name = self._host_name("lm")
+            name = host_side_name("lm", self.name)
             self._stack.enter_context(
                 links.veth_pair(
                     name, "lmp", peer_netns=self.name, peer_master=BRIDGE, link_local=False

@@ -42,6 +42,14 @@ CLONE_NEWNET = 0x40000000
 IP_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 3.0
 NAME_RE = re.compile(r"^vmlab-[a-z0-9-]{1,40}$")
+HOST_SIDE_PREFIXES = ("lb", "lh", "lm")  # a lab's host-side ports (vmlab.net.lab, for libvirt)
+
+
+def host_side_name(prefix: str, netns: str) -> str:
+    """``lb-<id>`` for namespace ``vmlab-<id>``: a link in the host namespace that belongs to
+    that lab (at most 15 characters, the kernel's limit)."""
+    return f"{prefix}-{netns.removeprefix(PREFIX)}"[:15]
+
 
 T = TypeVar("T")
 
@@ -310,6 +318,9 @@ def sweep_stale(root: Path | None = None) -> list[str]:
             log.warning("deleting namespace %s left by dead vmlab process %d", name, owner.pid)
             delete(name)
             removed.append(name)
+        # Its host-side ports: veths died with the namespace, a bridge did not.
+        for prefix in HOST_SIDE_PREFIXES:
+            run(ip_argv(None, "link", "del", "dev", host_side_name(prefix, name)), check=False)
         record.unlink(missing_ok=True)
     return removed
 
