@@ -455,13 +455,51 @@ def host_check(
 
 @image_app.command("build")
 def image_build(
+    kind: Annotated[
+        str,
+        typer.Option(help="default (the initramfs guest) or rootfs (a Debian ext4 root disk)"),
+    ] = "default",
+    systemd: Annotated[
+        bool, typer.Option(help="rootfs: boot systemd, not vmlab's tiny init")
+    ] = False,
+    cloud_init: Annotated[
+        bool, typer.Option(help="rootfs: with cloud-init (NoCloud seed); implies --systemd")
+    ] = False,
+    disk: Annotated[
+        bool,
+        typer.Option(
+            help="rootfs: also a firmware-bootable qcow2 (MBR, syslinux, kernel, root): use it "
+            "as `image: {kind: cloud, source: PATH}`"
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option(help="rebuild even if cached")] = False,
 ) -> None:
-    """Build (or reuse) the default guest image and print where it is."""
+    """Build (or reuse) a guest image and print where it is."""
     from vmlab.guest.image import build_image
 
-    image = build_image(force=force, progress=lambda m: err.print(f"[dim]{m}[/]"))
-    out.print(str(image.root))
+    def progress(message: str) -> None:
+        err.print(f"[dim]{escape(message)}[/]")
+
+    if kind not in ("default", "rootfs"):
+        raise typer.BadParameter("expected default or rootfs", param_hint="--kind")
+    if kind == "default":
+        if systemd or cloud_init or disk:
+            raise typer.BadParameter(
+                "--systemd, --cloud-init and --disk build a rootfs: add --kind rootfs",
+                param_hint="--kind",
+            )
+        out.print(str(build_image(force=force, progress=progress).root))
+        return
+    from vmlab.guest.diskimage import build_disk_image
+    from vmlab.guest.rootfs import build_rootfs
+
+    rootfs = build_rootfs(
+        systemd=systemd or cloud_init, cloud_init=cloud_init, force=force, progress=progress
+    )
+    out.print(str(rootfs.root))
+    if disk:
+        bzimage = build_image(progress=progress).root / "vmlinuz"
+        out.print(str(build_disk_image(rootfs, bzimage)))
 
 
 @image_app.command("info")

@@ -30,6 +30,7 @@ from vmlab.ceph.cluster import MicroCluster
 from vmlab.ceph.info import read_key
 from vmlab.errors import LaunchError
 from vmlab.guest.cloud import sha256_file
+from vmlab.guest.diskimage import build_disk_image
 from vmlab.guest.image import GuestImage, authkey_cmdline
 from vmlab.guest.rootfs import build_rootfs
 from vmlab.guest.ssh import GuestSSH, lab_key, public_line, wait_banner
@@ -425,6 +426,50 @@ jobs:
     assert "Debian" in facts["distro"]
     assert "vmlab-data" in [d["serial"] for d in facts["disks"].values()]
     assert sha256_file(rootfs.base) == before
+    assert leftovers(conn) == NOTHING
+
+
+def test_a_firmware_booted_cloud_image_through_both_launchers(
+    guest_image: GuestImage, lab_env: dict[str, str], conn: Any, libvirtd: str
+) -> None:
+    """A cloud image as they come: MBR, boot loader, its own kernel (`vmlab image build --kind
+    rootfs --cloud-init --disk`). SeaBIOS boots it from the overlay under QEMU and under
+    libvirt; the seed configures it; fio runs; the image file is never written."""
+    rootfs = build_rootfs(systemd=True, cloud_init=True)
+    disk = build_disk_image(rootfs, guest_image.root / "vmlinuz")
+    digest = sha256_file(disk)
+    spec = parse_spec(
+        yaml.safe_load(
+            f"""
+name: fw-cloud
+launcher: [qemu, libvirt]
+guest:
+  memory_mib: 1024
+  image: {{kind: cloud, source: "{disk}", sha256: "{digest}"}}
+  disks: [{{name: data, model: virtio-blk, backend: {{type: file, size: 64M}}}}]
+jobs:
+  - {{name: qd4, rw: randrw, iodepth: 4, runtime_s: 2}}
+"""
+        )
+    )
+    outcome = _bench(spec, guest_image, lab_env, libvirtd).run()
+    assert outcome.ok, outcome.failed
+    assert sorted(r.case_id for r in outcome.results) == ["libvirt", "qemu"]
+    run = outcome.run.path
+    for case in ("qemu", "libvirt"):
+        cdir = run / "cases" / case
+        serial = (cdir / "serial.log").read_text(errors="replace")
+        assert "SYSLINUX" in serial  # the image's own boot loader ran: firmware boot
+        facts = json.loads((cdir / "guest.json").read_text())
+        assert facts["kernel"] == rootfs.kernel_version
+        assert json.loads((cdir / "cloud-init.json").read_text())
+    argv = json.loads((run / "cases" / "qemu" / "argv.json").read_text())
+    assert "-kernel" not in argv and "bootindex=0" in " ".join(argv)
+    domain = ET.fromstring((run / "cases" / "libvirt" / "domain-live.xml").read_text())
+    assert domain.find("os/kernel") is None
+    root = next(d for d in domain.iterfind("devices/disk") if d.findtext("serial") == "vmlab-root")
+    assert root.find("boot").attrib["order"] == "1"
+    assert sha256_file(disk) == digest
     assert leftovers(conn) == NOTHING
 
 
