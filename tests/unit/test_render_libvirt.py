@@ -21,7 +21,7 @@ from golden_cases import fixed_sources, golden_cases
 
 from vmlab.errors import SpecError
 from vmlab.guest.boot import preview_boot
-from vmlab.launch.libvirt import is_local_uri, lease_address, parse_owner
+from vmlab.launch.libvirt import is_local_uri, parse_owner
 from vmlab.net.lab import LabNic
 from vmlab.plan import Case, plan
 from vmlab.render import BootImage, DiskSource, GuestRuntime, mac_address, render_qemu
@@ -448,34 +448,6 @@ def test_local_and_remote_uris() -> None:
     assert is_local_uri("qemu:///system")
     assert is_local_uri("qemu+ssh://root@localhost/system")
     assert not is_local_uri("qemu+ssh://root@hv1.example/system")
-
-
-class _LeaseDomain:
-    """What virDomain.interfaceAddresses(SRC_LEASE) returns (libvirt-python's documented shape)."""
-
-    def __init__(self, answer: dict[str, object]) -> None:
-        self.answer = answer
-
-    def name(self) -> str:
-        return "vmlab-x"
-
-    def interfaceAddresses(self, source: int, flags: int) -> dict[str, object]:
-        return self.answer
-
-
-def test_lease_address_picks_the_ipv4_lease() -> None:
-    pytest.importorskip("libvirt", reason="pip install libvirt-python (apt: libvirt-dev)")
-    answer = {
-        "vnet0": {
-            "hwaddr": "52:54:00:aa:bb:cc",
-            "addrs": [
-                {"type": 1, "addr": "fd00::5", "prefix": 64},
-                {"type": 0, "addr": "192.168.100.57", "prefix": 24},
-            ],
-        }
-    }
-    assert lease_address(_LeaseDomain(answer)) == "192.168.100.57"
-    assert lease_address(_LeaseDomain({"vnet0": {"hwaddr": "x", "addrs": None}})) is None
 
 
 def test_preview_runtime_renders_a_valid_document_for_vmlab_render(tmp_path: Path) -> None:

@@ -299,34 +299,6 @@ def sweep_stale_secrets(conn: Any) -> list[str]:
     return removed
 
 
-# --- addresses -----------------------------------------------------------------------------
-def lease_address(domain: Any) -> str | None:
-    """The guest's IPv4 address from the DHCP leases of a libvirt NAT network, if any."""
-    lv = libvirt_module()
-    try:
-        interfaces = domain.interfaceAddresses(lv.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
-    except lv.libvirtError as exc:
-        log.debug("no DHCP lease for %s: %s", domain.name(), exc)
-        return None
-    for _name, info in sorted((interfaces or {}).items()):
-        for addr in info.get("addrs") or ():
-            if addr.get("type") == lv.VIR_IP_ADDR_TYPE_IPV4 and addr.get("addr"):
-                return str(addr["addr"])
-    return None
-
-
-def wait_lease_address(domain: Any, *, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while (address := lease_address(domain)) is None:
-        if time.monotonic() > deadline:
-            raise LaunchError(
-                f"domain {domain.name()} got no DHCP lease within {timeout_s:.0f} s",
-                hint="is the libvirt network active (`virsh net-list`) and its dnsmasq running?",
-            )
-        time.sleep(0.5)
-    return address
-
-
 # --- the launcher --------------------------------------------------------------------------
 def is_local_uri(uri: str) -> bool:
     """qemu:///system and qemu+ssh://localhost/system are local; qemu+ssh://hv1/ is not."""
