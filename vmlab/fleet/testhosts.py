@@ -1,27 +1,25 @@
 """Throwaway SSH hosts on this machine: one network namespace each, with its own sshd.
 
-A fleet run needs hosts; these are the cheapest real ones. :class:`TestHosts` creates a bridge
-in the host namespace (``10.233.N.1/24``, N chosen so that no address or route here overlaps),
-and per host a namespace with a veth to that bridge (``10.233.N.2``, ``.3``, ...), loopback up,
-and ``/usr/sbin/sshd -D`` listening on that address only, with a generated host key and a
-generated client key authorised for root. Ansible reaches them over real SSH, with their host
-keys pinned in a generated known_hosts file. Behind SSH they share this machine's filesystem,
-so the ``vmlab`` they run is one installed here.
+A fleet run needs hosts; these are the cheapest real ones. Per host :class:`TestHosts` makes a
+namespace with only its loopback up, and ``/usr/sbin/sshd -D`` listening on that namespace's
+127.0.0.1:22, with a generated host key and a generated client key authorised for root. Ansible
+reaches each over real SSH through a ProxyCommand that enters the namespace
+(``ip netns exec NS socat - TCP:127.0.0.1:22``), with the host keys pinned in a generated
+known_hosts file: no address or route is ever added outside the namespaces. Behind SSH they
+share this machine's filesystem, so the ``vmlab`` they run is one installed here.
 
 Used by the fleet integration tests and ``benchmarks/fleet.py``; also a way to try
-``vmlab fleet run`` without a fleet (see ``inventory()``). Needs root, iproute2 and
+``vmlab fleet run`` without a fleet (see ``inventory()``). Needs root, iproute2, socat and
 openssh-server (only the sshd binary: no system sshd is started).
 
 Everything made here is undone on exit, also on errors and Ctrl-C: processes still inside a
 namespace (sshd, its sessions, whatever they started) get SIGINT, then SIGKILL; SSH control
-masters left by Ansible are told to exit; namespaces, the bridge and the work directory go.
+masters left by Ansible are told to exit; namespaces and the work directory go.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import json
 import logging
 import os
 import secrets
@@ -41,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vmlab.errors import CommandError, GuestError, HostError
 from vmlab.guest.ssh import wait_banner
+from vmlab.net.netns import call_in_netns
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ SSHD = Path("/usr/sbin/sshd")
 SFTP_SERVERS = (Path("/usr/lib/openssh/sftp-server"), Path("/usr/libexec/openssh/sftp-server"))
 PRIVSEP_DIR = Path("/run/sshd")
 NETNS_DIR = Path("/run/netns")
-SUBNET_PREFIX = "10.233"
+SOCAT = "socat"
 IP_TIMEOUT_S = 15.0
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -60,14 +59,19 @@ NAME_PREFIX = "vmlft"
 
 @dataclass(frozen=True)
 class TestHost:
-    """One namespace host: its inventory name, namespace, address and private folder."""
+    """One namespace host: its inventory name, namespace and private folder. Its sshd listens
+    on the namespace's own loopback; :meth:`proxy_command` is how SSH gets there."""
 
     __test__ = False  # not a pytest test class
 
     name: str
     netns: str
-    address: str
     workdir: Path
+
+    @property
+    def proxy_command(self) -> str:
+        """An OpenSSH ProxyCommand: a byte pipe to 127.0.0.1:22 inside the host's namespace."""
+        return f"ip netns exec {self.netns} {SOCAT} - TCP:127.0.0.1:22"
 
 
 def _ip(*args: str) -> None:
@@ -88,48 +92,6 @@ def _ip(*args: str) -> None:
             output=done.stderr,
             hint="namespaces, veths and bridges need root and iproute2",
         )
-
-
-def _ip_json(*args: str) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        ["ip", "-j", *args], capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False
-    )
-    if done.returncode != 0 or not done.stdout.strip():
-        return []
-    data = json.loads(done.stdout)
-    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
-
-
-def _networks_in_use() -> list[ipaddress.IPv4Network]:
-    """IPv4 networks this machine already has addresses or routes in (any namespace we see)."""
-    nets: list[ipaddress.IPv4Network] = []
-    for link in _ip_json("-4", "addr", "show"):
-        for addr in link.get("addr_info", []):
-            with contextlib.suppress(KeyError, ValueError):
-                nets.append(
-                    ipaddress.IPv4Network(f"{addr['local']}/{addr['prefixlen']}", strict=False)
-                )
-    for route in _ip_json("-4", "route", "show", "table", "all"):
-        dst = str(route.get("dst", ""))
-        if dst and dst != "default":
-            with contextlib.suppress(ValueError):
-                nets.append(ipaddress.IPv4Network(dst if "/" in dst else f"{dst}/32", strict=False))
-    return nets
-
-
-def free_subnet() -> ipaddress.IPv4Network:
-    """A 10.233.N.0/24 that overlaps no address or route of this machine."""
-    used = _networks_in_use()
-    candidates = list(range(1, 255))
-    secrets.SystemRandom().shuffle(candidates)  # concurrent users rarely pick the same one
-    for n in candidates:
-        net = ipaddress.IPv4Network(f"{SUBNET_PREFIX}.{n}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return net
-    raise HostError(
-        f"every {SUBNET_PREFIX}.N.0/24 overlaps an address or route of this machine",
-        hint="delete leftover test bridges: `ip -br addr | grep 10.233`",
-    )
 
 
 def _keypair() -> tuple[bytes, str]:
@@ -202,13 +164,10 @@ class TestHosts:
         self.names = list(names)
         self.ready_timeout_s = ready_timeout_s
         self.tag = secrets.token_hex(3)
-        self.bridge = f"{NAME_PREFIX}{self.tag}"  # 11 characters: under IFNAMSIZ
-        self.subnet: ipaddress.IPv4Network | None = None
         self.workdir = Path("/nonexistent")
         self.hosts: list[TestHost] = []
         self._sshd: dict[str, subprocess.Popen[bytes]] = {}
         self._made_netns: list[str] = []
-        self._made_bridge = False
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -252,7 +211,7 @@ class TestHosts:
         if problems and exc is None:
             raise HostError(
                 "test hosts were not cleaned up completely: " + "; ".join(problems),
-                hint=f"check `ip netns list` and `ip link` for {NAME_PREFIX}* leftovers",
+                hint=f"check `ip netns list` for {NAME_PREFIX}* leftovers",
             )
 
     def _preflight(self) -> None:
@@ -260,6 +219,8 @@ class TestHosts:
             raise HostError("namespace test hosts need root", hint="run as root (or sudo)")
         if shutil.which("ip") is None:
             raise HostError("the `ip` command is missing", hint="apt-get install iproute2")
+        if shutil.which(SOCAT) is None:
+            raise HostError("socat is missing (the SSH ProxyCommand)", hint="apt-get install socat")
         if not SSHD.is_file():
             raise HostError(
                 f"{SSHD} is missing",
@@ -268,56 +229,29 @@ class TestHosts:
             )
 
     def _start(self) -> None:
-        self.subnet = free_subnet()
-        addresses = list(self.subnet.hosts())
         (self.workdir / "cp").mkdir(mode=0o700)
         private, public = _keypair()
         _write_private(self.client_key, private)
         (self.workdir / "client_key.pub").write_text(public + "\n")
         (self.workdir / "authorized_keys").write_text(public + " vmlab-testhosts\n")
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation chroot
-
-        _ip("link", "add", self.bridge, "type", "bridge")
-        self._made_bridge = True
-        _ip("addr", "add", f"{addresses[0]}/{self.subnet.prefixlen}", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
         known = []
         for index, name in enumerate(self.names, start=1):
             host = TestHost(
                 name=name,
                 netns=f"{NAME_PREFIX}-{self.tag}-{index}",
-                address=str(addresses[index]),
                 workdir=self.workdir / f"h{index}",
             )
             host.workdir.mkdir()
-            self._make_netns(host, index)
-            known.append(f"{host.address} {self._start_sshd(host)}")
+            _ip("netns", "add", host.netns)
+            self._made_netns.append(host.netns)
+            _ip("-n", host.netns, "link", "set", "lo", "up")
+            known.append(f"{host.name} {self._start_sshd(host)}")
             self.hosts.append(host)
         self.known_hosts.write_text("\n".join(known) + "\n")
         for host in self.hosts:
             self._wait_ready(host)
-        log.info(
-            "test hosts up: %s", ", ".join(f"{h.name}={h.address} ({h.netns})" for h in self.hosts)
-        )
-
-    def _make_netns(self, host: TestHost, index: int) -> None:
-        assert self.subnet is not None
-        _ip("netns", "add", host.netns)
-        self._made_netns.append(host.netns)
-        veth = f"{self.bridge}{index:x}"[:15]
-        _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
-        _ip("link", "set", veth, "master", self.bridge, "up")
-        _ip("-n", host.netns, "link", "set", "lo", "up")
-        _ip(
-            "-n",
-            host.netns,
-            "addr",
-            "add",
-            f"{host.address}/{self.subnet.prefixlen}",
-            "dev",
-            "eth0",
-        )
-        _ip("-n", host.netns, "link", "set", "eth0", "up")
+        log.info("test hosts up: %s", ", ".join(f"{h.name} ({h.netns})" for h in self.hosts))
 
     def _start_sshd(self, host: TestHost) -> str:
         """Start sshd inside the host's namespace; returns its host key's public line."""
@@ -329,7 +263,7 @@ class TestHosts:
         config.write_text(
             "\n".join(
                 [
-                    f"ListenAddress {host.address}",
+                    "ListenAddress 127.0.0.1",  # the namespace's own loopback
                     "Port 22",
                     f"HostKey {key}",
                     f"PidFile {host.workdir / 'sshd.pid'}",
@@ -370,7 +304,9 @@ class TestHosts:
                     hint="run the sshd command by hand with -d to see why",
                 )
             try:
-                wait_banner(host.address, 22, timeout_s=1.0)
+                call_in_netns(
+                    host.netns, lambda: wait_banner("127.0.0.1", 22, timeout_s=1.0), timeout_s=5
+                )
                 return
             except GuestError:
                 if time.monotonic() > deadline:
@@ -416,7 +352,11 @@ class TestHosts:
         """A YAML/JSON inventory of these hosts (group ``all``)."""
         hosts: dict[str, Any] = {}
         for h in self.hosts:
-            hosts[h.name] = {"ansible_host": h.address, **dict((host_vars or {}).get(h.name, {}))}
+            hosts[h.name] = {
+                "ansible_host": h.name,  # not resolved: the ProxyCommand is the way in
+                "ansible_ssh_extra_args": f"-o ProxyCommand='{h.proxy_command}'",
+                **dict((host_vars or {}).get(h.name, {})),
+            }
         return {"all": {"hosts": hosts, "vars": {**self.connection_vars(), **(group_vars or {})}}}
 
     def vmlab_inventory(
@@ -455,12 +395,6 @@ class TestHosts:
             except CommandError as exc:
                 problems.append(f"namespace {netns}: {exc}")
         self._made_netns.clear()
-        if self._made_bridge:
-            try:
-                _ip("link", "del", self.bridge)
-            except CommandError as exc:
-                problems.append(f"bridge {self.bridge}: {exc}")
-            self._made_bridge = False
         if self.workdir.name.startswith(f"{NAME_PREFIX}-") and self.workdir.is_dir():
             shutil.rmtree(self.workdir, ignore_errors=True)
         for problem in problems:
