@@ -237,8 +237,11 @@ class PlainEvents:
         print(f"  {case.id}: {what}", flush=True)
 
     def job_finished(self, case: Any, job: str, repetition: int, metrics: dict[str, float]) -> None:
-        iops = metrics.get("read_iops", 0) + metrics.get("write_iops", 0)
-        print(f"  {case.id}: {job} r{repetition}: {iops:.0f} IOPS", flush=True)
+        if "received_bits_per_s" in metrics:  # an iperf3 net job
+            summary = f"{metrics['received_bits_per_s'] / 1e9:.2f} Gbit/s"
+        else:
+            summary = f"{metrics.get('read_iops', 0) + metrics.get('write_iops', 0):.0f} IOPS"
+        print(f"  {case.id}: {job} r{repetition}: {summary}", flush=True)
 
     def case_finished(self, case: Any, status: str, error: str | None) -> None:
         print(f"  {case.id}: {status}{': ' + error if error else ''}", flush=True)

@@ -55,3 +55,19 @@ def test_host_baseline_is_the_limit_column() -> None:
     )
     got = {r.case_id: (r.ratio, r.of_host) for r in rows}
     assert got == {"host-baseline": (None, None), "virtio-blk": (1.0, 0.25), "nvme": (2.0, 0.5)}
+
+
+def test_plain_progress_says_iops_for_fio_and_gbits_for_iperf(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from types import SimpleNamespace
+
+    from vmlab.cli import PlainEvents
+
+    case = SimpleNamespace(id="tap")
+    PlainEvents().job_finished(case, "qd1", 1, {"read_iops": 900.4, "write_iops": 100.0})
+    PlainEvents().job_finished(case, "tcp", 1, {"received_bits_per_s": 1.1e9, "retransmits": 0})
+    assert capsys.readouterr().out.splitlines() == [
+        "  tap: qd1 r1: 1000 IOPS",
+        "  tap: tcp r1: 1.10 Gbit/s",
+    ]
