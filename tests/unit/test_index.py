@@ -259,3 +259,12 @@ def test_cli_list_does_not_create_a_results_dir(tmp_path: Path) -> None:
     done = CliRunner().invoke(app, ["list", "--results", str(missing)])
     assert done.exit_code == 0 and "does not exist" in done.output
     assert not missing.exists()
+
+
+def test_a_fleet_run_lists_its_hosts(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "fleet", {("hv-a_default", "j"): {"read_iops": [1.0]}})
+    (run / "fleet.json").write_text(
+        json.dumps({"hosts": [{"host": "hv-a", "status": "ok"}, {"host": "hv-b"}]})
+    )
+    assert scan_run(run).host == "hv-a,hv-b"
+    assert scan_run(make_run(tmp_path, "one", {}, host="lab1")).host == "lab1"

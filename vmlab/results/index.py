@@ -304,6 +304,14 @@ def _samples(case_dir: Path, case_id: str) -> list[Sample]:
     return samples
 
 
+def _fleet_hosts(run: RunDir) -> str | None:
+    """A fleet run's hosts, comma-joined (its host facts are under hosts/, not host.json)."""
+    fleet = _mapping(_read_json(run.file("fleet.json")))
+    hosts = fleet.get("hosts")
+    labels = [str(h["host"]) for h in hosts or [] if isinstance(h, dict) and h.get("host")]
+    return ",".join(labels) or None
+
+
 def scan_run(run_dir: Path) -> RunRecord:
     """Read a run directory into a record. Raises ResultError if it is not a run directory."""
     run = RunDir.open(run_dir)
@@ -344,7 +352,7 @@ def scan_run(run_dir: Path) -> RunRecord:
         for job in spec.get("jobs", [])
         if isinstance(job, dict) and "name" in job
     }
-    hostname = host.get("hostname") or host.get("host")
+    hostname = host.get("hostname") or host.get("host") or _fleet_hosts(run)
     return RunRecord(
         id=run.run_id,
         path=run.path.resolve(),
