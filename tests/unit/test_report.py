@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from vmlab.report.charts import BarInput, bar_chart, human, human_pm, nice_step, nines
 from vmlab.report.cli import app
 from vmlab.report.compare import compare_runs
-from vmlab.report.model import Report, build_report
+from vmlab.report.model import Report, build_report, limit_cases
 from vmlab.report.render import (
     csv_cell,
     md_escape,
@@ -36,6 +36,29 @@ EVIL = "<script>alert(1)</script>|`x`"
 @pytest.fixture
 def lab(tmp_path: Path) -> Path:
     return lab_run(tmp_path / "results", evil=EVIL)
+
+
+def test_each_fleet_host_is_measured_against_its_own_host_baseline(tmp_path: Path) -> None:
+    assert limit_cases(["host-baseline", "virtio-blk"]) == {
+        "host-baseline": "host-baseline",
+        "virtio-blk": "host-baseline",
+    }
+    iops = {
+        ("hv-a_host-baseline", "j"): {"read_iops": [1000.0, 1000.0]},
+        ("hv-a_default", "j"): {"read_iops": [500.0, 500.0]},
+        ("hv-b_host-baseline", "j"): {"read_iops": [4000.0, 4000.0]},
+        ("hv-b_default", "j"): {"read_iops": [1000.0, 1000.0]},
+        ("hv-c_default", "j"): {"read_iops": [10.0, 10.0]},  # ran no baseline
+    }
+    (run,) = build_report([scan_run(make_run(tmp_path, "fleet", iops))]).runs
+    of_limit = {
+        c.id: c.job("j").metrics["read_iops"].of_limit  # type: ignore[union-attr]
+        for c in run.cases
+    }
+    assert of_limit["hv-a_default"] == pytest.approx(0.5)
+    assert of_limit["hv-b_default"] == pytest.approx(0.25)  # hv-b's own, not hv-a's
+    assert of_limit["hv-c_default"] is None
+    assert {c.id for c in run.cases if c.is_limit} == {"hv-a_host-baseline", "hv-b_host-baseline"}
 
 
 def test_means_fractions_and_warmup(lab: Path) -> None:

@@ -259,9 +259,24 @@ def _metric_order(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda m: (order.get(m, len(order)), m))
 
 
+def limit_cases(case_ids: Sequence[str]) -> dict[str, str]:
+    """Case id -> the host-baseline case that is its limit: ``host-baseline`` in a run from one
+    host; ``<host>_host-baseline`` for ``<host>_<case>`` in a fleet run (same host only)."""
+    limits = [c for c in case_ids if c == HOST_BASELINE or c.endswith(f"_{HOST_BASELINE}")]
+    out: dict[str, str] = {}
+    for case_id in case_ids:
+        for limit in sorted(limits, key=len, reverse=True):  # the longest host prefix wins
+            prefix = limit.removesuffix(HOST_BASELINE)  # "" or "<host>_"
+            if case_id.startswith(prefix):
+                out[case_id] = limit
+                break
+    return out
+
+
 def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> RunView:
     """One run's view; ``curves=False`` skips reading the fio percentiles (faster)."""
     cells = run.cells()
+    limits = limit_cases([c.case_id for c in run.cases])
     limit = HOST_BASELINE if run.case(HOST_BASELINE) is not None else None
     stats: dict[tuple[str, str], dict[str, CellStats]] = {
         key: {m: describe(v, options) for m, v in values.items() if v}
@@ -281,7 +296,8 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
             cell = stats.get((case.case_id, job))
             if not cell:
                 continue
-            ref = stats.get((limit, job), {}) if limit and case.case_id != limit else {}
+            own = limits.get(case.case_id)
+            ref = stats.get((own, job), {}) if own and case.case_id != own else {}
             metrics = {}
             for metric in _metric_order(list(cell)):
                 info = METRICS.get(metric)
@@ -312,7 +328,7 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
                 status=case.status,
                 error=case.error,
                 params=dict(case.params),
-                is_limit=case.case_id == limit,
+                is_limit=limits.get(case.case_id) == case.case_id,
                 command_kind=kind,
                 command=command,
                 jobs=jobs,
