@@ -71,3 +71,18 @@ def test_plain_progress_says_iops_for_fio_and_gbits_for_iperf(
         "  tap: qd1 r1: 1000 IOPS",
         "  tap: tcp r1: 1.10 Gbit/s",
     ]
+
+
+def test_fleet_rows_are_a_fraction_of_their_own_hosts_baseline() -> None:
+    rows = build_rows(
+        [
+            ("hv-a_host-baseline", "j", {"read_iops": 1000.0}),
+            ("hv-a_default", "j", {"read_iops": 500.0}),
+            ("hv-b_host-baseline", "j", {"read_iops": 4000.0}),
+            ("hv-b_default", "j", {"read_iops": 1000.0}),
+        ]
+    )
+    got = {r.case_id: (r.of_host, r.ratio) for r in rows}
+    assert got["hv-a_default"] == (0.5, 1.0)
+    assert got["hv-b_default"] == (0.25, 2.0)
+    assert got["hv-a_host-baseline"] == (None, None)

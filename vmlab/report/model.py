@@ -25,7 +25,7 @@ from vmlab import __version__
 from vmlab.fio.parse import DIRECTIONS, METRICS, FioOutput, combine_jobs
 from vmlab.report.compare import CompareResult
 from vmlab.report.stats import CellStats, StatOptions, describe
-from vmlab.results.index import HOST_BASELINE, RunRecord, Sample
+from vmlab.results.index import HOST_BASELINE, RunRecord, Sample, limit_cases
 
 log = logging.getLogger(__name__)
 
@@ -257,20 +257,6 @@ def _curves(samples: Sequence[Sample]) -> list[Curve]:
 def _metric_order(names: Sequence[str]) -> list[str]:
     order = {m: i for i, m in enumerate(METRICS)}
     return sorted(names, key=lambda m: (order.get(m, len(order)), m))
-
-
-def limit_cases(case_ids: Sequence[str]) -> dict[str, str]:
-    """Case id -> the host-baseline case that is its limit: ``host-baseline`` in a run from one
-    host; ``<host>_host-baseline`` for ``<host>_<case>`` in a fleet run (same host only)."""
-    limits = [c for c in case_ids if c == HOST_BASELINE or c.endswith(f"_{HOST_BASELINE}")]
-    out: dict[str, str] = {}
-    for case_id in case_ids:
-        for limit in sorted(limits, key=len, reverse=True):  # the longest host prefix wins
-            prefix = limit.removesuffix(HOST_BASELINE)  # "" or "<host>_"
-            if case_id.startswith(prefix):
-                out[case_id] = limit
-                break
-    return out
 
 
 def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> RunView:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from vmlab.results.index import limit_cases
+
 
 @dataclass(frozen=True)
 class Row:
@@ -38,20 +40,27 @@ def row_values(metrics: Mapping[str, float]) -> tuple[float, float | None, float
     return iops, mean_us, p99_us
 
 
-BASELINE = "host-baseline"
+def _of_host(
+    row: Row, limits: Mapping[str, str], host: Mapping[tuple[str, str], float]
+) -> float | None:
+    limit = limits.get(row.case_id)
+    if limit is None or limit == row.case_id or not host.get((limit, row.job)):
+        return None
+    return row.iops / host[(limit, row.job)]
 
 
 def build_rows(results: Sequence[tuple[str, str, Mapping[str, float]]]) -> list[Row]:
     """results: (case id, job name, metrics) in run order; repetitions are averaged.
 
     The host baseline, when present, is the limit: it gets no ratio of its own and every
-    guest row gets its IOPS as a fraction of it.
+    guest row gets its IOPS as a fraction of it (in a fleet run, of its own host's baseline).
     """
+    limits = limit_cases(list(dict.fromkeys(case_id for case_id, _, _ in results)))
     grouped: dict[tuple[str, str], list[Mapping[str, float]]] = {}
     for case_id, job, metrics in results:
         grouped.setdefault((case_id, job), []).append(metrics)
     first_case: dict[str, float] = {}
-    host: dict[str, float] = {}
+    host: dict[tuple[str, str], float] = {}  # (limit case, job) -> IOPS
     rows: list[Row] = []
     for (case_id, job), samples in grouped.items():
         values = [row_values(m) for m in samples]
@@ -60,15 +69,12 @@ def build_rows(results: Sequence[tuple[str, str, Mapping[str, float]]]) -> list[
         p99s = [v[2] for v in values if v[2] is not None]
         mean = sum(means) / len(means) if means else None
         p99 = sum(p99s) / len(p99s) if p99s else None
-        if case_id == BASELINE:
-            host[job] = iops
+        if limits.get(case_id) == case_id:
+            host[(case_id, job)] = iops
             rows.append(Row(case_id, job, iops, mean, p99, None))
             continue
         base = first_case.setdefault(job, iops)
         rows.append(Row(case_id, job, iops, mean, p99, iops / base if base else None))
     order = list(grouped)
-    rows = [
-        replace(r, of_host=r.iops / host[r.job]) if r.case_id != BASELINE and host.get(r.job) else r
-        for r in rows
-    ]
+    rows = [replace(r, of_host=_of_host(r, limits, host)) for r in rows]
     return sorted(rows, key=lambda r: (r.job, order.index((r.case_id, r.job))))
