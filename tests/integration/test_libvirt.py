@@ -18,6 +18,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from vmlab import reaper
 from vmlab.bench import Bench, BenchOptions, QuietEvents
 from vmlab.ceph.cluster import MicroCluster
 from vmlab.ceph.info import read_key
+from vmlab.ceph.rbd import RbdImages
 from vmlab.errors import LaunchError
 from vmlab.guest.cloud import sha256_file
 from vmlab.guest.diskimage import build_disk_image
@@ -48,8 +50,14 @@ from vmlab.launch.libvirt import (
 from vmlab.launch.qemu import Deadlines
 from vmlab.paths import state_dir
 from vmlab.plan import Case, plan
-from vmlab.render import BootImage, DiskSource
-from vmlab.render_libvirt import DomainRuntime, Owner, render_libvirt, render_secret
+from vmlab.render import BootImage, DiskSource, RbdTarget
+from vmlab.render_libvirt import (
+    DomainRuntime,
+    Owner,
+    rbd_secret_usage,
+    render_libvirt,
+    render_secret,
+)
 from vmlab.results.rundir import RunDir
 from vmlab.spec import BenchSpec, parse_spec
 
@@ -388,6 +396,34 @@ jobs: [{name: qd4, rw: randrw, rwmixread: 70, bs: 4k, iodepth: 4}]
             assert "key-secret" in qemu_log  # libvirt handed QEMU the key as a secret object
             for text in (xml, qemu_log, (cdir / "domain-live.xml").read_text()):
                 assert key not in text
+        assert leftovers(conn) == NOTHING
+    finally:
+        micro.purge()
+
+
+def test_a_guest_that_fails_to_boot_leaves_no_rbd_secret_behind(
+    guest_image: GuestImage, lab_env: dict[str, str], tmp_path: Path, conn: Any, libvirtd: str
+) -> None:
+    """Failure path of the secret: defined before the domain, gone after a boot that fails."""
+    if not os.access("/usr/bin/ceph-mon", os.X_OK):
+        pytest.skip("Ceph is not installed: scripts/setup --dev")
+    micro = MicroCluster(state_dir() / "ceph")
+    try:
+        info = micro.up()
+        RbdImages(info).create(info.pool, "fails", 64 << 20)
+        (case,) = plan(libvirt_spec(ONE_DISK))
+        tiny = Deadlines(qmp_s=5, boot_s=0.2, banner_s=1, login_s=1, powerdown_s=0.5)
+        request, _ = request_for(case, guest_image, tmp_path, tiny, tmp_path / "key")
+        target = RbdTarget(info.pool, "fails", info.conf_path, info.client_id, info.keyring_path)
+        source = DiskSource(path=Path("rbd:x"), protocol="rbd", rbd=target)
+        request = replace(request, disks={"data": source})
+        with (
+            pytest.raises(LaunchError, match="did not print VMLAB-READY within"),
+            LibvirtLauncher(libvirtd).launch(request),
+        ):
+            pytest.fail("the guest cannot be ready within 0.2 s under TCG")
+        recorded = json.loads((request.case_dir.path / "libvirt.json").read_text())
+        assert recorded["secrets"] == [rbd_secret_usage(recorded["name"], "data")]
         assert leftovers(conn) == NOTHING
     finally:
         micro.purge()
