@@ -501,8 +501,7 @@ def image_build(
     )
     out.print(str(rootfs.root))
     if disk:
-        bzimage = build_image(progress=progress).root / "vmlinuz"
-        out.print(str(build_disk_image(rootfs, bzimage)))
+        out.print(str(build_disk_image(rootfs)))
 
 
 @image_app.command("info")

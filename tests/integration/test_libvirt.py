@@ -472,7 +472,7 @@ def test_a_firmware_booted_cloud_image_through_both_launchers(
     rootfs --cloud-init --disk`). SeaBIOS boots it from the overlay under QEMU and under
     libvirt; the seed configures it; fio runs; the image file is never written."""
     rootfs = build_rootfs(systemd=True, cloud_init=True)
-    disk = build_disk_image(rootfs, guest_image.root / "vmlinuz")
+    disk = build_disk_image(rootfs)
     digest = sha256_file(disk)
     spec = parse_spec(
         yaml.safe_load(

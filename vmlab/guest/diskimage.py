@@ -16,16 +16,14 @@ The result is a qcow2 file next to the rootfs in the cache; it is rebuilt when i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
-import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 
-from vmlab.errors import CommandError, HostError
-from vmlab.guest.cloud import image_info
+from vmlab.errors import HostError
+from vmlab.guest.cloud import image_info, sha256_file
+from vmlab.guest.image import _run
 from vmlab.guest.rootfs import RootfsImage
 
 log = logging.getLogger(__name__)
@@ -44,34 +42,9 @@ TOOLS = (
     ("sfdisk", "fdisk"),
     ("qemu-img", "qemu-utils"),
 )
-TOOL_TIMEOUT_S = 300.0
+TOOL_TIMEOUT_S = 300.0  # qemu-img converting a rootfs of a few hundred MB takes seconds
 DISK_NAME = "disk.qcow2"
 STAMP_NAME = "disk.json"
-
-
-def _run(argv: Sequence[str], *, input_text: str | None = None) -> None:
-    try:
-        proc = subprocess.run(
-            list(argv),
-            input=input_text,
-            capture_output=True,
-            text=True,
-            timeout=TOOL_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(
-            f"{argv[0]} did not finish within {TOOL_TIMEOUT_S:.0f} s",
-            argv=argv,
-            returncode=None,
-        ) from exc
-    if proc.returncode != 0:
-        raise CommandError(
-            f"{argv[0]} failed building the disk image",
-            argv=argv,
-            returncode=proc.returncode,
-            output=proc.stdout + proc.stderr,
-        )
 
 
 def check_tools() -> None:
@@ -122,21 +95,26 @@ def _copy_into(source: Path, disk: Path, offset: int) -> None:
             position += len(block)
 
 
-def _inputs(rootfs: RootfsImage, bzimage: Path) -> dict[str, object]:
+def _inputs(rootfs: RootfsImage) -> dict[str, object]:
     return {
         "layout": LAYOUT_VERSION,
         "rootfs": rootfs.key,
-        "bzimage_sha256": hashlib.sha256(bzimage.read_bytes()).hexdigest(),
+        "bzimage_sha256": sha256_file(rootfs.bzimage),
         "cmdline": rootfs.cmdline,
     }
 
 
-def build_disk_image(rootfs: RootfsImage, bzimage: Path, *, out_dir: Path | None = None) -> Path:
+def build_disk_image(rootfs: RootfsImage, *, out_dir: Path | None = None) -> Path:
     """The rootfs as a firmware-bootable qcow2 (cached in ``out_dir``, default its own dir)."""
     check_tools()
+    if not rootfs.bzimage.is_file():
+        raise HostError(
+            f"the kernel {rootfs.bzimage} of rootfs {rootfs.key} is gone from the image cache",
+            hint="rebuild: vmlab image build --kind rootfs --force",
+        )
     out_dir = out_dir or rootfs.root
     disk_out, stamp = out_dir / DISK_NAME, out_dir / STAMP_NAME
-    inputs = _inputs(rootfs, bzimage)
+    inputs = _inputs(rootfs)
     if disk_out.is_file() and stamp.is_file():
         try:
             if json.loads(stamp.read_text()) == inputs:
@@ -148,7 +126,10 @@ def build_disk_image(rootfs: RootfsImage, bzimage: Path, *, out_dir: Path | None
     work.mkdir(parents=True)
     try:
         root_raw = work / "root.raw"
-        _run(["qemu-img", "convert", "-O", "raw", str(rootfs.base), str(root_raw)])
+        _run(
+            ["qemu-img", "convert", "-O", "raw", str(rootfs.base), str(root_raw)],
+            timeout_s=TOOL_TIMEOUT_S,
+        )
         root_bytes = root_raw.stat().st_size
         if root_bytes % SECTOR:
             raise HostError(f"{rootfs.base} is not a whole number of sectors ({root_bytes} B)")
@@ -156,15 +137,16 @@ def build_disk_image(rootfs: RootfsImage, bzimage: Path, *, out_dir: Path | None
         boot = work / "boot.fat"
         with boot.open("wb") as fh:
             fh.truncate(BOOT_PART_MIB * MIB)
-        _run(["mkfs.fat", "-F", "16", "-n", "VMLAB-BOOT", str(boot)])
-        _run(["syslinux", "--install", str(boot)])  # through mtools: no mount
+        _run(["mkfs.fat", "-F", "16", "-n", "VMLAB-BOOT", str(boot)], timeout_s=TOOL_TIMEOUT_S)
+        # syslinux writes its loader through mtools: no mount
+        _run(["syslinux", "--install", str(boot)], timeout_s=TOOL_TIMEOUT_S)
         (work / "syslinux.cfg").write_text(syslinux_cfg(rootfs.cmdline))
         for name, path in (
-            ("vmlinuz", bzimage),
+            ("vmlinuz", rootfs.bzimage),
             ("initrd.img", rootfs.initrd),
             ("syslinux.cfg", work / "syslinux.cfg"),
         ):
-            _run(["mcopy", "-o", "-i", str(boot), str(path), f"::{name}"])
+            _run(["mcopy", "-o", "-i", str(boot), str(path), f"::{name}"], timeout_s=TOOL_TIMEOUT_S)
 
         boot_sectors = BOOT_PART_MIB * MIB // SECTOR
         root_sectors = root_bytes // SECTOR
@@ -173,7 +155,8 @@ def build_disk_image(rootfs: RootfsImage, bzimage: Path, *, out_dir: Path | None
             fh.truncate(FIRST_PART_MIB * MIB + BOOT_PART_MIB * MIB + root_bytes)
         _run(
             ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)],
-            input_text=partition_script(boot_sectors, root_sectors),
+            timeout_s=TOOL_TIMEOUT_S,
+            input_bytes=partition_script(boot_sectors, root_sectors).encode(),
         )
         with disk.open("r+b") as fh:  # boot code only: bytes 440.. hold the partition table
             fh.write(MBR_BIN.read_bytes()[:MBR_CODE_BYTES])
@@ -181,7 +164,10 @@ def build_disk_image(rootfs: RootfsImage, bzimage: Path, *, out_dir: Path | None
         _copy_into(root_raw, disk, (FIRST_PART_MIB + BOOT_PART_MIB) * MIB)
 
         tmp_out = work / DISK_NAME
-        _run(["qemu-img", "convert", "-O", "qcow2", str(disk), str(tmp_out)])
+        _run(
+            ["qemu-img", "convert", "-O", "qcow2", str(disk), str(tmp_out)],
+            timeout_s=TOOL_TIMEOUT_S,
+        )
         if image_info(tmp_out).format != "qcow2":
             raise HostError(f"qemu-img wrote {tmp_out} but does not read it back as qcow2")
         tmp_out.replace(disk_out)

@@ -46,6 +46,7 @@ from vmlab.errors import CommandError, HostError
 from vmlab.guest.cpio import NewcWriter
 
 log = logging.getLogger(__name__)
+BZIMAGE = "vmlinuz"  # the kernel as Debian ships it (a bzImage), kept in every image
 
 FORMAT_VERSION = 1
 READY_MARKER = "VMLAB-READY"
@@ -868,13 +869,13 @@ def _prepare_kernel(work: Path, bzimage_src: Path) -> tuple[str, str, str]:
     """Copy the bzImage to ``work/vmlinuz``; also write ``work/vmlinux`` if it boots PVH.
     Returns (file to boot, kind, note)."""
     bzimage = bzimage_src.read_bytes()
-    (work / "vmlinuz").write_bytes(bzimage)
+    (work / BZIMAGE).write_bytes(bzimage)
     vmlinux = extract_vmlinux(bzimage)
     if vmlinux is None:
-        return "vmlinuz", "bzImage", "could not decompress the bzImage payload here"
+        return BZIMAGE, "bzImage", "could not decompress the bzImage payload here"
     entry = pvh_entry(vmlinux)
     if entry is None:
-        return "vmlinuz", "bzImage", "vmlinux has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)"
+        return BZIMAGE, "bzImage", "vmlinux has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)"
     (work / "vmlinux").write_bytes(vmlinux)
     return "vmlinux", "vmlinux-pvh", f"PVH entry {entry:#x}"
 
@@ -943,7 +944,7 @@ def _build_into(
         "kernel_kind": kernel_kind,
         "kernel_note": kernel_note,
         "kernel": kernel_file,
-        "bzimage": "vmlinuz",
+        "bzimage": BZIMAGE,
         "initrd": "initrd.img",
         "cmdline": BASE_CMDLINE,
         "ready_marker": READY_MARKER,
@@ -960,7 +961,7 @@ def _build_into(
         "build_time_s": round(time.monotonic() - started, 2),
         "sizes": {
             "kernel_bytes": (work / kernel_file).stat().st_size,
-            "bzimage_bytes": (work / "vmlinuz").stat().st_size,
+            "bzimage_bytes": (work / BZIMAGE).stat().st_size,
             "vmlinux_bytes": (work / "vmlinux").stat().st_size if kernel_file == "vmlinux" else 0,
             "initrd_bytes": (work / "initrd.img").stat().st_size,
             **content,

@@ -47,6 +47,7 @@ from vmlab.guest.cloudinit import generate_host_key
 from vmlab.guest.cpio import NewcWriter
 from vmlab.guest.image import (
     BASE_CMDLINE,
+    BZIMAGE,
     DEFAULT_GW,
     DEFAULT_IP,
     FAILED_MARKER,
@@ -54,6 +55,7 @@ from vmlab.guest.image import (
     READY_MARKER,
     GuestImage,
     _apt_show,
+    _images_dir,
     _install,
     _locked,
     _run,
@@ -125,6 +127,7 @@ class RootfsImage:
     base: Path  # the qcow2 base: never written, guests boot overlays of it
     base_format: str
     kernel: Path
+    bzimage: Path  # the same kernel as a bzImage, in the default image it came from
     initrd: Path
     cmdline: str  # base kernel cmdline (root=...), without vmlab.authkey
     ready_marker: str | None  # None for the cloud variant: the seed's bootcmd prints one
@@ -283,6 +286,7 @@ def _load(root: Path) -> RootfsImage | None:
             base=root / manifest["base"],
             base_format=manifest["base_format"],
             kernel=root / manifest["kernel"],
+            bzimage=_images_dir(root.parent.parent) / manifest["default_image"] / BZIMAGE,
             initrd=root / manifest["initrd"],
             cmdline=manifest["cmdline"],
             ready_marker=manifest["ready_marker"],
