@@ -40,13 +40,13 @@ import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface
 from pathlib import Path
 
 import jinja2
 
 from vmlab.errors import SpecError
 from vmlab.net.lab import LabNic
+from vmlab.net.netns import host_side_name
 from vmlab.plan import Case
 from vmlab.qemuopts import qemu_quote
 from vmlab.render import (
@@ -61,7 +61,7 @@ from vmlab.render import (
     pci_slot,
 )
 from vmlab.resources import templates_dir
-from vmlab.spec import Disk, Guest, Nic
+from vmlab.spec import Disk, Guest
 from vmlab.vfio import libvirt_hostdev
 
 DOMAIN_TEMPLATE = "libvirt/domain.xml.j2"
@@ -76,6 +76,7 @@ LAST_SLOT = 0x1E  # 00:1f.x is q35's ICH9 (LPC, SATA, SMBus)
 HUGEPAGE_KIB = 2048  # the QEMU path's hugetlbsize=2M
 ROOT_DISK_SLOT = 0x0E  # where templates/qemu/guest.argv.j2 puts a rootfs/cloud boot disk
 SEED_SLOT = 0x0F  # ... and the NoCloud seed
+PREVIEW_LAB = "vmlab-LABNET"  # `vmlab render`: stands for the lab network made at launch
 
 # libvirt <iotune> element per Throttle field (the QEMU path uses x-iops-total etc.)
 _IOTUNE = (
@@ -315,45 +316,33 @@ def libvirt_disks(
 
 
 def interfaces(guest: Guest, nics: Sequence[LabNic] | None) -> list[Interface]:
-    """The guest's lab NICs as libvirt interfaces, in spec order, at the QEMU launcher's slots."""
-    if not guest.nics:
-        return []
-    if nics is None:
-        nics = [_preview_nic(spec, i) for i, spec in enumerate(guest.nics)]
-    if len(nics) != len(guest.nics) or not all(n.host_side for n in nics):
+    """The guest's lab NICs as libvirt interfaces, in spec order, at the QEMU launcher's slots.
+
+    ``nics`` None (``vmlab render``): placeholder names, as the lab network is made at launch.
+    """
+    if nics is not None and (len(nics) != len(guest.nics) or any(n.fds for n in nics)):
         raise ValueError("libvirt attaches lab NICs on host-side ports: use add_host_port")
-    return [
-        Interface(
-            alias=f"ua-nic-{nic.netdev_id}",
-            type="bridge" if nic.kind == "tap" else "direct",
-            dev=nic.ifname,
-            mac=nic.mac,
-            model="virtio" if spec.model == "virtio-net-pci" else spec.model,
-            queues=nic.queues,
-            vhost=nic.vhost,
-            slot=FIRST_NIC_SLOT + index,
+    out = []
+    for index, spec in enumerate(guest.nics):
+        if nics is not None:
+            netdev_id, dev, mac = nics[index].netdev_id, nics[index].ifname, nics[index].mac
+        else:
+            prefix = "lb" if spec.attach == "tap" else "lm"
+            netdev_id, dev = f"lab{index}", host_side_name(prefix, PREVIEW_LAB)
+            mac = mac_address(f"{PREVIEW_LAB}/{spec.name}")
+        out.append(
+            Interface(
+                alias=f"ua-nic-{netdev_id}",
+                type="bridge" if spec.attach == "tap" else "direct",
+                dev=dev,
+                mac=mac,
+                model="virtio" if spec.model == "virtio-net-pci" else spec.model,
+                queues=spec.queues,
+                vhost=spec.vhost,
+                slot=FIRST_NIC_SLOT + index,
+            )
         )
-        for index, (spec, nic) in enumerate(zip(guest.nics, nics, strict=True))
-    ]
-
-
-def _preview_nic(spec: Nic, index: int) -> LabNic:
-    """What `vmlab render` shows for a lab NIC (names and addresses are made at launch)."""
-    lab = "vmlab-LABNET"
-    return LabNic(
-        guest="preview",
-        kind=spec.attach,
-        netdev_id=f"lab{index}",
-        ifname=f"{'lb' if spec.attach == 'tap' else 'lm'}-LABNET",
-        netns=lab,
-        mac=mac_address(f"{lab}/{spec.name}"),
-        fds=(),
-        address=IPv4Interface(f"10.255.255.{10 + index}/24"),
-        gateway=IPv4Interface("10.255.255.1/24"),
-        vhost=spec.vhost,
-        host_side=True,
-        host_queues=spec.queues,
-    )
+    return out
 
 
 def boot_disks(boot: BootImage, disks: Sequence[LibvirtDisk]) -> list[BootDisk]:

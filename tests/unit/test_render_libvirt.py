@@ -95,7 +95,6 @@ def fixed_nics(case: Case) -> list[LabNic]:
             address=IPv4Interface(f"10.9.0.{10 + index}/24"),
             gateway=IPv4Interface("10.9.0.1/24"),
             vhost=spec.vhost,
-            host_side=True,
             host_queues=spec.queues,
         )
         for index, spec in enumerate(case.variant.guest.nics)

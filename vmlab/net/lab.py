@@ -150,9 +150,8 @@ class LabNic:
     address: IPv4Interface  # for the guest to configure on this NIC
     gateway: IPv4Interface
     vhost: bool
-    # A NIC libvirt attaches itself (no fds): ``ifname`` is then a device in the host
+    # A NIC libvirt attaches itself has no fds: ``ifname`` is then a device in the host
     # namespace, the lab's host-side bridge (tap) or macvtap parent, with no address on it.
-    host_side: bool = False
     host_queues: int = 1
 
     @property
@@ -382,7 +381,6 @@ class LabNetwork:
                 address=self.addresses.guest(index),
                 gateway=self.addresses.gateway,
                 vhost=vhost,
-                host_side=True,
                 host_queues=queues,
             )
         )
