@@ -92,7 +92,7 @@ class RbdTarget:
     image: str
     conf: Path
     user: str
-    keyring: Path | None = None  # where the client's key is (the libvirt launcher reads it)
+    keyring: Path  # where the client's key is (the libvirt launcher reads it)
 
 
 @dataclass(frozen=True)

@@ -430,12 +430,11 @@ class LibvirtLauncher:
         _refuse_existing(conn, rendered.name)
         with contextlib.ExitStack() as secrets:
             for usage, rbd in rendered.secrets:
-                keyring = rbd.keyring or Path(f"/etc/ceph/ceph.client.{rbd.user}.keyring")
                 secrets.enter_context(
                     lab_secret(
                         conn,
                         usage_name=usage,
-                        value=read_key(keyring, f"client.{rbd.user}"),
+                        value=read_key(rbd.keyring, f"client.{rbd.user}"),
                         owner=runtime.owner,
                     )
                 )
