@@ -418,9 +418,9 @@ class Bench:
 
     @staticmethod
     def _add_nic(lab: LabNetwork, launcher: Launcher, case: Case, nic: Nic) -> LabNic:
-        """QEMU gets tap or macvtap fds opened in the lab namespace; libvirt makes its own tap
-        or macvtap in the host namespace, on a host-side port of the lab network."""
-        if launcher.name == "libvirt":
+        """Fds opened in the lab namespace, or a host-side port for a launcher that makes its own
+        tap or macvtap (libvirt)."""
+        if launcher.host_side_nics:
             return lab.add_host_port(case.id, nic.attach, queues=nic.queues, vhost=nic.vhost)
         add = lab.add_tap if nic.attach == "tap" else lab.add_macvtap
         return add(case.id, queues=nic.queues, vhost=nic.vhost)

@@ -39,6 +39,9 @@ class RunningGuest(Protocol):
 
 class Launcher(Protocol):
     name: str
+    # False: lab NICs come as tap/macvtap fds opened in the lab namespace (QEMU inherits them).
+    # True: the launcher makes its own tap/macvtap on a host-side port of the lab network.
+    host_side_nics: bool
 
     def launch(self, request: LaunchRequest) -> AbstractContextManager[RunningGuest]:
         """Boot the guest and wait for its serial marker; stop it on exit, on every path."""

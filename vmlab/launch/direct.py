@@ -51,6 +51,7 @@ class QemuLauncher:
     """Runs qemu-system-x86_64 directly. Retries with a new port if the one picked was taken."""
 
     name = "qemu"
+    host_side_nics = False
 
     def __init__(self, qemu: str) -> None:
         self.qemu = qemu

@@ -329,6 +329,7 @@ class LibvirtLauncher:
     """Boots each case as a libvirt domain (defined, started, undefined on exit)."""
 
     name = "libvirt"
+    host_side_nics = True
 
     def __init__(
         self,
