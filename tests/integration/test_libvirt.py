@@ -558,10 +558,8 @@ net_jobs:
         assert iface.attrib["type"] == kind
         record = json.loads((run / "cases" / case / "network.json").read_text())
         assert iface.find("mac").attrib["address"] == record["nics"][0]["mac"]
-    assert (
-        got[("tap-queues-2", "tx")]
-        and "queues='2'" in (run / "cases" / "tap-queues-2" / "domain.xml").read_text()
-    )
+        if case == "tap-queues-2":  # what libvirt accepted, not only what vmlab rendered
+            assert iface.find("driver").attrib["queues"] == "2"
     host_side = {k: v for k, v in seen.items() if k.startswith(("lb-", "lh-", "lm-"))}
     assert host_side, f"no host-side lab port seen while a guest ran: {sorted(seen)}"
     assert all(addrs == [] for addrs in host_side.values()), host_side

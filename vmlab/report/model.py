@@ -263,7 +263,7 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
     """One run's view; ``curves=False`` skips reading the fio percentiles (faster)."""
     cells = run.cells()
     limits = limit_cases([c.case_id for c in run.cases])
-    limit = HOST_BASELINE if run.case(HOST_BASELINE) is not None else None
+    limit = HOST_BASELINE if HOST_BASELINE in limits else None  # a one-host run's limit
     stats: dict[tuple[str, str], dict[str, CellStats]] = {
         key: {m: describe(v, options) for m, v in values.items() if v}
         for key, values in cells.items()
