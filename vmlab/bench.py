@@ -21,17 +21,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vmlab import __version__
+from vmlab.accel import cache_key, remember
 from vmlab.ceph.cluster import MicroCluster
 from vmlab.ceph.info import ClusterInfo
 from vmlab.disks import ScratchDisks, local_source, scratch_disks, served_disks
-from vmlab.errors import GuestError, HostError, ResultError, VmlabError
+from vmlab.errors import AccelError, GuestError, HostError, ResultError, VmlabError
 from vmlab.fio.jobs import fio_command, fio_timeout_s, render_job
 from vmlab.fio.parse import parse_fio_output, summarize
 from vmlab.guest.boot import BootPlan, plan_boot
 from vmlab.guest.cloudinit import check_instance_id, wait_cloud_init
 from vmlab.guest.image import GuestImage
 from vmlab.guest.ssh import GuestSSH, lab_key, public_line, wait_banner
-from vmlab.host import HostFacts, pick_accel, require_qemu
+from vmlab.host import AccelSwitch, HostFacts, pick_accel, require_qemu
 from vmlab.launch.base import Launcher, LaunchRequest
 from vmlab.launch.direct import QemuLauncher
 from vmlab.launch.libvirt import LibvirtLauncher
@@ -70,6 +71,9 @@ class BenchEvents(Protocol):
         self, case: Case, job: str, repetition: int, metrics: dict[str, float]
     ) -> None: ...
     def case_finished(self, case: Case, status: str, error: str | None) -> None: ...
+    def notice(self, text: str) -> None:
+        """Something the person running the bench must not miss (the run switched to TCG)."""
+        ...
 
 
 class QuietEvents:
@@ -86,6 +90,9 @@ class QuietEvents:
 
     def case_finished(self, case: Case, status: str, error: str | None) -> None:
         log.info("%s: %s %s", case.id, status, error or "")
+
+    def notice(self, text: str) -> None:
+        log.warning("%s", text)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ class BenchOutcome:
     cases: list[Case]
     failed: dict[str, str] = field(default_factory=dict)
     results: list[JobOutcome] = field(default_factory=list)
+    accel_switch: AccelSwitch | None = None  # the run started under KVM and went on under TCG
 
     @property
     def ok(self) -> bool:
@@ -168,8 +176,11 @@ def find_disks(case: Case, seen: dict[str, dict[str, Any]]) -> dict[str, str]:
     return devices
 
 
-def case_done(case_dir: CaseDir) -> bool:
-    return case_dir.status().get("status") == "ok"
+def case_done(case_dir: CaseDir, accel: str | None = None) -> bool:
+    """The case finished in an earlier attempt, under ``accel`` when one is given (a run never
+    mixes accelerators: a case done under KVM runs again once the run has switched to TCG)."""
+    status = case_dir.status()
+    return status.get("status") == "ok" and (accel is None or status.get("accel", accel) == accel)
 
 
 class Bench:
@@ -191,6 +202,9 @@ class Bench:
         self.events: BenchEvents = events or QuietEvents()
         self.key = lab_key(options.lab_key_path)
         self.guest_ceph: GuestCeph | None = None  # the current case's in-guest Ceph client
+        # The accelerator of every case that leaves it to vmlab (accel: auto): the probe's
+        # verdict, until a real guest shows KVM failing; then TCG for the whole run.
+        self.accel = facts.accel
         self.launchers: dict[str, Launcher] = {
             "qemu": QemuLauncher(require_qemu(facts)),
             "libvirt": LibvirtLauncher(options.libvirt_uri),
@@ -217,6 +231,8 @@ class Bench:
             cases, self.facts, accel_override=self.options.accel, baseline=self.spec.baseline
         )
         run = resume or self._new_run()
+        if resume is not None:
+            self._resume_accel(run)
         outcome = BenchOutcome(run=run, cases=cases)
         run.set_status(
             "running", started=now_iso(), cases=[c.id for c in cases], unsupported=skipped
@@ -226,14 +242,10 @@ class Bench:
             with scratch_disks(run.run_id) as scratch:
                 if self.spec.baseline:
                     self._run_baseline(run, cases, scratch, outcome)
-                for index, case in enumerate(cases, start=1):
-                    case_dir = run.case(case.id)
-                    if resume is not None and case_done(case_dir):
-                        self.events.case_finished(case, "skipped", "finished in an earlier run")
-                        outcome.results.extend(self._stored(case, case_dir))
-                        continue
-                    self.events.case_started(case, index, len(cases))
-                    self._run_case(case, case_dir, scratch, outcome)
+                failure = self._run_cases(run, cases, scratch, outcome, resume=resume is not None)
+                if failure is not None:  # KVM failed under a real guest: all again under TCG
+                    self._switch_to_tcg(run, failure, outcome)
+                    self._run_cases(run, cases, scratch, outcome, resume=True)
             status = "complete" if outcome.ok else "failed"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -244,6 +256,87 @@ class Bench:
             )
             self._index(run)  # after the final status, so the index records it
         return outcome
+
+    def _run_cases(
+        self,
+        run: RunDir,
+        cases: Sequence[Case],
+        scratch: ScratchDisks,
+        outcome: BenchOutcome,
+        *,
+        resume: bool,
+    ) -> tuple[Case, AccelError] | None:
+        """Every case in turn; stops at the first whose guest KVM failed under, when the run
+        may still fall back to TCG (and returns it)."""
+        for index, case in enumerate(cases, start=1):
+            case_dir = run.case(case.id)
+            accel, _ = self._case_accel(case)
+            if resume and case_done(case_dir, accel):
+                self.events.case_finished(case, "skipped", "finished in an earlier run")
+                outcome.results.extend(self._stored(case, case_dir))
+                continue
+            self.events.case_started(case, index, len(cases))
+            failure = self._run_case(case, case_dir, scratch, outcome)
+            if failure is not None:
+                return case, failure
+        return None
+
+    def _case_accel(self, case: Case) -> tuple[str, bool]:
+        """The case's accelerator, and whether vmlab chose it (and so may fall back to TCG).
+        One given by the user (--accel, or accel: in the spec) is honoured, never replaced."""
+        wanted = self.options.accel or case.variant.accel
+        if wanted != "auto":
+            return pick_accel(self.facts, wanted), False
+        return self.accel, self.accel == "kvm"
+
+    def _resume_accel(self, run: RunDir) -> None:
+        """A resumed run keeps the accelerator its finished cases ran under, if it still works
+        here; a run that had switched to TCG stays on TCG."""
+        try:
+            stored = HostFacts.model_validate(run.read_json("host.json"))
+        except (VmlabError, ValueError):
+            return
+        if stored.accel == "tcg" or self.facts.accel == "kvm":
+            self.accel = stored.accel
+            self.facts = self.facts.model_copy(
+                update={
+                    "accel": stored.accel,
+                    "accel_reason": stored.accel_reason,
+                    "accel_switch": stored.accel_switch,
+                }
+            )
+
+    def _switch_to_tcg(
+        self, run: RunDir, failure: tuple[Case, AccelError], outcome: BenchOutcome
+    ) -> None:
+        """Record why, in the run's host facts and the accelerator cache, and say so loudly.
+        Cases already measured under KVM are measured again (their KVM results are kept under
+        attempts/), so a comparison never mixes KVM and TCG."""
+        case, error = failure
+        switch = AccelSwitch(
+            case=case.id, error=error.detail, probed_reason=self.facts.accel_reason, at=now_iso()
+        )
+        reason = f"KVM failed under the guest of case {case.id} ({error.detail}); switched to TCG"
+        self.facts = self.facts.model_copy(
+            update={"accel": "tcg", "accel_reason": reason, "accel_switch": switch}
+        )
+        self.accel = "tcg"
+        run.replace_host_facts(self.facts.model_dump(mode="json"))
+        if self.facts.qemu is not None:
+            remember(
+                cache_key(self.facts.qemu, self.facts.qemu_version, self.image.kernel),
+                "tcg",
+                f"/dev/kvm exists but a run saw the guest kernel fail under it: {error.detail}",
+            )
+        outcome.accel_switch = switch
+        kept = {BASELINE_ID}
+        outcome.results = [r for r in outcome.results if r.case_id in kept]
+        outcome.failed = {k: v for k, v in outcome.failed.items() if k in kept}
+        self.events.notice(
+            f"KVM failed under the first real guest ({case.id}: {error.detail}). The probe had "
+            f"said: {switch.probed_reason}. Every case of this run now runs under TCG, from the "
+            "first; the switch is recorded in host.json."
+        )
 
     def _index(self, run: RunDir) -> None:
         """Keep the SQLite index in step; the files are the truth, so a failure only warns."""
@@ -280,7 +373,9 @@ class Bench:
     # -- one case ------------------------------------------------------------------------
     def _run_case(
         self, case: Case, case_dir: CaseDir, scratch: ScratchDisks, outcome: BenchOutcome
-    ) -> None:
+    ) -> AccelError | None:
+        """One case, recorded as ok or failed; returns the KVM failure instead when the case's
+        accelerator was vmlab's choice (the run then falls back to TCG)."""
         if case_dir.path.exists():  # resumed after a failure or interrupt: keep what it left
             attempts = case_dir.path.parent.parent / "attempts"
             attempts.mkdir(exist_ok=True)
@@ -294,31 +389,50 @@ class Bench:
                 "variant": case.variant.model_dump(mode="json"),
             },
         )
-        case_dir.set_status("running", started=now_iso())
+        accel, may_fall_back = self._case_accel(case)
+        case_dir.set_status("running", started=now_iso(), accel=accel)
         timings: dict[str, float] = {}
         try:
-            self._boot_and_measure(case, case_dir, scratch, outcome, timings)
-        except VmlabError as exc:
-            outcome.failed[case.id] = str(exc)
+            self._boot_and_measure(case, case_dir, accel, scratch, outcome, timings)
+        except AccelError as exc:
+            if not may_fall_back:
+                self._case_failed(case, case_dir, outcome, exc, timings)
+                return None
+            outcome.results = [r for r in outcome.results if r.case_id != case.id]
             case_dir.set_status("failed", error=str(exc), hint=exc.hint, timings=timings)
-            self.events.case_finished(case, "failed", str(exc))
-            return
+            return exc
+        except VmlabError as exc:
+            self._case_failed(case, case_dir, outcome, exc, timings)
+            return None
         except KeyboardInterrupt:
             case_dir.set_status("interrupted", timings=timings)
             raise
         case_dir.set_status("ok", finished=now_iso(), timings=timings)
         self.events.case_finished(case, "ok", None)
+        return None
+
+    def _case_failed(
+        self,
+        case: Case,
+        case_dir: CaseDir,
+        outcome: BenchOutcome,
+        exc: VmlabError,
+        timings: dict[str, float],
+    ) -> None:
+        outcome.failed[case.id] = str(exc)
+        case_dir.set_status("failed", error=str(exc), hint=exc.hint, timings=timings)
+        self.events.case_finished(case, "failed", str(exc))
 
     def _boot_and_measure(
         self,
         case: Case,
         case_dir: CaseDir,
+        accel: str,
         scratch: ScratchDisks,
         outcome: BenchOutcome,
         timings: dict[str, float],
     ) -> None:
         guest = case.variant.guest
-        accel = pick_accel(self.facts, self.options.accel or case.variant.accel)
         deadlines = Deadlines.for_accel(accel, self.options.timeout_scale)
         nonce = secrets.token_hex(8)
         self.guest_ceph = None

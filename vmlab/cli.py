@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -226,6 +227,9 @@ class RichEvents:
         else:
             self.progress.console.print(f"[green]✓[/] {case.id}")
 
+    def notice(self, text: str) -> None:
+        self.progress.console.print(f"[bold yellow]! {escape(text)}[/]")
+
 
 class PlainEvents:
     """One line per event, for CI logs."""
@@ -245,6 +249,9 @@ class PlainEvents:
 
     def case_finished(self, case: Any, status: str, error: str | None) -> None:
         print(f"  {case.id}: {status}{': ' + error if error else ''}", flush=True)
+
+    def notice(self, text: str) -> None:
+        print(f"WARNING: {text}", flush=True)
 
 
 def _print_network_table(results: list[Any]) -> None:
@@ -309,7 +316,13 @@ def bench(
         typer.Option("--runtime", min=1, help="seconds per fio job (overrides the spec)"),
     ] = None,
     results: Annotated[Path, typer.Option(help="where run directories go")] = Path("results"),
-    accel: Annotated[str | None, typer.Option(help="force kvm or tcg")] = None,
+    accel: Annotated[
+        str | None,
+        typer.Option(
+            help="force kvm or tcg (default: KVM only where a guest kernel boots under it; a "
+            "run whose guest KVM fails under switches to TCG)"
+        ),
+    ] = None,
     timeout_scale: Annotated[float, typer.Option(help="multiply every deadline")] = 1.0,
     resume: Annotated[Path | None, typer.Option(help="finish an interrupted run directory")] = None,
     ci: Annotated[bool, typer.Option("--ci", help="plain logs, no progress bars")] = False,
@@ -343,23 +356,24 @@ def bench(
         spec = resumed.spec()
     else:
         spec = _load(spec_path, runtime)
-    facts = check_host()
-    if facts.qemu is None:
+    if shutil.which("qemu-system-x86_64") is None:
         raise VmlabError(
             "qemu-system-x86_64 is not installed", hint="apt-get install qemu-system-x86 qemu-utils"
         )
     plain = ci or not sys.stdout.isatty()
+    # The image first: its kernel is what KVM must boot to be chosen.
+    image = build_image(
+        progress=(lambda m: print(f"image: {m}", flush=True))
+        if plain
+        else (lambda m: err.print(f"[dim]image: {m}[/]"))
+    )
+    facts = check_host(kernel=image.kernel)
     if plain:
         print(f"host: QEMU {facts.qemu_version}, accel {facts.accel} ({facts.accel_reason})")
     else:
         out.print(
             f"host: QEMU {facts.qemu_version}, accel [bold]{facts.accel}[/] ({facts.accel_reason})"
         )
-    image = build_image(
-        progress=(lambda m: print(f"image: {m}", flush=True))
-        if plain
-        else (lambda m: err.print(f"[dim]image: {m}[/]"))
-    )
     if launcher not in (None, "qemu", "libvirt"):
         raise typer.BadParameter("expected qemu or libvirt", param_hint="--launcher")
     options = BenchOptions(
@@ -404,6 +418,12 @@ def bench(
         err.print(f"[yellow]{INTERRUPTED}[/]")
         raise typer.Exit(130) from None
     _print_table(outcome, f"{spec.name}: {outcome.run.path}")
+    if outcome.accel_switch is not None:
+        switch = outcome.accel_switch
+        err.print(
+            f"[bold yellow]accel: every case ran under TCG[/]: KVM failed under "
+            f"{switch.case} ({escape(switch.error)}); recorded in {outcome.run.path}/host.json"
+        )
     if junit is not None:
         from vmlab.report.bench_junit import bench_junit, write_bench_junit
 
@@ -432,9 +452,17 @@ def host_check(
     probe: Annotated[bool, typer.Option(help="boot a probe guest to test KVM")] = True,
 ) -> None:
     """QEMU version, the accelerator that really works, and what is missing."""
+    from vmlab.guest.image import build_image, find_image
     from vmlab.host import check_host
 
-    facts = check_host(probe=probe, use_cache=False)
+    kernel = None
+    if probe:  # KVM is proven with the guest kernel vmlab boots: build it if there is none
+        try:
+            image = find_image() or build_image(progress=lambda m: err.print(f"[dim]image: {m}[/]"))
+            kernel = image.kernel
+        except VmlabError as exc:
+            err.print(f"[yellow]cannot build the guest image to probe KVM with:[/] {exc}")
+    facts = check_host(probe=probe, use_cache=False, kernel=kernel)
     if json_out:
         print(facts.model_dump_json(indent=2))
         return
@@ -443,7 +471,8 @@ def host_check(
         f"QEMU          {facts.qemu_version or '[red]not installed[/]'}"
         f"{'  (' + facts.qemu + ')' if facts.qemu else ''}"
     )
-    out.print(f"accelerator   [bold]{facts.accel}[/]: {facts.accel_reason}")
+    out.print(f"accelerator   [bold]{facts.accel}[/]: {escape(facts.accel_reason)}")
+    out.print(f"KVM           {escape(facts.kvm_note)}")
     out.print(f"fio (host)    {facts.fio_version or 'not installed'}")
     out.print(f"hugepages 2M  {facts.hugepages_2m_free} free of {facts.hugepages_2m_total}")
     out.print(f"IOMMU groups  {facts.iommu_groups}")

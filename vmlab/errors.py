@@ -86,6 +86,21 @@ class LaunchError(VmlabError):
         return self.message if self.log is None else f"{self.message}\nlog: {self.log}"
 
 
+class AccelError(LaunchError):
+    """The accelerator failed under a running guest: QEMU under KVM aborted, stopped with a KVM
+    internal error, or the guest printed nothing at all. ``detail`` is QEMU's own line."""
+
+    def __init__(self, message: str, *, accel: str, detail: str, log: Path | None = None) -> None:
+        super().__init__(
+            message,
+            log=log,
+            hint="this /dev/kvm cannot run vmlab's guests: leave the accelerator to vmlab "
+            "(no --accel, accel: auto) and it runs them under TCG",
+        )
+        self.accel = accel
+        self.detail = detail
+
+
 class GuestError(VmlabError):
     """Something inside a running guest failed (SSH, a command, a missing disk)."""
 

@@ -1,15 +1,9 @@
-"""Read-only probes of the host: what QEMU is here, which accelerator really works, what's missing.
-
-/dev/kvm existing proves nothing (a nested hypervisor may expose one that boots no guest), so
-the accelerator is decided by booting a probe guest under KVM with a short deadline: a boot
-sector that prints a marker on the serial port. KVM is chosen only when that marker appears and
-QMP `query-kvm` confirms KVM is enabled; TCG otherwise. The verdict is cached per boot of the
-host and QEMU binary.
+"""Read-only probes of the host: what QEMU is here, which accelerator really works (see
+:mod:`vmlab.accel`), what is missing and how to get it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -23,13 +17,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from vmlab.errors import LaunchError, VmlabError
-from vmlab.launch.qemu import Deadlines, QemuProcess, new_guest_dir
-from vmlab.paths import cache_dir
+from vmlab.accel import Accel, detect_accel, kvm_module, kvm_note
+from vmlab.errors import VmlabError
 
 log = logging.getLogger(__name__)
-
-PROBE_MARKER = "VMLAB-PROBE-OK"
 
 
 class Missing(BaseModel):
@@ -37,6 +28,17 @@ class Missing(BaseModel):
     what: str
     fix: str
     needed_for: str
+
+
+class AccelSwitch(BaseModel):
+    """A run that started under KVM, saw it fail under a real guest, and went on under TCG."""
+
+    model_config = ConfigDict(frozen=True)
+    from_accel: Literal["kvm"] = "kvm"
+    case: str  # the case whose guest KVM failed under
+    error: str  # QEMU's words
+    probed_reason: str  # why the probe had said KVM
+    at: str  # ISO time
 
 
 class HostFacts(BaseModel):
@@ -50,48 +52,17 @@ class HostFacts(BaseModel):
     qemu_img: str | None
     qemu_storage_daemon: str | None
     fio_version: str | None
-    accel: Literal["kvm", "tcg"]
+    accel: Accel
     accel_reason: str
     kvm_device: bool
+    kvm_module: str | None = None  # kvm_intel, kvm_amd or kvm_pvm
+    kvm_note: str = ""  # what this host's KVM is and what it means, in one line
+    accel_switch: AccelSwitch | None = None  # set when a run found KVM failing under a guest
     vhost_net: bool
     iommu_groups: int
     hugepages_2m_total: int
     hugepages_2m_free: int
     missing: list[Missing]
-
-
-def boot_sector() -> bytes:
-    """A 512-byte MBR that writes PROBE_MARKER to COM1 and halts (16-bit real mode)."""
-    msg = (PROBE_MARKER + "\r\n").encode() + b"\0"
-    code = bytes(
-        [
-            0xFA,  # cli
-            0x31,
-            0xC0,  # xor ax, ax
-            0x8E,
-            0xD8,  # mov ds, ax
-            0xBE,
-            0x16,
-            0x7C,  # mov si, 0x7c16 (msg)
-            0xBA,
-            0xF8,
-            0x03,  # mov dx, 0x3f8
-            0xAC,  # loop: lodsb
-            0x84,
-            0xC0,  # test al, al
-            0x74,
-            0x03,  # jz done
-            0xEE,  # out dx, al
-            0xEB,
-            0xF8,  # jmp loop
-            0xF4,  # done: hlt
-            0xEB,
-            0xFD,  # jmp done
-        ]
-    )
-    assert len(code) == 0x16
-    sector = code + msg
-    return sector + b"\0" * (510 - len(sector)) + b"\x55\xaa"
 
 
 def _version(argv: list[str], pattern: str) -> str | None:
@@ -101,96 +72,6 @@ def _version(argv: list[str], pattern: str) -> str | None:
         return None
     match = re.search(pattern, out.stdout + out.stderr)
     return match.group(1) if match else None
-
-
-def probe_accel(qemu: str, accel: str, *, timeout_s: float = 8.0) -> tuple[bool, str]:
-    """Boot the probe sector under `accel`; (True, why) only if it ran and QMP agrees."""
-    guest_dir = new_guest_dir()
-    try:
-        disk = guest_dir / "probe.img"
-        # A one-sector disk is unreadable for SeaBIOS's AHCI driver: pad it to 1 MiB.
-        disk.write_bytes(boot_sector().ljust(1 << 20, b"\0"))
-        serial, qmp = guest_dir / "serial.log", guest_dir / "qmp.sock"
-        cpu = "host" if accel == "kvm" else "max"
-        argv = [
-            qemu,
-            "-machine",
-            f"q35,accel={accel}",
-            "-cpu",
-            cpu,
-            "-m",
-            "64",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-chardev",
-            f"socket,id=qmp,path={qmp},server=on,wait=off",
-            "-mon",
-            "chardev=qmp,mode=control",
-            "-chardev",
-            f"file,id=serial0,path={serial}",
-            "-serial",
-            "chardev:serial0",
-            "-drive",
-            f"file={disk},format=raw,if=ide",
-        ]
-        deadlines = Deadlines(
-            qmp_s=timeout_s, boot_s=timeout_s, banner_s=0, login_s=0, powerdown_s=0.2, quit_s=2.0
-        )
-        try:
-            with QemuProcess(
-                argv,
-                guest_dir=guest_dir,
-                qmp_socket=qmp,
-                serial_log=serial,
-                qemu_log=guest_dir / "qemu.log",
-                deadlines=deadlines,
-            ) as vm:
-                seconds = vm.wait_serial(PROBE_MARKER)
-                enabled = bool(vm.kvm.get("enabled"))
-                if accel == "kvm" and not enabled:
-                    return False, "QMP query-kvm reports KVM not enabled"
-                return True, f"probe guest booted under {accel} in {seconds:.1f} s"
-        except LaunchError as exc:
-            return False, f"probe guest did not boot under {accel}: {exc.message}"
-    finally:
-        shutil.rmtree(guest_dir, ignore_errors=True)
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-def detect_accel(
-    qemu: str,
-    qemu_version: str | None,
-    *,
-    use_cache: bool = True,
-) -> tuple[str, str]:
-    """The accelerator that really boots guests here, and why."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "tcg", "/dev/kvm is absent or not accessible"
-    cache = cache_dir() / "accel.json"
-    key = f"{_boot_id()}:{qemu}:{qemu_version}"
-    if use_cache:
-        try:
-            saved = json.loads(cache.read_text())
-            if saved.get("key") == key:
-                return str(saved["accel"]), str(saved["reason"]) + " (cached for this boot)"
-        except (OSError, ValueError, KeyError):
-            pass
-    ok, why = probe_accel(qemu, "kvm")
-    accel, reason = ("kvm", why) if ok else ("tcg", f"/dev/kvm exists but {why}")
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"key": key, "accel": accel, "reason": reason}))
-    except OSError as exc:
-        log.debug("cannot cache accel verdict: %s", exc)
-    return accel, reason
 
 
 def _hugepages() -> tuple[int, int]:
@@ -211,7 +92,11 @@ def _memory_mib() -> int:
     return 0
 
 
-def check_host(*, probe: bool = True, use_cache: bool = True) -> HostFacts:
+def check_host(
+    *, probe: bool = True, use_cache: bool = True, kernel: Path | None = None
+) -> HostFacts:
+    """What this host has. ``kernel`` is the guest kernel KVM must run to be chosen (default:
+    the cached default image's; without one, KVM cannot be proven and TCG is chosen)."""
     qemu = shutil.which("qemu-system-x86_64")
     qemu_img = shutil.which("qemu-img")
     qsd = shutil.which("qemu-storage-daemon")
@@ -236,10 +121,13 @@ def check_host(*, probe: bool = True, use_cache: bool = True) -> HostFacts:
     if fio is None:
         missing.append(Missing(what="fio", fix="apt-get install fio", needed_for="host baseline"))
     qemu_version = _version([qemu, "--version"], r"version (\S+)") if qemu else None
+    accel: Accel
     if qemu is None:
         accel, reason = "tcg", "QEMU is not installed"
     elif probe:
-        accel, reason = detect_accel(qemu, qemu_version, use_cache=use_cache)
+        accel, reason = detect_accel(
+            qemu, qemu_version, kernel or _default_kernel(), use_cache=use_cache
+        )
     else:
         accel, reason = "tcg", "not probed"
     vhost_net = Path("/dev/vhost-net").exists()
@@ -260,6 +148,8 @@ def check_host(*, probe: bool = True, use_cache: bool = True) -> HostFacts:
             )
         )
     total, free = _hugepages()
+    module = kvm_module()
+    kvm_device = Path("/dev/kvm").exists()
     return HostFacts(
         hostname=socket.gethostname(),
         kernel=platform.release(),
@@ -272,13 +162,22 @@ def check_host(*, probe: bool = True, use_cache: bool = True) -> HostFacts:
         fio_version=_version([fio, "--version"], r"fio-(\S+)") if fio else None,
         accel=accel,
         accel_reason=reason,
-        kvm_device=Path("/dev/kvm").exists(),
+        kvm_device=kvm_device,
+        kvm_module=module,
+        kvm_note=kvm_note(module, accel, kvm_device=kvm_device),
         vhost_net=vhost_net,
         iommu_groups=iommu,
         hugepages_2m_total=total,
         hugepages_2m_free=free,
         missing=missing,
     )
+
+
+def _default_kernel() -> Path | None:
+    from vmlab.guest.image import find_image  # the image module is heavy: only when probing
+
+    image = find_image()
+    return image.kernel if image is not None else None
 
 
 def require_qemu(facts: HostFacts) -> str:
@@ -295,8 +194,9 @@ def pick_accel(facts: HostFacts, wanted: str) -> str:
         return facts.accel
     if wanted == "kvm" and facts.accel != "kvm":
         raise VmlabError(
-            f"the spec asks for KVM, but {facts.accel_reason}",
-            hint="use accel: auto (or tcg), or run on a host where KVM boots guests",
+            f"KVM was asked for (--accel kvm or accel: kvm), but {facts.accel_reason}",
+            hint="leave the accelerator to vmlab (no --accel, accel: auto) and it uses TCG "
+            "here; or run on a host where KVM boots guests",
         )
     return wanted
 

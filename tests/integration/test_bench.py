@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from vmlab.guest.image import GuestImage
+from vmlab.host import check_host
 from vmlab.results.index import default_index_path, list_runs
 
 pytestmark = pytest.mark.integration
@@ -51,11 +52,17 @@ def test_default_lab_prints_a_table_from_three_real_guests(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
+    # No --accel: the verdict is the probe's (TCG on a host whose KVM cannot run the guest
+    # kernel), and the host line says which and why.
+    verdict = check_host(kernel=guest_image.kernel)
+    (host_line,) = [line for line in lines if line.startswith("host:")]
+    assert f"accel {verdict.accel} (" in host_line, host_line
     for case in ("virtio-blk", "virtio-scsi", "nvme"):
         rows = [line for line in lines if line.startswith(f"│ {case} ")]
         assert len(rows) == 2, f"{case}: {rows}"  # latency and throughput
     run = only_run(results)
     assert json.loads((run / "status.json").read_text())["status"] == "complete"
+    assert json.loads((run / "host.json").read_text())["accel"] == verdict.accel
     assert junit.read_text().count("<testcase") == 6 and "<failure" not in junit.read_text()
     (indexed,) = list_runs(default_index_path(results))  # indexed after its final status
     assert (indexed.id, indexed.status, indexed.cases) == (run.name, "complete", 3)

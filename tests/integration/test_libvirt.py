@@ -279,10 +279,8 @@ jobs:
 """
     )
     results = Path(lab_env["RESULTS"])
-    options = BenchOptions(
-        results_root=results, accel="tcg", lab_key_path=Path(lab_env["VMLAB_STATE"]) / "key"
-    )
-    bench = Bench(spec, facts=check_host(probe=False), image=guest_image, options=options)
+    options = BenchOptions(results_root=results, lab_key_path=Path(lab_env["VMLAB_STATE"]) / "key")
+    bench = Bench(spec, facts=check_host(), image=guest_image, options=options)
     bench.launchers["libvirt"] = LibvirtLauncher(libvirtd)
     outcome = bench.run()
     assert outcome.ok, outcome.failed
@@ -322,10 +320,9 @@ jobs:
     spec = parse_spec(yaml.safe_load(text), source=text)
     options = BenchOptions(
         results_root=Path(lab_env["RESULTS"]),
-        accel="tcg",
         lab_key_path=Path(lab_env["VMLAB_STATE"]) / "key",
     )
-    bench = Bench(spec, facts=check_host(probe=False), image=guest_image, options=options)
+    bench = Bench(spec, facts=check_host(), image=guest_image, options=options)
     bench.launchers["libvirt"] = LibvirtLauncher(libvirtd)
     outcome = bench.run()
     assert outcome.ok, outcome.failed
@@ -349,11 +346,10 @@ jobs:
 def _bench(spec: BenchSpec, image: GuestImage, env: dict[str, str], uri: str) -> Bench:
     options = BenchOptions(
         results_root=Path(env["RESULTS"]),
-        accel="tcg",
         lab_key_path=Path(env["VMLAB_STATE"]) / "key",
         timeout_scale=2,
     )
-    bench = Bench(spec, facts=check_host(probe=False), image=image, options=options)
+    bench = Bench(spec, facts=check_host(), image=image, options=options)
     bench.launchers["libvirt"] = LibvirtLauncher(uri)
     return bench
 

@@ -67,7 +67,7 @@ guest:
         )
     text = str(err.value)
     for expected in (
-        "asks for KVM, but probe",
+        "KVM was asked for (--accel kvm or accel: kvm), but probe",
         "needs 512 free 2 MiB hugepages, the host has 10 free of 10",
         "echo 512 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
         "pinning names host CPUs [4096]",

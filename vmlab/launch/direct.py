@@ -105,6 +105,7 @@ class QemuLauncher:
                 qemu_log=case_dir.file(f"qemu{suffix}.log"),
                 deadlines=request.deadlines,
                 pass_fds=[fd for nic in request.nics for fd in nic.fds],
+                accel=request.accel,
             ) as vm:
                 guest = QemuGuest("127.0.0.1", runtime.ssh_port, vm.started_at)
                 guest.timings["qmp_s"] = time.monotonic() - vm.started_at

@@ -36,6 +36,7 @@ from vmlab.ceph.info import read_key
 from vmlab.errors import HostError, LaunchError
 from vmlab.launch.base import LaunchRequest
 from vmlab.launch.direct import PORT_ATTEMPTS, free_port
+from vmlab.launch.watch import check_kvm, wait_marker
 from vmlab.render_libvirt import (
     NAME_PREFIX,
     OWNER_NS,
@@ -455,6 +456,7 @@ class LibvirtLauncher:
         lv = libvirt_module()
         case_dir = request.case_dir
         serial_log = runtime.serial_log
+        qemu_log = self.qemu_log_dir / f"{rendered.name}.log"  # QEMU's stderr, live
         t0 = time.monotonic()
         try:
             domain = conn.defineXML(rendered.xml)
@@ -468,6 +470,7 @@ class LibvirtLauncher:
             try:
                 domain.create()
             except lv.libvirtError as exc:
+                check_kvm(request.accel, qemu_log, "as libvirt started the domain")
                 raise LaunchError(
                     f"libvirt could not start {rendered.name}: {exc}", log=serial_log
                 ) from exc
@@ -484,6 +487,8 @@ class LibvirtLauncher:
                 failed=request.failed_marker,
                 started_at=started_at,
                 timeout_s=request.deadlines.boot_s,
+                accel=request.accel,
+                qemu_log=qemu_log,
             )
             yield guest
         finally:
@@ -542,29 +547,26 @@ def _wait_serial(
     failed: str | None,
     started_at: float,
     timeout_s: float,
+    accel: str,
+    qemu_log: Path,
 ) -> float:
     """Wait for ``marker`` on the serial console; returns seconds since the domain started."""
-    deadline = time.monotonic() + timeout_s
-    needle, bad = marker.encode(), failed.encode() if failed else None
-    while True:
-        data = serial_log.read_bytes() if serial_log.exists() else b""
-        if needle in data:
-            return time.monotonic() - started_at
-        if bad and bad in data:
-            line = data[data.index(bad) :].split(b"\n", 1)[0].decode(errors="replace")
-            raise LaunchError(f"guest init failed: {line.strip()}", log=serial_log)
-        if b"Kernel panic" in data:
-            raise LaunchError("guest kernel panicked", log=serial_log)
+
+    def check_alive(when: str) -> None:
         if not domain.isActive():
             raise LaunchError(
-                f"domain {domain.name()} stopped before the guest printed {marker}",
+                f"domain {domain.name()} stopped {when}",
                 log=serial_log,
                 hint="read qemu.log in the case directory (libvirt's QEMU log)",
             )
-        if time.monotonic() > deadline:
-            raise LaunchError(
-                f"guest did not print {marker} within {timeout_s:.0f} s",
-                log=serial_log,
-                hint="read the serial log; under TCG try --timeout-scale 2",
-            )
-        time.sleep(0.1)
+
+    return wait_marker(
+        serial_log,
+        marker,
+        failed=failed,
+        timeout_s=timeout_s,
+        started_at=started_at,
+        accel=accel,
+        qemu_log=qemu_log,
+        check_alive=check_alive,
+    )

@@ -26,6 +26,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from vmlab.errors import LaunchError
+from vmlab.launch.watch import check_kvm, wait_marker
 from vmlab.paths import runtime_dir
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,10 @@ class QemuProcess:
         deadlines: Deadlines,
         kind: Literal["vm", "daemon"] = "vm",
         pass_fds: Sequence[int] = (),
+        accel: str = "tcg",
     ) -> None:
         self.pass_fds = tuple(pass_fds)
+        self.accel = accel  # under kvm, QEMU's log is watched for KVM failures
         self.argv = argv
         self.kind = kind
         self.guest_dir = guest_dir
@@ -201,6 +204,7 @@ class QemuProcess:
 
     def _check_running(self, when: str) -> None:
         if self.proc is not None and self.proc.poll() is not None:
+            check_kvm(self.accel, self.qemu_log, when)
             tail = self.qemu_log.read_text(errors="replace").strip().splitlines()[-5:]
             detail = "; ".join(tail) or "no output"
             raise LaunchError(
@@ -213,26 +217,16 @@ class QemuProcess:
         self, marker: str, *, failed: str | None = None, timeout_s: float | None = None
     ) -> float:
         """Wait until `marker` appears on the serial console; returns seconds since launch."""
-        timeout_s = self.deadlines.boot_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + timeout_s
-        needle, bad = marker.encode(), failed.encode() if failed else None
-        while True:
-            data = self.serial_log.read_bytes() if self.serial_log.exists() else b""
-            if needle in data:
-                return time.monotonic() - self.started_at
-            if bad and bad in data:
-                line = data[data.index(bad) :].split(b"\n", 1)[0].decode(errors="replace")
-                raise LaunchError(f"guest init failed: {line.strip()}", log=self.serial_log)
-            if b"Kernel panic" in data:
-                raise LaunchError("guest kernel panicked", log=self.serial_log)
-            self._check_running(f"before the guest printed {marker}")
-            if time.monotonic() > deadline:
-                raise LaunchError(
-                    f"guest did not print {marker} within {timeout_s:.0f} s",
-                    log=self.serial_log,
-                    hint="read the serial log; under TCG try --timeout-scale 2",
-                )
-            time.sleep(0.1)
+        return wait_marker(
+            self.serial_log,
+            marker,
+            failed=failed,
+            timeout_s=self.deadlines.boot_s if timeout_s is None else timeout_s,
+            started_at=self.started_at,
+            accel=self.accel,
+            qemu_log=self.qemu_log,
+            check_alive=self._check_running,
+        )
 
     @property
     def pid(self) -> int | None:

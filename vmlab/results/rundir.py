@@ -8,7 +8,9 @@
       attempts/<case-id>.<n>/   what an interrupted or failed case left before a --resume
 
 Artifacts are created exclusively: a second write to the same name is a bug and raises.
-Only status.json files change, and they are replaced atomically.
+Only status.json files change, and they are replaced atomically; so is host.json, once, when
+a run finds at run time that KVM fails under its guests and switches to TCG (the switch is
+recorded inside it).
 """
 
 from __future__ import annotations
@@ -68,16 +70,21 @@ class ArtifactDir:
         except (OSError, ValueError) as exc:
             raise ResultError(f"cannot read {name}: {exc}", path=target) from exc
 
+    def _replace_json(self, name: str, data: Any) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_text(_dump(data))
+        tmp.replace(self.path / name)
+
     def set_status(self, status: str, **fields: Any) -> None:
         """Replace status.json atomically (the one file that changes during a run).
 
         Fields given before (such as `started`) are kept unless given again.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
         previous = self.status() if (self.path / "status.json").exists() else {}
-        tmp = self.path / ".status.json.tmp"
-        tmp.write_text(_dump({**previous, "status": status, "updated": now_iso(), **fields}))
-        tmp.replace(self.path / "status.json")
+        self._replace_json(
+            "status.json", {**previous, "status": status, "updated": now_iso(), **fields}
+        )
 
     def status(self) -> dict[str, Any]:
         try:
@@ -134,6 +141,10 @@ class RunDir(ArtifactDir):
                 path=self.path,
                 hint="was it written by another vmlab version?",
             ) from exc
+
+    def replace_host_facts(self, facts: Any) -> None:
+        """host.json again, after the run switched accelerator (see the module docstring)."""
+        self._replace_json("host.json", facts)
 
     def case(self, case_id: str) -> CaseDir:
         return CaseDir(path=self.path / "cases" / case_id, case_id=case_id)

@@ -1,0 +1,115 @@
+"""Watching a guest boot, for every launcher: the serial marker, an init that failed, a kernel
+panic, a QEMU that went away, and a KVM that failed under the guest.
+
+A KVM failure is raised as :class:`AccelError`, whatever the launcher, so that a run can tell
+"this /dev/kvm cannot run the guest" (switch to TCG) from "this guest is broken" (fail the case).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vmlab.errors import AccelError, LaunchError
+
+POLL_S = 0.1
+
+_KVM_FAILURES = (
+    re.compile(r"KVM internal error\. Suberror: \d+"),
+    re.compile(r"error: failed to set MSR \S+( to \S+)?"),
+    re.compile(r"KVM: entry failed, hardware error \S+"),
+    re.compile(r"error: kvm run failed .*"),
+    re.compile(r"kvm_\w+: Assertion .* failed\."),
+    re.compile(r"failed to initialize kvm: .*", re.IGNORECASE),
+    re.compile(r"Could not access KVM kernel module: .*"),
+)
+
+
+def kvm_failure(qemu_output: str) -> str | None:
+    """QEMU's own words when KVM failed under it (one line), or None.
+
+    ``KVM internal error. Suberror: 1`` is followed by register dumps; its kind (``emulation
+    failure``) comes a few lines later and is kept: that is what a person searches for."""
+    lines = qemu_output.splitlines()
+    for number, line in enumerate(lines):
+        for pattern in _KVM_FAILURES:
+            match = pattern.search(line)
+            if match is None:
+                continue
+            found = match.group(0)
+            if found.startswith("KVM internal error"):
+                kind = next(
+                    (ln.strip() for ln in lines[number + 1 : number + 12] if "failure" in ln),
+                    None,
+                )
+                if kind:
+                    found = f"{found} ... {kind}"
+            return found
+    return None
+
+
+def _read(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def check_kvm(accel: str, qemu_log: Path | None, when: str) -> None:
+    """Raise AccelError if the guest runs under KVM and QEMU's output says KVM failed."""
+    if accel != "kvm":
+        return
+    failure = kvm_failure(_read(qemu_log))
+    if failure is not None:
+        raise AccelError(f"KVM failed {when}: {failure}", accel=accel, detail=failure, log=qemu_log)
+
+
+def wait_marker(
+    serial_log: Path,
+    marker: str,
+    *,
+    failed: str | None,
+    timeout_s: float,
+    started_at: float,
+    accel: str,
+    qemu_log: Path | None,
+    check_alive: Callable[[str], None],
+) -> float:
+    """Wait until ``marker`` appears on the serial console; returns seconds since launch.
+
+    ``check_alive(when)`` raises when QEMU (or the domain) is gone. Under KVM, QEMU's log is read
+    too: a KVM internal error leaves QEMU paused, alive and silent, and would otherwise only
+    show as a timeout; a guest that printed nothing at all by the deadline is reported as a KVM
+    failure as well."""
+    deadline = time.monotonic() + timeout_s
+    needle, bad = marker.encode(), failed.encode() if failed else None
+    when = f"before the guest printed {marker}"
+    while True:
+        data = serial_log.read_bytes() if serial_log.exists() else b""
+        if needle in data:
+            return time.monotonic() - started_at
+        if bad and bad in data:
+            line = data[data.index(bad) :].split(b"\n", 1)[0].decode(errors="replace")
+            raise LaunchError(f"guest init failed: {line.strip()}", log=serial_log)
+        if b"Kernel panic" in data:
+            raise LaunchError("guest kernel panicked", log=serial_log)
+        check_kvm(accel, qemu_log, when)
+        try:
+            check_alive(when)
+        except LaunchError:
+            check_kvm(accel, qemu_log, when)  # QEMU aborted on a KVM-only failure
+            raise
+        if time.monotonic() > deadline:
+            if accel == "kvm" and not data.strip():
+                detail = f"the guest printed nothing under KVM within {timeout_s:.0f} s"
+                raise AccelError(detail, accel=accel, detail=detail, log=qemu_log)
+            raise LaunchError(
+                f"guest did not print {marker} within {timeout_s:.0f} s",
+                log=serial_log,
+                hint="read the serial log; under TCG try --timeout-scale 2",
+            )
+        time.sleep(POLL_S)
