@@ -8,7 +8,6 @@ up anything that still escaped.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -28,15 +27,9 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from vmlab.errors import LaunchError
 from vmlab.launch.watch import check_kvm, wait_marker
 from vmlab.paths import runtime_dir
+from vmlab.proc import ManagedProcess, alive
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -69,15 +62,6 @@ def new_guest_dir(root: Path | None = None) -> Path:
     return Path(tempfile.mkdtemp(prefix="g-", dir=root))
 
 
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (PID 1 here may never reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def sweep_stale(root: Path | None = None) -> list[int]:
     """Kill QEMUs left by a vmlab that died without cleaning up; returns the pids killed."""
     root = root or runtime_dir()
@@ -89,7 +73,7 @@ def sweep_stale(root: Path | None = None) -> list[int]:
             owner = int((guest_dir / "owner").read_text())
         except (OSError, ValueError):
             owner = -1
-        if owner > 0 and _alive(owner):
+        if owner > 0 and alive(owner):
             continue
         pidfile = guest_dir / "qemu.pid"
         try:
@@ -97,7 +81,7 @@ def sweep_stale(root: Path | None = None) -> list[int]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             pid, cmdline = -1, b""
-        if pid > 0 and str(pidfile).encode() in cmdline and _alive(pid):
+        if pid > 0 and str(pidfile).encode() in cmdline and alive(pid):
             log.warning("killing stale QEMU %d left behind in %s", pid, guest_dir)
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -130,7 +114,8 @@ class QemuProcess:
         self.serial_log = serial_log
         self.qemu_log = qemu_log
         self.deadlines = deadlines
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process: ManagedProcess | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the QEMU child, once started
         self.qmp: QEMUMonitorProtocol | None = None
         self.kvm: dict[str, Any] = {}
         self.started_at = 0.0
@@ -154,25 +139,16 @@ class QemuProcess:
 
     def start(self) -> None:
         (self.guest_dir / "owner").write_text(str(os.getpid()))
-        self.qemu_log.parent.mkdir(parents=True, exist_ok=True)
-        log.debug("starting %s", " ".join(self.argv))
-        with self.qemu_log.open("ab") as out:
-            self.started_at = time.monotonic()
-            try:
-                self.proc = subprocess.Popen(
-                    self.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    pass_fds=self.pass_fds,
-                    preexec_fn=die_with_parent,  # noqa: PLW1509 - only calls prctl
-                )
-            except OSError as exc:
-                raise LaunchError(
-                    f"cannot run {self.argv[0]}: {exc.strerror}",
-                    hint="install QEMU: apt-get install qemu-system-x86",
-                ) from exc
+        self.process = ManagedProcess(
+            self.argv,
+            log_path=self.qemu_log,
+            what="QEMU" if self.kind == "vm" else Path(self.argv[0]).name,
+            pass_fds=self.pass_fds,
+            missing_hint="install QEMU: apt-get install qemu-system-x86",
+        )
+        self.process.start()
+        self.proc = self.process.proc
+        self.started_at = self.process.started_at
         self._connect_qmp()
 
     def _connect_qmp(self) -> None:
@@ -203,14 +179,9 @@ class QemuProcess:
         raise LaunchError(message, log=self.qemu_log)
 
     def _check_running(self, when: str) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
+        if self.process is not None and not self.process.running():
             check_kvm(self.accel, self.qemu_log, when)
-            tail = self.qemu_log.read_text(errors="replace").strip().splitlines()[-5:]
-            detail = "; ".join(tail) or "no output"
-            raise LaunchError(
-                f"QEMU exited with status {self.proc.returncode} {when}: {detail}",
-                log=self.qemu_log,
-            )
+            self.process.check_running(when)
 
     # -- readiness -------------------------------------------------------------------------
     def wait_serial(
@@ -234,25 +205,17 @@ class QemuProcess:
 
     # -- stop ------------------------------------------------------------------------------
     def _wait_exit(self, timeout_s: float) -> bool:
-        assert self.proc is not None
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
+        assert self.process is not None
+        return self.process.wait(timeout_s) is not None
 
     def stop(self) -> None:
         """Graceful first: ACPI power button, then QMP quit, then SIGTERM, then SIGKILL."""
         try:
-            if self.proc is not None and self.proc.poll() is None:
+            if self.process is not None and self.process.running():
                 self._powerdown_then_quit()
-            if self.proc is not None and self.proc.poll() is None:
+            if self.process is not None and self.process.running():
                 self.note("sending SIGTERM")
-                self.proc.terminate()
-                if not self._wait_exit(3.0):
-                    log.warning("QEMU %d ignored SIGTERM, killing it", self.proc.pid)
-                    self.proc.kill()
-                    self.proc.wait()
+                self.process.stop()
         finally:
             if self.qmp is not None:
                 try:
@@ -260,8 +223,7 @@ class QemuProcess:
                 except (QMPError, OSError, EOFError) as exc:  # raised after QEMU quit
                     log.debug("closing QMP: %r", exc)
                 self.qmp = None
-            for leftover in (self.qmp_socket,):
-                leftover.unlink(missing_ok=True)
+            self.qmp_socket.unlink(missing_ok=True)
 
     def note(self, text: str) -> None:
         """Append a line of vmlab's own to the QEMU log, so the log tells the whole story."""
@@ -281,7 +243,6 @@ class QemuProcess:
             self.note(f"QMP event {event.get('event')} {event.get('data', {})}")
 
     def _powerdown_then_quit(self) -> None:
-        assert self.proc is not None
         if self.qmp is None:
             return
         try:

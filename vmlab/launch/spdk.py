@@ -40,8 +40,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from vmlab.errors import CommandError, HostError, LaunchError, SpecError
-from vmlab.launch.qemu import die_with_parent
 from vmlab.paths import runtime_dir
+from vmlab.proc import die_with_parent
 from vmlab.qemuopts import qemu_quote
 
 log = logging.getLogger(__name__)
