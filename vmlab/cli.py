@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -89,12 +88,12 @@ def render(
     ] = None,
 ) -> None:
     """Print, per case, the exact QEMU argv that would run, without running anything."""
-    from vmlab.disks import ScratchDisks, lio_plan, local_source, spdk_plan
     from vmlab.guest.boot import preview_boot
-    from vmlab.launch.sidecars import render_qsd
     from vmlab.plan import plan
-    from vmlab.render import GuestRuntime, render_qemu
-    from vmlab.render_libvirt import preview_runtime, render_libvirt
+    from vmlab.render.libvirt import preview_runtime, render_libvirt
+    from vmlab.render.model import GuestRuntime
+    from vmlab.render.qemu import nic_plans, render_qemu
+    from vmlab.storage import preview_disks
 
     spec = _load(spec_path, None)
     cases = plan(spec)
@@ -105,38 +104,20 @@ def render(
                 f"no case {case!r} in the plan", hint="run `vmlab render SPEC` to list the case ids"
             )
     boot = _boot_placeholder()
-    scratch = ScratchDisks(Path("<scratch>"), dry_run=True)
     for index, c in enumerate(cases, start=1):
         out.print(
             f"[bold]# case {index}/{len(cases)}: {c.id}[/]  "
             + "  ".join(f"{k}={v}" for k, v in c.params.items())
         )
         sources = {}
-        for d in c.variant.guest.disks:
-            source = local_source(c, d, scratch)
-            sock = Path(f"<sidecar-{d.name}>/vhost-user.sock")
-            if d.served_by == "qsd":
-                argv = render_qsd(
-                    "qemu-storage-daemon",
-                    d,
-                    source,
-                    socket=sock,
-                    qmp_socket=sock.with_name("qmp.sock"),
-                    pidfile=sock.with_name("qemu.pid"),
-                )
-                out.print(f"# disk {d.name}: qemu-storage-daemon, started first:")
-                out.print(" \\\n  ".join(_argv_lines(argv)), markup=False)
-                source = replace(source, socket=sock)
-            elif d.served_by == "spdk":
-                out.print(f"# disk {d.name}: SPDK RPC calls, made first:")
-                out.print(spdk_plan(d, source).describe(), markup=False)
-                source = replace(source, socket=sock)
-            elif d.served_by == "lio":
-                lio = lio_plan(d, source)
-                out.print(f"# disk {d.name}: LIO setup, made first:")
-                out.print(lio.describe(), markup=False)
-                source = replace(source, wwpn=lio.wwpn)
-            sources[d.name] = source
+        for name, preview in preview_disks(c).items():
+            if preview.title:
+                out.print(f"# disk {name}: {preview.title}:", markup=False)
+            if preview.argv:
+                out.print(" \\\n  ".join(_argv_lines(list(preview.argv))), markup=False)
+            if preview.steps:
+                out.print(preview.steps, markup=False)
+            sources[name] = preview.source
         serial_log = Path(f"<run>/cases/{c.id}/serial.log")
         if (launcher or c.variant.launcher) == "libvirt":
             domain = render_libvirt(
@@ -153,6 +134,7 @@ def render(
                 serial_log=serial_log,
                 pidfile=Path("<guest-dir>/qemu.pid"),
                 ssh_port=10022,
+                nics=nic_plans(c.variant.guest, None),
             )
             rendered = render_qemu(
                 c,
@@ -183,7 +165,7 @@ def _argv_lines(argv: list[str]) -> list[str]:
 
 def _boot_placeholder() -> Any:
     from vmlab.guest.image import find_image
-    from vmlab.render import BootImage
+    from vmlab.render.model import BootImage
 
     image = find_image()
     if image is None:

@@ -18,9 +18,10 @@ from typing import Literal
 from vmlab import vfio
 from vmlab.errors import HostError, VmlabError
 from vmlab.host import HostFacts, pick_accel
-from vmlab.launch import vhost_scsi
+from vmlab.metrics import BASELINE_ID
 from vmlab.plan import Case
 from vmlab.spec import BlockBackend, Disk, FileBackend, Guest, RbdBackend
+from vmlab.storage import lio as vhost_scsi
 
 HUGEPAGE_MIB = 2
 
@@ -187,7 +188,7 @@ def check_plan(
     """Raise one HostError listing every problem of every case, or return quietly."""
     problems = plan_problems(cases, facts, sysroot=sysroot, accel_override=accel_override)
     if baseline and facts.fio_version is None:
-        problems["host-baseline"] = ["the host baseline runs fio on the host: apt-get install fio"]
+        problems[BASELINE_ID] = ["the host baseline runs fio on the host: apt-get install fio"]
     if problems:
         lines = [f"{case}: {p}" for case, found in problems.items() for p in found]
         raise HostError(

@@ -232,6 +232,11 @@ class Disk(Model):
         return self
 
     @property
+    def guest_is_client(self) -> bool:
+        """The guest reaches this disk's data itself (fio's rbd engine): QEMU has no device."""
+        return self.target == "guest"
+
+    @property
     def served_by(self) -> str:
         if self.target is not None:
             return self.target

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from vmlab import paths
 from vmlab.errors import GuestError, LaunchError
 from vmlab.guest import cloudinit as ci
-from vmlab.guest.cloud import collect_facts, image_info, make_overlay, sha256_file
+from vmlab.guest.cloud import image_info, make_overlay, sha256_file
+from vmlab.guest.facts import collect_facts
 from vmlab.guest.image import authkey_cmdline
 from vmlab.guest.rootfs import ROOT_SERIAL, RootfsImage, build_rootfs, root_disk_args
 from vmlab.guest.ssh import GuestSSH, wait_banner

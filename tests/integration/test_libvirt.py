@@ -50,14 +50,14 @@ from vmlab.launch.libvirt import (
 from vmlab.launch.qemu import Deadlines
 from vmlab.paths import state_dir
 from vmlab.plan import Case, plan
-from vmlab.render import BootImage, DiskSource, RbdTarget
-from vmlab.render_libvirt import (
+from vmlab.render.libvirt import (
     DomainRuntime,
     Owner,
     rbd_secret_usage,
     render_libvirt,
     render_secret,
 )
+from vmlab.render.model import BootImage, DiskSource, RbdTarget
 from vmlab.results.rundir import RunDir
 from vmlab.spec import BenchSpec, parse_spec
 

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,18 +21,25 @@ from pathlib import Path
 
 import pytest
 
-from vmlab.guest.image import GuestImage, authkey_cmdline
+from vmlab.guest.boot import plan_boot
+from vmlab.guest.image import GuestImage
 from vmlab.guest.ssh import GuestSSH, lab_key, public_line, wait_banner
+from vmlab.launch.base import LaunchRequest
+from vmlab.launch.direct import QemuLauncher
+from vmlab.launch.qemu import Deadlines
 from vmlab.net import links, netns
 from vmlab.net.iperf import IperfServer, client_argv, guest_client_command, parse_iperf
 from vmlab.net.lab import LabNetwork, LabNic, guest_ifname_command
 from vmlab.net.netns import Netns
 from vmlab.paths import runtime_dir
+from vmlab.plan import plan
+from vmlab.render.model import DiskSource
+from vmlab.results.rundir import CaseDir
+from vmlab.spec import parse_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 QEMU = "qemu-system-x86_64"
-READY_TIMEOUT_S = 120.0
 GONE_TIMEOUT_S = 5.0
 RTT_RE = re.compile(r"= [\d.]+/([\d.]+)/[\d.]+")  # iputils: rtt min/avg/max/mdev = a/b/c/d ms
 
@@ -171,121 +177,82 @@ def test_sweep_removes_a_dead_owners_namespace_and_processes() -> None:
 # --- a guest with a tap NIC and a macvtap NIC -------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_ready(image: GuestImage, serial: Path, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        text = serial.read_text(errors="replace") if serial.exists() else ""
-        if image.ready_marker in text:
-            return
-        if image.failed_marker in text or proc.poll() is not None:
-            pytest.fail(f"guest did not come up (QEMU {proc.poll()}):\n{text}")
-        time.sleep(0.2)
-    pytest.fail(f"no {image.ready_marker} within {READY_TIMEOUT_S} s")
-
-
-def _host_libs(binary: str) -> dict[str, Path]:
-    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
-    return {m.group(1): Path(m.group(2)) for m in re.finditer(r"(\S+) => (/\S+)", out)}
-
-
-def _upload_iperf3(ssh: GuestSSH) -> str:
-    """The default image has no iperf3: copy the host's binary and the libraries the guest
-    lacks (same Debian release) to /tmp/iperf; returns the command prefix to run it.
-
-    Files go over exec + stdin, not SFTP: the guest's dropbear 2022.83 aborts the whole
-    session ("Failed assertion (common-channel.c:705): !channel->sent_close") when a channel
-    opens while the previous SFTP server is exiting (mkj/dropbear#321, fixed upstream in #326).
-    """
-    binary = shutil.which("iperf3")
-    assert binary is not None
-    libs = _host_libs(binary)
-    missing = ssh.run(
-        "for f in "
-        + " ".join(libs)
-        + "; do [ -e /lib/x86_64-linux-gnu/$f ] || [ -e /usr/lib/x86_64-linux-gnu/$f ]"
-        + " || echo $f; done",
-        timeout_s=30,
-    ).text.split()
-    ssh.run("mkdir -p /tmp/iperf", timeout_s=30)
-    for name, path in [("iperf3", Path(binary)), *((m, libs[m]) for m in missing)]:
-        ssh.run(f"cat > /tmp/iperf/{name}", stdin=path.read_bytes(), timeout_s=60)
-    ssh.run("chmod 755 /tmp/iperf/iperf3", timeout_s=30)
-    return "LD_LIBRARY_PATH=/tmp/iperf "
-
-
 @dataclass
 class Booted:
     net: LabNetwork
     tap: LabNic
     macvtap: LabNic
     ssh: GuestSSH
-    proc: subprocess.Popen[bytes]
+    case_dir: CaseDir
     dev_nodes: list[Path]
+
+
+LINKS_SPEC = {
+    "name": "links",
+    "guest": {
+        "memory_mib": 512,
+        "cpus": 1,
+        "disks": [{"name": "data", "backend": {"type": "file", "size": "16M"}}],
+        "nics": [{"name": "lab0", "attach": "tap"}, {"name": "lab1", "attach": "macvtap"}],
+    },
+    "jobs": [{"name": "j", "rw": "randread"}],
+}
 
 
 @contextmanager
 def guest_on_lab(guest_image: GuestImage, tmp_path: Path) -> Iterator[Booted]:
     """A lab network with a tap NIC and a macvtap NIC for one TCG guest that also has a
-    user-mode management NIC (SSH through hostfwd); QEMU is stopped before the lab goes."""
+    user-mode management NIC (SSH through hostfwd), launched by the QEMU launcher from the
+    rendered argv; QEMU is stopped before the lab goes."""
+    (case,) = plan(parse_spec(LINKS_SPEC))
     key = lab_key(tmp_path / "id_ed25519")
-    port = _free_port()
-    serial = tmp_path / "serial.log"
+    case_dir = CaseDir(path=tmp_path / "case", case_id=case.id)
+    nonce = "links"
+    boot = plan_boot(
+        case.id,
+        case.variant.guest,
+        case_dir=case_dir,
+        scratch=tmp_path / "boot",
+        nonce=nonce,
+        public_key=public_line(key),
+        default=guest_image,
+    )
+    data = tmp_path / "data.raw"
+    with data.open("wb") as fh:
+        fh.truncate(16 << 20)
     with LabNetwork() as net:
-        tap_nic = net.add_tap("guest")
-        mv_nic = net.add_macvtap("guest")
+        tap_nic = net.add_tap(case.id)
+        mv_nic = net.add_macvtap(case.id)
         node = Path(f"/dev/tap{links.read_link(mv_nic.ifname, net.name).ifindex}")
-        argv = [
-            QEMU, "-machine", "q35,accel=tcg", "-cpu", "max", "-m", "512", "-smp", "1",
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", str(guest_image.kernel), "-initrd", str(guest_image.initrd),
-            "-append", f"{guest_image.cmdline} {authkey_cmdline(public_line(key))}",
-            "-serial", f"file:{serial}",
-            "-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{port}-:22",
-            "-device", "virtio-net-pci,netdev=mgmt,id=nic-mgmt,addr=0x3,romfile=",
-            "-device", "virtio-rng-pci",
-            *tap_nic.qemu_args(pci_addr="0x4"),
-            *mv_nic.qemu_args(pci_addr="0x5"),
-        ]  # fmt: skip
-        (tmp_path / "argv.json").write_text(json.dumps(argv))
-        with (tmp_path / "qemu.log").open("wb") as qlog:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=qlog,
-                stderr=subprocess.STDOUT,
-                pass_fds=net.pass_fds(),
-                start_new_session=True,
-            )
-        try:
-            _wait_ready(guest_image, serial, proc)
-            wait_banner("127.0.0.1", port, timeout_s=60)
+        request = LaunchRequest(
+            case=case,
+            case_dir=case_dir,
+            accel="tcg",
+            boot=boot.boot,
+            disks={"data": DiskSource(path=data)},
+            deadlines=Deadlines.for_accel("tcg"),
+            ready_marker=boot.ready_marker,
+            failed_marker=boot.failed_marker,
+            nics=[tap_nic, mv_nic],
+        )
+        with QemuLauncher(QEMU).launch(request) as vm:
+            wait_banner(vm.ssh_host, vm.ssh_port, timeout_s=60)
             with GuestSSH.connect(
-                "127.0.0.1",
-                port,
-                user=guest_image.user,
+                vm.ssh_host,
+                vm.ssh_port,
+                user=boot.user,
                 key=key,
-                host_key=guest_image.host_key,
+                host_key=boot.host_key,
                 timeout_s=60,
             ) as ssh:
-                yield Booted(net, tap_nic, mv_nic, ssh, proc, [node])
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+                yield Booted(net, tap_nic, mv_nic, ssh, case_dir, [node])
 
 
 def test_guest_on_tap_and_macvtap(
-    guest_image: GuestImage, tmp_path: Path, record_property: Callable[[str, object], None]
+    guest_image: GuestImage,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+    qemu_pids: Callable[[str], list[int]],
 ) -> None:
     if shutil.which(QEMU) is None:
         pytest.skip(f"{QEMU} is missing: apt-get install qemu-system-x86")
@@ -293,7 +260,6 @@ def test_guest_on_tap_and_macvtap(
         net, ssh = booted.net, booted.ssh
         links_out = ssh.run("ip -o link", timeout_s=30).text
         assert booted.tap.mac in links_out and booted.macvtap.mac in links_out
-        iperf3 = _upload_iperf3(ssh)
         gateway = str(net.gateway)
         for nic in (booted.tap, booted.macvtap):
             ifname = ssh.run(guest_ifname_command(nic.mac), timeout_s=30).text.strip()
@@ -305,9 +271,7 @@ def test_guest_on_tap_and_macvtap(
                 ["ping", "-c", "5", "-i", "0.2", "-W", "5", str(nic.address.ip)], timeout_s=60
             )
             record_property(f"{nic.kind}_rtt_avg_ms", ping_rtt_ms(ping.stdout))
-            client = iperf3 + guest_client_command(
-                gateway, duration_s=2, iperf3="/tmp/iperf/iperf3"
-            )
+            client = guest_client_command(gateway, duration_s=2)
             with IperfServer(net.netns, gateway, output=tmp_path / f"{nic.kind}-server.json"):
                 out = ssh.run(client, timeout_s=90, check=False)
             (tmp_path / f"{nic.kind}-client.json").write_bytes(out.stdout)
@@ -316,6 +280,6 @@ def test_guest_on_tap_and_macvtap(
             assert result.received_bytes > 0
             record_property(f"{nic.kind}_received_bits_per_s", result.received_bits_per_s)
             ssh.run(f"ip addr flush dev {ifname}; ip link set dev {ifname} down", timeout_s=30)
-        names, nodes, proc = [net.name], booted.dev_nodes, booted.proc
-    assert proc.poll() is not None
+        names, nodes, case_dir = [net.name], booted.dev_nodes, booted.case_dir
+    assert qemu_pids(str(case_dir.path)) == []
     assert_nothing_left(names, nodes)

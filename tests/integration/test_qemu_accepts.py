@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from vmlab.disks import ScratchDisks, local_source
 from vmlab.guest.image import GuestImage
 from vmlab.launch.pinning import apply_pinning, wanted_pinning
 from vmlab.launch.qemu import Deadlines, QemuProcess, new_guest_dir
-from vmlab.launch.sidecars import qsd_export
 from vmlab.plan import Case, plan
-from vmlab.render import BootImage, DiskSource, GuestRuntime, pci_slot, render_qemu
+from vmlab.render.model import BootImage, DiskSource, GuestRuntime, pci_slot
+from vmlab.render.qemu import render_qemu
 from vmlab.results.rundir import CaseDir
 from vmlab.spec import BlockBackend, FileBackend, RbdBackend, default_lab, load_spec
+from vmlab.storage.backing import RunBacking, disk_source
+from vmlab.storage.qsd import qsd_export
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 SPECS = Path(__file__).parent.parent / "data" / "specs"
@@ -71,7 +72,7 @@ def hugepages() -> Iterator[None]:
 def _sources(
     case: Case, tmp: Path, loop: Path, stack: ExitStack, case_dir: CaseDir, deadlines: Deadlines
 ) -> dict[str, DiskSource]:
-    scratch = ScratchDisks(tmp / "scratch")
+    scratch = RunBacking(tmp / "scratch")
     sources = {}
     for disk in case.variant.guest.disks:
         backend = disk.backend
@@ -81,7 +82,7 @@ def _sources(
             assert isinstance(backend, FileBackend)
             if backend.path is not None:  # the spec's own path does not exist here
                 backend = backend.model_copy(update={"path": None, "size": "64M"})
-            source = local_source(case, disk.model_copy(update={"backend": backend}), scratch)
+            source = disk_source(scratch, case, disk.model_copy(update={"backend": backend}))
         if disk.served_by == "qsd":
             source = stack.enter_context(
                 qsd_export(

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from vmlab.disks import ScratchDisks, local_source
 from vmlab.plan import Case, plan
-from vmlab.render import DiskSource
+from vmlab.render.model import DiskSource
 from vmlab.spec import BenchSpec, default_lab, load_spec
+from vmlab.storage import preview_disks
+from vmlab.storage.backing import PreviewBacking
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -24,11 +25,15 @@ def golden_cases() -> list[tuple[str, Case]]:
 
 
 def fixed_sources(case: Case) -> dict[str, DiskSource]:
-    """Disk sources as the bench would resolve them, with fixed sidecar sockets and WWPNs."""
-    scratch = ScratchDisks(Path("/scratch"), dry_run=True)
+    """Disk sources as the bench would resolve them, with fixed sidecar sockets, WWPNs and
+    secret files."""
+    previews = preview_disks(case, PreviewBacking(Path("/scratch")))
     sources = {}
     for d in case.variant.guest.disks:
-        source = local_source(case, d, scratch)
+        source = previews[d.name].source
+        if source.rbd is not None:
+            key = Path(f"/run/secrets/rbd-{d.name}.key")
+            source = replace(source, rbd=replace(source.rbd, key_file=key))
         if d.served_by in ("qsd", "spdk"):
             source = replace(source, socket=Path(f"/run/{d.served_by}-{d.name}/vhost-user.sock"))
         elif d.served_by == "lio":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vmlab.bench import Bench, BenchOptions, JobOutcome
+from vmlab.bench import Bench, BenchOptions
 from vmlab.errors import AccelError
 from vmlab.guest.image import GuestImage
 from vmlab.host import HostFacts
@@ -89,7 +89,7 @@ def stand_in_guests(
     """Every case "boots" and measures; under KVM the guest of ``kvm_dies_at`` dies."""
     booted: list[tuple[str, str]] = []
 
-    def boot_and_measure(self, case, case_dir, accel, scratch, outcome, timings):  # type: ignore[no-untyped-def]
+    def measure(self, env, case, case_dir, accel, jobs, timings):  # type: ignore[no-untyped-def]
         booted.append((case.id, accel))
         case_dir.write_text("argv.sh", f"qemu -machine q35,accel={accel}\n")
         if accel == "kvm" and case.id == kvm_dies_at:
@@ -98,9 +98,9 @@ def stand_in_guests(
         for job in case.jobs:
             metrics = {"read_iops": 1.0 if accel == "kvm" else 2.0}
             case_dir.job(job.name, 1).write_json("summary.json", {"metrics": metrics})
-            outcome.results.append(JobOutcome(case.id, job.name, 1, metrics))
+            jobs.finished(job.name, 1, metrics)
 
-    monkeypatch.setattr(Bench, "_boot_and_measure", boot_and_measure)
+    monkeypatch.setattr(Bench, "_measure", measure)
     return booted
 
 

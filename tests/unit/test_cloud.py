@@ -17,6 +17,7 @@ import pytest
 
 from vmlab.errors import GuestError, HostError, SpecError
 from vmlab.guest import cloud, rootfs
+from vmlab.guest import facts as facts_mod
 from vmlab.guest.image import GuestImage
 from vmlab.guest.ssh import CommandResult
 from vmlab.resources import templates_dir
@@ -156,12 +157,12 @@ disk - /dev/vdc 1 0000:00:11.0
 
 
 def test_parse_facts() -> None:
-    facts = cloud.parse_facts(FACTS)
+    facts = facts_mod.parse_facts(FACTS)
     assert facts.kernel == "6.1.0-56-cloud-amd64"
     assert facts.distro == "Debian GNU/Linux 12 (bookworm)"
     assert facts.fio == "fio-3.33"
     assert (facts.cpus, facts.memory_kib) == (2, 996344)
-    assert facts.by_serial("vmlab-data") == cloud.GuestDisk(
+    assert facts.by_serial("vmlab-data") == facts_mod.GuestDisk(
         "/dev/vdb", "vmlab-data", 4, "0000:00:04.0"
     )
     assert facts.disks[2].serial is None
@@ -172,7 +173,7 @@ def test_parse_facts() -> None:
     }
     with pytest.raises(GuestError, match="no disk has serial"):
         facts.by_serial("vmlab-nvme")
-    twice = cloud.parse_facts(FACTS + "disk vmlab-data /dev/vdd 1 0000:00:05.0\n")
+    twice = facts_mod.parse_facts(FACTS + "disk vmlab-data /dev/vdd 1 0000:00:05.0\n")
     with pytest.raises(GuestError, match="several"):
         twice.by_serial("vmlab-data")
 
@@ -189,7 +190,7 @@ def test_collect_facts_sends_the_script_on_stdin() -> None:
             seen.update(command=command, stdin=stdin)
             return CommandResult(command, 0, FACTS.encode(), b"")
 
-    facts = cloud.collect_facts(SSH())  # type: ignore[arg-type]
+    facts = facts_mod.collect_facts(SSH())  # type: ignore[arg-type]
     assert seen["command"] == "sh -s"
     assert seen["stdin"] == (templates_dir() / "guest" / "facts.sh").read_bytes()
     assert facts.by_serial("vmlab-root").device == "/dev/vda"
@@ -201,7 +202,7 @@ def test_facts_script_runs_under_this_sh() -> None:
     default guest): it runs on the host too and prints the keys the parser reads."""
     script = (templates_dir() / "guest" / "facts.sh").read_bytes()
     out = subprocess.run(["sh", "-s"], input=script, capture_output=True, check=True, timeout=60)
-    facts = cloud.parse_facts(out.stdout.decode())
+    facts = facts_mod.parse_facts(out.stdout.decode())
     assert facts.kernel and facts.cpus and facts.memory_kib
 
 

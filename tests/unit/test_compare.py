@@ -56,6 +56,13 @@ def test_parse_rules() -> None:
     assert info.value.hint and "read_iops" in info.value.hint
 
 
+def test_network_metrics_are_rules_too() -> None:
+    # iperf3's metrics live in the same vocabulary as fio's: a network gate is accepted.
+    gate = parse_rule("received_bits_per_s:-5%")
+    assert (gate.metric, gate.direction) == ("received_bits_per_s", -1)
+    assert parse_rule("retransmits:10%").direction == 1  # retransmits: worse is up
+
+
 def test_load_rules_from_yaml_and_json(tmp_path: Path) -> None:
     listed = tmp_path / "rules.yaml"
     listed.write_text("rules:\n  - read_iops:-5%\n  - read_lat_p99_ns:+10%\n")

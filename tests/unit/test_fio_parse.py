@@ -11,7 +11,6 @@ import pytest
 from vmlab.errors import ResultError
 from vmlab.fio.parse import (
     ALL_CLIENTS,
-    METRICS,
     FioOutput,
     JobResult,
     Latency,
@@ -22,6 +21,7 @@ from vmlab.fio.parse import (
     plat_idx_to_val,
     summarize,
 )
+from vmlab.metrics import FIO_METRICS as METRICS
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "fio"
 FIO_218 = DATA / "fio-2.18-ssd"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from vmlab.errors import CommandError, HostError, ResultError
+from vmlab.metrics import IPERF_METRICS
 from vmlab.net import iperf, lab, links, netns
 from vmlab.net.lab import LabAddresses, LabNetwork, LabNic
 
@@ -106,14 +107,6 @@ def test_tap_flags() -> None:
     assert links.tap_flags(multi_queue=False, vnet_hdr=False) == 0x1002
 
 
-def test_netdev_for_fds() -> None:
-    assert links.netdev_tap_fds("lab0", [7]) == "tap,id=lab0,fd=7"
-    assert links.netdev_tap_fds("lab0", [7, 8, 9]) == "tap,id=lab0,fds=7:8:9"
-    assert links.netdev_tap_fds("lab0", [7], vhost=True) == "tap,id=lab0,fd=7,vhost=on"
-    with pytest.raises(ValueError):
-        links.netdev_tap_fds("lab0", [])
-
-
 def test_queue_limits() -> None:
     for bad in (0, links.MAX_QUEUES + 1):
         with pytest.raises(ValueError, match="queues"):
@@ -180,31 +173,6 @@ def _nic(**kw: object) -> LabNic:
     }
     fields.update(kw)
     return LabNic(**fields)  # type: ignore[arg-type]
-
-
-def test_qemu_args_single_queue() -> None:
-    assert _nic().qemu_args() == [
-        "-netdev",
-        "tap,id=lab0,fd=5",
-        "-device",
-        "virtio-net-pci,netdev=lab0,id=nic-lab0,mac=52:54:00:12:34:56,romfile=",
-    ]
-
-
-def test_qemu_args_multi_queue_vhost_and_slot() -> None:
-    nic = _nic(kind="macvtap", fds=(5, 6, 7, 8), vhost=True)
-    assert nic.queues == 4
-    assert nic.netdev_arg() == "tap,id=lab0,fds=5:6:7:8,vhost=on"
-    assert nic.device_arg(pci_addr="0x5") == (
-        "virtio-net-pci,netdev=lab0,id=nic-lab0,mac=52:54:00:12:34:56,romfile=,"
-        "mq=on,vectors=10,addr=0x5"
-    )
-
-
-def test_other_nic_models() -> None:
-    assert _nic().device_arg(model="e1000e").startswith("e1000e,netdev=lab0,")
-    with pytest.raises(ValueError, match="single queue"):
-        _nic(fds=(5, 6)).device_arg(model="e1000e")
 
 
 def test_guest_commands() -> None:
@@ -329,9 +297,9 @@ def test_parse_udp() -> None:
     metrics = iperf.summarize_iperf(r)
     assert "retransmits" not in metrics
     assert metrics["jitter_ms"] == pytest.approx(0.007447295817006886)
-    assert set(metrics) <= set(iperf.IPERF_METRICS)
-    assert iperf.IPERF_METRICS["received_bits_per_s"].higher_is_better
-    assert not iperf.IPERF_METRICS["retransmits"].higher_is_better
+    assert set(metrics) <= set(IPERF_METRICS)
+    assert IPERF_METRICS["received_bits_per_s"].higher_is_better
+    assert not IPERF_METRICS["retransmits"].higher_is_better
 
 
 def test_parse_failed_run() -> None:

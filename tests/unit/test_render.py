@@ -8,44 +8,40 @@ from pathlib import Path
 import pytest
 from golden_cases import fixed_sources, golden_cases
 
-from vmlab.disks import ScratchDisks, local_source
 from vmlab.fio.jobs import render_job
 from vmlab.guest.boot import preview_boot
-from vmlab.launch.sidecars import render_qsd
 from vmlab.net.lab import LabNic
 from vmlab.plan import Case, plan
 from vmlab.qemuopts import qemu_quote
-from vmlab.render import (
-    BootImage,
-    GuestRuntime,
-    mac_address,
-    nic_slot,
-    render_qemu,
-)
+from vmlab.render.model import BootImage, GuestRuntime, NicPlan, mac_address
+from vmlab.render.qemu import nic_plans, render_qemu
 from vmlab.spec import default_lab
+from vmlab.storage.backing import PreviewBacking, disk_source
+from vmlab.storage.qsd import render_qsd
 
 DATA = Path(__file__).parent.parent / "data"
 GOLDEN = DATA / "golden" / "qemu"
 
 
-def fixed_nics(case: Case) -> list[tuple[str, str]]:
+def fixed_nics(case: Case) -> list[NicPlan]:
     """Lab NICs as the launcher renders them, with made-up fds (opened only at launch)."""
     nics = []
     for index, spec in enumerate(case.variant.guest.nics):
-        nic = LabNic(
-            guest=case.id,
-            kind=spec.attach,
-            netdev_id=f"lab-{spec.name}",
-            ifname=f"vt{index}",
-            netns="vmlab-test",
-            mac=mac_address(spec.name),
-            fds=tuple(range(100 + 10 * index, 100 + 10 * index + spec.queues)),
-            address=IPv4Interface(f"10.9.0.{10 + index}/24"),
-            gateway=IPv4Interface("10.9.0.1/24"),
-            vhost=spec.vhost,
+        nics.append(
+            LabNic(
+                guest=case.id,
+                kind=spec.attach,
+                netdev_id=f"lab-{spec.name}",
+                ifname=f"vt{index}",
+                netns="vmlab-test",
+                mac=mac_address(spec.name),
+                fds=tuple(range(100 + 10 * index, 100 + 10 * index + spec.queues)),
+                address=IPv4Interface(f"10.9.0.{10 + index}/24"),
+                gateway=IPv4Interface("10.9.0.1/24"),
+                vhost=spec.vhost,
+            )
         )
-        nics.append((nic.netdev_arg(), nic.device_arg(model=spec.model, pci_addr=nic_slot(index))))
-    return nics
+    return nic_plans(case.variant.guest, nics)
 
 
 def fixed_render(case: Case, accel: str = "tcg") -> list[str]:
@@ -151,7 +147,7 @@ def test_qemu_storage_daemon_argv_matches_golden(
     spec_name: str, case: Case, disk: str, regenerate_golden: bool
 ) -> None:
     (spec_disk,) = [d for d in case.variant.guest.disks if d.name == disk]
-    source = local_source(case, spec_disk, ScratchDisks(Path("/scratch"), dry_run=True))
+    source = disk_source(PreviewBacking(Path("/scratch")), case, spec_disk)
     argv = render_qsd(
         "qemu-storage-daemon",
         spec_disk,

@@ -24,21 +24,22 @@ from vmlab.guest.boot import preview_boot
 from vmlab.launch.libvirt import is_local_uri, parse_owner
 from vmlab.net.lab import LabNic
 from vmlab.plan import Case, plan
-from vmlab.render import BootImage, DiskSource, GuestRuntime, mac_address, render_qemu
-from vmlab.render_libvirt import (
+from vmlab.render.libvirt import (
     OWNER_NS,
     QEMU_NS,
     DomainRuntime,
     Owner,
     cpu_mode,
     domain_name,
-    environment,
     libvirt_disks,
     preview_runtime,
     rbd_secret_usage,
     render_libvirt,
     render_secret,
+    xml_environment,
 )
+from vmlab.render.model import BootImage, DiskSource, GuestRuntime, mac_address
+from vmlab.render.qemu import render_qemu
 from vmlab.spec import Disk, Guest, default_lab, parse_spec
 
 DATA = Path(__file__).parent.parent / "data"
@@ -388,7 +389,7 @@ def test_escaping_in_xml_and_in_the_qemu_argv(tmp_path: Path) -> None:
 
 
 def test_the_environment_escapes_every_template_and_undefined_is_an_error() -> None:
-    env = environment()
+    env = xml_environment()
     assert env.from_string("{{ v }}").render(v="<a&'\">") == "&lt;a&amp;&#39;&#34;&gt;"
     with pytest.raises(Exception, match="undefined"):
         env.from_string("{{ missing }}").render()

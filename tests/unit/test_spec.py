@@ -141,3 +141,11 @@ def test_an_optional_list_field_is_a_value_not_an_axis() -> None:
 )
 def test_shipped_examples_validate(path: Path) -> None:
     assert plan(load_spec(path))
+
+
+def test_only_virtio_net_has_several_queues() -> None:
+    from vmlab.spec import Nic
+
+    assert Nic(model="virtio-net-pci", queues=4).queues == 4
+    with pytest.raises(ValueError, match="multi-queue needs virtio-net-pci"):
+        Nic(model="e1000e", queues=2)

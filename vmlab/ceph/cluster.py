@@ -561,6 +561,19 @@ class MicroCluster:
             )
         log.info("purged micro Ceph cluster in %s", layout.state_dir)
 
+    def expected_info(self) -> ClusterInfo:
+        """Where the cluster's conf and admin keyring are (or will be), without reading them:
+        for previews of what a run would pass to its clients."""
+        layout = self._layout
+        return ClusterInfo(
+            conf_path=layout.conf,
+            keyring_path=layout.admin_keyring,
+            fsid="",
+            mon_addr="",
+            pool="",
+            state_dir=layout.state_dir,
+        )
+
     def info(self) -> ClusterInfo:
         """Connection info of an existing cluster (running or not)."""
         settings = self._load_settings()

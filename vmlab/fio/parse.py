@@ -33,7 +33,6 @@ import logging
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -41,13 +40,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vmlab.errors import ResultError
+from vmlab.metrics import DIRECTIONS
 
 log = logging.getLogger(__name__)
 
 ALL_CLIENTS = "All clients"
 """Job name fio's client gives to its sum over every server (see module docstring)."""
 
-DIRECTIONS = ("read", "write", "trim", "mixed")
 
 _MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid")
 
@@ -669,47 +668,11 @@ def combine_jobs(jobs: Sequence[JobResult]) -> JobResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Flat metrics for reports
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A flat metric reports show and compare: its unit and which way is better."""
-
-    name: str
-    unit: str
-    higher_is_better: bool
-    label: str
-
-
-def _metric_registry() -> dict[str, Metric]:
-    metrics = [
-        Metric("total_iops", "IOPS", True, "IOPS, all directions"),
-        Metric("total_bw_kib_s", "KiB/s", True, "bandwidth, all directions"),
-        Metric("usr_cpu_pct", "%", False, "user CPU"),
-        Metric("sys_cpu_pct", "%", False, "system CPU"),
-    ]
-    for d in DIRECTIONS:
-        metrics += [
-            Metric(f"{d}_iops", "IOPS", True, f"{d} IOPS"),
-            Metric(f"{d}_bw_kib_s", "KiB/s", True, f"{d} bandwidth"),
-            Metric(f"{d}_lat_mean_ns", "ns", False, f"{d} mean latency"),
-            Metric(f"{d}_lat_stdev_ns", "ns", False, f"{d} latency stdev"),
-            Metric(f"{d}_lat_max_ns", "ns", False, f"{d} max latency"),
-            Metric(f"{d}_lat_p50_ns", "ns", False, f"{d} p50 completion latency"),
-            Metric(f"{d}_lat_p90_ns", "ns", False, f"{d} p90 completion latency"),
-            Metric(f"{d}_lat_p99_ns", "ns", False, f"{d} p99 completion latency"),
-            Metric(f"{d}_lat_p99_9_ns", "ns", False, f"{d} p99.9 completion latency"),
-        ]
-    return {m.name: m for m in metrics}
-
-
-METRICS: dict[str, Metric] = _metric_registry()
-"""Every name ``summarize`` can return."""
+# Flat metrics for reports (named in vmlab.metrics)
 
 
 def summarize(job: JobResult) -> dict[str, float]:
-    """Flat metrics of one job, named as in ``METRICS``.
+    """Flat metrics of one job, named as in :data:`vmlab.metrics.FIO_METRICS`.
 
     Per direction that did I/O: IOPS, bandwidth, mean/stdev/max latency from the total latency
     (``lat``) when fio reported it, else the completion latency (``clat``); p50/p90/p99/p99.9

@@ -15,7 +15,7 @@ from pathlib import Path
 from vmlab.guest import cloud, cloudinit
 from vmlab.guest.image import GuestImage, authkey_cmdline
 from vmlab.guest.rootfs import build_rootfs
-from vmlab.render import BootImage, mac_address
+from vmlab.render.model import BootImage, mac_address
 from vmlab.results.rundir import CaseDir
 from vmlab.spec import CloudImageSpec, Guest, RootfsImageSpec, parse_size
 

@@ -19,7 +19,6 @@ vmlab attaches it as a read-only virtio-blk disk (Debian's cloud kernel has no A
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -39,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vmlab.errors import GuestError
 from vmlab.guest.ssh import GuestSSH
-from vmlab.resources import templates_dir
+from vmlab.render import environment
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +154,9 @@ def _yaml_value(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-@functools.cache
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # noqa: S701 - renders YAML; values are JSON-quoted by |y
-    )
-    env.filters["y"] = _yaml_value
-    return env
+    # renders YAML: values are JSON-quoted by |y, nothing is HTML-escaped
+    return environment(filters=(("y", _yaml_value),))
 
 
 def _check_config(config: SeedConfig) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from vmlab.launch.qemu import Deadlines
 from vmlab.net.lab import LabNic
 from vmlab.plan import Case
-from vmlab.render import BootImage, DiskSource
+from vmlab.render.model import BootImage, DiskSource
 from vmlab.results.rundir import CaseDir
 
 

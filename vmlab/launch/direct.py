@@ -7,20 +7,22 @@ import shlex
 import shutil
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from vmlab.errors import LaunchError
 from vmlab.launch.base import LaunchRequest
 from vmlab.launch.pinning import apply_pinning
 from vmlab.launch.qemu import QemuProcess, new_guest_dir
-from vmlab.render import GuestRuntime, nic_slot, render_qemu
+from vmlab.render.model import GuestRuntime
+from vmlab.render.qemu import nic_plans, render_qemu
 
 log = logging.getLogger(__name__)
 
 PORT_ATTEMPTS = 3
+G = TypeVar("G")
 
 
 def free_port() -> int:
@@ -38,13 +40,31 @@ class QemuGuest:
     accel_info: dict[str, Any] = field(default_factory=dict)
 
 
-def nic_models(request: LaunchRequest) -> list[str]:
-    return [nic.model for nic in request.case.variant.guest.nics]
-
-
 def _port_taken(exc: LaunchError) -> bool:
     text = exc.log.read_text(errors="replace") if exc.log and exc.log.exists() else ""
     return "host forwarding" in text or "hostfwd" in text
+
+
+@contextmanager
+def retry_port(
+    launch_once: Callable[[str], AbstractContextManager[G]],
+    *,
+    port_taken: Callable[[LaunchError], bool] = _port_taken,
+) -> Iterator[G]:
+    """Start a guest, again with a new SSH port (and ``.N`` artifact suffix) if the one picked
+    was taken meanwhile. Only the start is retried: an error raised while the caller uses the
+    guest goes to the caller as it is, after the guest is stopped."""
+    with ExitStack() as stack:
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            suffix = "" if attempt == 1 else f".{attempt}"
+            try:
+                guest = stack.enter_context(launch_once(suffix))
+                break
+            except LaunchError as exc:
+                if attempt == PORT_ATTEMPTS or not port_taken(exc):
+                    raise
+                log.info("SSH port was taken by another process; trying another one")
+        yield guest
 
 
 class QemuLauncher:
@@ -58,16 +78,8 @@ class QemuLauncher:
 
     @contextmanager
     def launch(self, request: LaunchRequest) -> Iterator[QemuGuest]:
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            suffix = "" if attempt == 1 else f".{attempt}"
-            try:
-                with self._launch_once(request, suffix) as guest:
-                    yield guest
-                    return
-            except LaunchError as exc:
-                if attempt == PORT_ATTEMPTS or not _port_taken(exc):
-                    raise
-                log.info("SSH port was taken by another process; trying another one")
+        with retry_port(lambda suffix: self._launch_once(request, suffix)) as guest:
+            yield guest
 
     @contextmanager
     def _launch_once(self, request: LaunchRequest, suffix: str) -> Iterator[QemuGuest]:
@@ -79,12 +91,7 @@ class QemuLauncher:
                 serial_log=case_dir.file(f"serial{suffix}.log"),
                 pidfile=guest_dir / "qemu.pid",
                 ssh_port=free_port(),
-                nics=[
-                    (nic.netdev_arg(), nic.device_arg(model=model, pci_addr=nic_slot(i)))
-                    for i, (nic, model) in enumerate(
-                        zip(request.nics, nic_models(request), strict=True)
-                    )
-                ],
+                nics=nic_plans(request.case.variant.guest, request.nics),
             )
             rendered = render_qemu(
                 request.case,

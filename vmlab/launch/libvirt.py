@@ -35,9 +35,9 @@ from urllib.parse import urlsplit
 from vmlab.ceph.info import read_key
 from vmlab.errors import HostError, LaunchError
 from vmlab.launch.base import LaunchRequest
-from vmlab.launch.direct import PORT_ATTEMPTS, free_port
+from vmlab.launch.direct import free_port, retry_port
 from vmlab.launch.watch import check_kvm, wait_marker
-from vmlab.render_libvirt import (
+from vmlab.render.libvirt import (
     NAME_PREFIX,
     OWNER_NS,
     DomainRuntime,
@@ -377,16 +377,10 @@ class LibvirtLauncher:
         with self.connection() as conn:
             sweep_stale_domains(conn)
             sweep_stale_secrets(conn)
-            for attempt in range(1, PORT_ATTEMPTS + 1):
-                suffix = "" if attempt == 1 else f".{attempt}"
-                try:
-                    with self._launch_once(conn, request, suffix) as guest:
-                        yield guest
-                        return
-                except LaunchError as exc:
-                    if attempt == PORT_ATTEMPTS or not _port_taken(exc):
-                        raise
-                    log.info("SSH port was taken by another process; trying another one")
+            with retry_port(
+                lambda suffix: self._launch_once(conn, request, suffix), port_taken=_port_taken
+            ) as guest:
+                yield guest
 
     def _render(self, request: LaunchRequest, suffix: str) -> tuple[DomainRuntime, RenderedDomain]:
         case = request.case

@@ -21,7 +21,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict
 
 from vmlab.errors import HostError, LaunchError, ResultError
-from vmlab.fio.parse import Metric
+from vmlab.metrics import IPERF_METRICS
 from vmlab.net.netns import Netns
 
 log = logging.getLogger(__name__)
@@ -204,20 +204,6 @@ class IperfResult(BaseModel):
     @property
     def direction(self) -> Literal["client-to-server", "server-to-client"]:
         return "server-to-client" if self.reverse else "client-to-server"
-
-
-IPERF_METRICS: dict[str, Metric] = {
-    m.name: m
-    for m in (
-        Metric("received_bits_per_s", "bit/s", True, "throughput at the receiver"),
-        Metric("sent_bits_per_s", "bit/s", True, "throughput at the sender"),
-        Metric("retransmits", "segments", False, "TCP retransmits"),
-        Metric("lost_pct", "%", False, "UDP datagrams lost"),
-        Metric("jitter_ms", "ms", False, "UDP jitter"),
-        Metric("local_cpu_pct", "%", False, "client CPU"),
-        Metric("remote_cpu_pct", "%", False, "server CPU"),
-    )
-}
 
 
 def summarize_iperf(result: IperfResult) -> dict[str, float]:

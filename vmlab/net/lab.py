@@ -37,7 +37,7 @@ from typing import Literal, Self
 from vmlab.errors import HostError
 from vmlab.net import links
 from vmlab.net.netns import Netns, host_side_name, ip_argv, run
-from vmlab.render import mac_address
+from vmlab.render.model import mac_address
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,9 @@ def check_vhost(device: Path | None = None) -> None:
 
 @dataclass(frozen=True)
 class LabNic:
-    """A guest NIC on the lab network, ready for QEMU: pass ``fds`` with ``pass_fds`` and add
-    ``qemu_args()``. ``mac`` is what the guest NIC must use (a macvtap drops other MACs)."""
+    """A guest NIC on the lab network, ready for QEMU: pass ``fds`` with ``pass_fds``; the
+    templates render its -netdev and -device (vmlab.render.qemu.nic_plans). ``mac`` is what the
+    guest NIC must use (a macvtap drops other MACs)."""
 
     guest: str
     kind: NicKind
@@ -157,22 +158,6 @@ class LabNic:
     @property
     def queues(self) -> int:
         return len(self.fds) if self.fds else self.host_queues
-
-    def netdev_arg(self) -> str:
-        return links.netdev_tap_fds(self.netdev_id, self.fds, vhost=self.vhost)
-
-    def device_arg(self, *, model: str = "virtio-net-pci", pci_addr: str | None = None) -> str:
-        arg = f"{model},netdev={self.netdev_id},id=nic-{self.netdev_id},mac={self.mac},romfile="
-        if self.queues > 1 and not model.startswith("virtio-net"):
-            raise ValueError(f"{model} has a single queue; multi-queue needs virtio-net-pci")
-        if self.queues > 1:  # one RX and one TX vector per queue, + config + control
-            arg += f",mq=on,vectors={2 * self.queues + 2}"
-        if pci_addr is not None:
-            arg += f",addr={pci_addr}"
-        return arg
-
-    def qemu_args(self, *, pci_addr: str | None = None) -> list[str]:
-        return ["-netdev", self.netdev_arg(), "-device", self.device_arg(pci_addr=pci_addr)]
 
     def guest_commands(self, ifname: str) -> list[str]:
         """Shell commands (busybox ``ip``) that give the guest's NIC ``ifname`` its address."""

@@ -24,7 +24,7 @@ import re
 import stat
 import struct
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -427,11 +427,3 @@ def _private_node(tap_dev: Macvtap, rdev: int, node_dir: Path | None) -> Iterato
 
 
 # --- QEMU arguments --------------------------------------------------------------------------
-
-
-def netdev_tap_fds(netdev_id: str, fds: Sequence[int], *, vhost: bool = False) -> str:
-    """``-netdev`` value for tap/macvtap fds: ``fd=N`` for one queue, ``fds=A:B`` for more."""
-    if not fds:
-        raise ValueError("no fds")
-    where = f"fd={fds[0]}" if len(fds) == 1 else "fds=" + ":".join(str(fd) for fd in fds)
-    return f"tap,id={netdev_id},{where}" + (",vhost=on" if vhost else "")

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vmlab.errors import ResultError
-from vmlab.fio.parse import METRICS
+from vmlab.metrics import METRICS
 from vmlab.report.charts import human_pm
 from vmlab.report.compare import CompareResult, Rule, compare_runs, load_rules, parse_rule
 from vmlab.report.model import build_report

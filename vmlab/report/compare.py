@@ -34,7 +34,7 @@ from typing import Any, Literal
 import yaml
 
 from vmlab.errors import SpecError
-from vmlab.fio.parse import METRICS
+from vmlab.metrics import METRICS
 from vmlab.report.stats import (
     INSUFFICIENT,
     Comparison,

@@ -22,10 +22,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vmlab import __version__
-from vmlab.fio.parse import DIRECTIONS, METRICS, FioOutput, combine_jobs
+from vmlab.fio.parse import FioOutput, combine_jobs
+from vmlab.metrics import BASELINE_ID, DIRECTIONS, METRICS, limit_cases
 from vmlab.report.compare import CompareResult
 from vmlab.report.stats import CellStats, StatOptions, describe
-from vmlab.results.index import HOST_BASELINE, RunRecord, Sample, limit_cases
+from vmlab.results.index import RunRecord, Sample
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
     """One run's view; ``curves=False`` skips reading the fio percentiles (faster)."""
     cells = run.cells()
     limits = limit_cases([c.case_id for c in run.cases])
-    limit = HOST_BASELINE if HOST_BASELINE in limits else None  # a one-host run's limit
+    limit = BASELINE_ID if BASELINE_ID in limits else None  # a one-host run's limit
     stats: dict[tuple[str, str], dict[str, CellStats]] = {
         key: {m: describe(v, options) for m, v in values.items() if v}
         for key, values in cells.items()

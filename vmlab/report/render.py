@@ -10,7 +10,6 @@ csv module (plus a quote in front of cells a spreadsheet would take for a formul
 from __future__ import annotations
 
 import csv
-import functools
 import html
 import io
 import re
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import jinja2
 
-from vmlab.fio.parse import METRICS
+from vmlab.metrics import METRICS
+from vmlab.render import environment
 from vmlab.report.charts import (
     BarChart,
     BarInput,
@@ -34,7 +34,6 @@ from vmlab.report.charts import (
 )
 from vmlab.report.compare import CompareResult
 from vmlab.report.model import CaseView, JobView, MetricView, Report, RunView
-from vmlab.resources import templates_dir
 
 FORMATS = ("md", "csv", "json", "junit", "html")
 FILE_NAMES = {
@@ -242,27 +241,20 @@ def run_charts(run: RunView) -> RunCharts:
 # Templates
 
 
-@functools.cache
-def environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir() / "report")),
-        undefined=jinja2.StrictUndefined,
-        autoescape=jinja2.select_autoescape(
-            enabled_extensions=("html.j2", "xml.j2", "html", "xml"), default_for_string=False
-        ),
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters.update(
-        md=md_escape,
-        fence=md_fence,
-        human=human,
-        pct=pct,
-        stat=stat_text,
-        f1=lambda v: f"{v:.1f}",
-    )
-    return env
+_FILTERS = (
+    ("md", md_escape),
+    ("fence", md_fence),
+    ("human", human),
+    ("pct", pct),
+    ("stat", stat_text),
+    ("f1", lambda v: f"{v:.1f}"),
+)
+
+
+def _template(name: str) -> jinja2.Template:
+    """templates/report/NAME: HTML autoescaped, Markdown not; block tags leave no blank lines."""
+    env = environment(autoescape=name.endswith(".html.j2"), trim=True, filters=_FILTERS)
+    return env.get_template(f"report/{name}")
 
 
 def _context(report: Report) -> dict[str, object]:
@@ -275,11 +267,11 @@ def _context(report: Report) -> dict[str, object]:
 
 
 def render_markdown(report: Report) -> str:
-    return environment().get_template("report.md.j2").render(**_context(report))
+    return _template("report.md.j2").render(**_context(report))
 
 
 def render_html(report: Report) -> str:
-    return environment().get_template("report.html.j2").render(**_context(report))
+    return _template("report.html.j2").render(**_context(report))
 
 
 def render_json(report: Report) -> str:

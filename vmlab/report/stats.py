@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats as sps
 
-from vmlab.fio.parse import METRICS
+from vmlab.metrics import METRICS
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_NOISY_CV = 0.10

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from vmlab.results.index import limit_cases
+from vmlab.metrics import limit_cases
 
 
 @dataclass(frozen=True)

@@ -37,24 +37,6 @@ log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.sqlite"
 BUSY_TIMEOUT_S = 30.0
-HOST_BASELINE = "host-baseline"
-"""Case id of fio run on the host against the backing store: the limit a guest can reach."""
-
-
-def limit_cases(case_ids: Sequence[str]) -> dict[str, str]:
-    """Case id -> the host-baseline case that is its limit: ``host-baseline`` in a run from one
-    host; ``<host>_host-baseline`` for ``<host>_<case>`` in a fleet run (same host only)."""
-    limits = [c for c in case_ids if c == HOST_BASELINE or c.endswith(f"_{HOST_BASELINE}")]
-    out: dict[str, str] = {}
-    for case_id in case_ids:
-        for limit in sorted(limits, key=len, reverse=True):  # the longest host prefix wins
-            prefix = limit.removesuffix(HOST_BASELINE)  # "" or "<host>_"
-            if case_id.startswith(prefix):
-                out[case_id] = limit
-                break
-    return out
-
-
 _REPETITION = re.compile(r"^r(\d+)$")
 _HINT_REINDEX = (
     "the run directories are the truth: delete the index file and run `vmlab results reindex`"

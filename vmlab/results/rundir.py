@@ -101,6 +101,21 @@ class CaseDir(ArtifactDir):
     def job(self, name: str, repetition: int) -> ArtifactDir:
         return ArtifactDir(self.path / "jobs" / name / f"r{repetition}")
 
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def stored_metrics(self) -> list[tuple[str, int, dict[str, float]]]:
+        """(job, repetition, flat metrics) of every repetition that has a summary."""
+        out = []
+        for summary in sorted(self.path.glob("jobs/*/r*/summary.json")):
+            match = re.fullmatch(r"r(\d+)", summary.parent.name)
+            if match is None:
+                continue
+            data = json.loads(summary.read_text())
+            metrics = {str(k): float(v) for k, v in data["metrics"].items()}
+            out.append((summary.parent.parent.name, int(match.group(1)), metrics))
+        return out
+
 
 @dataclass(frozen=True)
 class RunDir(ArtifactDir):
@@ -148,3 +163,16 @@ class RunDir(ArtifactDir):
 
     def case(self, case_id: str) -> CaseDir:
         return CaseDir(path=self.path / "cases" / case_id, case_id=case_id)
+
+    def archive_case(self, case_id: str) -> Path | None:
+        """Move what an earlier attempt of the case left to ``attempts/<case>.<n>`` (a resumed
+        or rerun case starts empty; nothing is lost). Returns where it went."""
+        case = self.case(case_id)
+        if not case.exists():
+            return None
+        attempts = self.path / "attempts"
+        attempts.mkdir(exist_ok=True)
+        n = 1 + sum(1 for _ in attempts.glob(f"{case_id}.*"))
+        target = attempts / f"{case_id}.{n}"
+        case.path.rename(target)
+        return target

@@ -1,8 +1,7 @@
 """Render a planned case into libvirt domain XML: the same guest as the QEMU argv.
 
-The XML comes from ``templates/libvirt/domain.xml.j2`` through a Jinja environment of its own:
-autoescape on for every template (``vmlab.render.environment()`` only escapes names ending in
-``.xml``, which ``*.xml.j2`` does not) and StrictUndefined. Values that end up inside a QEMU
+The XML comes from ``templates/libvirt/domain.xml.j2``, rendered with autoescape and
+StrictUndefined. Values that end up inside a QEMU
 ``key=value,...`` option string (``<qemu:arg>``) are comma-escaped with ``|q`` first and
 XML-escaped by autoescape after.
 
@@ -36,7 +35,6 @@ sees the same topology through both launchers.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,10 +46,11 @@ from vmlab.errors import SpecError
 from vmlab.net.lab import LabNic
 from vmlab.net.netns import host_side_name
 from vmlab.plan import Case
-from vmlab.qemuopts import qemu_quote
-from vmlab.render import (
+from vmlab.render import environment
+from vmlab.render.model import (
     FIRST_HOSTDEV_SLOT,
     FIRST_NIC_SLOT,
+    PREVIEW_LAB,
     BootImage,
     CacheFlags,
     DiskSource,
@@ -60,7 +59,6 @@ from vmlab.render import (
     mac_address,
     pci_slot,
 )
-from vmlab.resources import templates_dir
 from vmlab.spec import Disk, Guest
 from vmlab.vfio import libvirt_hostdev
 
@@ -76,7 +74,6 @@ LAST_SLOT = 0x1E  # 00:1f.x is q35's ICH9 (LPC, SATA, SMBus)
 HUGEPAGE_KIB = 2048  # the QEMU path's hugetlbsize=2M
 ROOT_DISK_SLOT = 0x0E  # where templates/qemu/guest.argv.j2 puts a rootfs/cloud boot disk
 SEED_SLOT = 0x0F  # ... and the NoCloud seed
-PREVIEW_LAB = "vmlab-LABNET"  # `vmlab render`: stands for the lab network made at launch
 
 # libvirt <iotune> element per Throttle field (the QEMU path uses x-iops-total etc.)
 _IOTUNE = (
@@ -93,19 +90,8 @@ _QEMU_THROTTLE = (
 )
 
 
-@functools.cache
-def environment() -> jinja2.Environment:
-    """Autoescape for every template (XML), StrictUndefined, ``|q`` for QEMU option values."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        undefined=jinja2.StrictUndefined,
-        autoescape=True,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["q"] = qemu_quote
-    return env
+def xml_environment() -> jinja2.Environment:
+    return environment(autoescape=True, trim=True)
 
 
 @dataclass(frozen=True)
@@ -277,7 +263,7 @@ def libvirt_disks(
     out: list[LibvirtDisk] = []
     virtio = scsi = 0
     for index, disk in enumerate(guest.disks):
-        if disk.served_by == "guest":  # the guest reaches the cluster over its lab NIC
+        if disk.guest_is_client:  # the guest reaches the cluster over its lab NIC
             continue
         slot = int(pci_slot(index), 16)
         if slot > LAST_SLOT:
@@ -424,7 +410,7 @@ def render_libvirt(
     rendered_disks = libvirt_disks(guest, disks, domain=runtime.name)
     iothreads, _ = iothread_slots(guest)
     xml = (
-        environment()
+        xml_environment()
         .get_template(DOMAIN_TEMPLATE)
         .render(
             name=runtime.name,
@@ -468,7 +454,7 @@ def render_libvirt(
 def render_secret(*, usage_name: str, description: str, usage: str = "ceph") -> str:
     """A private, ephemeral ``<secret>`` (its value is set with ``setValue`` after define)."""
     return (
-        environment()
+        xml_environment()
         .get_template(SECRET_TEMPLATE)
         .render(usage=usage, usage_name=usage_name, description=description)
     )

@@ -1,4 +1,5 @@
-"""Kernel vhost-scsi (LIO): preflight, the targetcli commands for one disk, QEMU's device.
+"""Kernel vhost-scsi (LIO) serving a disk (``served_by: lio``): preflight, the targetcli
+commands for one disk, and the server that runs them around the guest.
 
 The guest's virtio-scsi queues are served by the host kernel (``vhost_scsi``) from an LIO
 target: a backstore (``block`` for a host block device such as a krbd ``/dev/rbd0``, ``fileio``
@@ -23,16 +24,19 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
 from vmlab.errors import CommandError, HostError, SpecError
-from vmlab.qemuopts import qemu_quote
+from vmlab.proc import run
+from vmlab.render.model import DiskSource
+from vmlab.spec import Disk
+from vmlab.storage.base import Preview, ServeContext
 
 log = logging.getLogger(__name__)
 
@@ -250,17 +254,6 @@ class LioPlan:
         """Where the kernel shows the LUN once setup worked (relative to configfs)."""
         return Path("target/vhost", self.wwpn, "tpgt_1/lun/lun_0")
 
-    def qemu_args(
-        self, *, id: str, num_queues: int | None = None, bus: str | None = None
-    ) -> list[str]:
-        """``["-device", "vhost-scsi-pci,wwpn=naa...,id=ID[,num_queues=N][,bus=B]"]``."""
-        opts = ["vhost-scsi-pci", f"wwpn={qemu_quote(self.wwpn)}", f"id={qemu_quote(id)}"]
-        if num_queues is not None:
-            opts.append(f"num_queues={num_queues}")
-        if bus is not None:
-            opts.append(f"bus={qemu_quote(bus)}")
-        return ["-device", ",".join(opts)]
-
     def describe(self) -> str:
         lines = [f"LIO vhost-scsi disk {self.name} ({self.wwpn}, unit serial {self.unit_serial})"]
         lines += [f"  {shlex.join(argv)}" for argv in self.setup]
@@ -319,28 +312,13 @@ def render_lio(disk: LioDisk, *, targetcli: str = "targetcli") -> LioPlan:
 
 def run_command(argv: Sequence[str], *, timeout_s: float = 60.0) -> None:
     """The default runner: one targetcli invocation; CommandError when it fails."""
-    log.debug("running %s", shlex.join(argv))
-    try:
-        done = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-    except FileNotFoundError as exc:
-        raise HostError(f"{argv[0]} is not installed", hint="apt-get install targetcli-fb") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(
-            f"{argv[0]} did not finish within {timeout_s:g} s",
-            argv=argv,
-            returncode=None,
-            hint="is another targetcli holding the configfs lock?",
-        ) from exc
-    if done.returncode != 0:
-        raise CommandError(
-            f"{argv[0]} failed",
-            argv=argv,
-            returncode=done.returncode,
-            output=done.stdout + done.stderr,
-            hint="see the message above; `targetcli ls` shows the current LIO configuration",
-        )
+    run(
+        argv,
+        timeout_s=timeout_s,
+        missing_hint="apt-get install targetcli-fb",
+        hint="is another targetcli holding the configfs lock? `targetcli ls` shows the "
+        "current LIO configuration",
+    )
 
 
 class LioTarget:
@@ -405,3 +383,36 @@ class LioTarget:
                 log.error("LIO teardown step %s failed: %s", shlex.join(step.delete), exc)
                 failed.append(shlex.join(step.delete))
         return failed
+
+
+# --------------------------------------------------------------------------------------------
+# the server
+
+
+def lio_plan(disk: Disk, source: DiskSource) -> LioPlan:
+    backstore: Literal["block", "fileio"] = (
+        "block" if source.protocol == "host_device" else "fileio"
+    )
+    return render_lio(LioDisk(name=f"vmlab-{disk.name}", path=source.path, backstore=backstore))
+
+
+class LioServer:
+    """Kernel LIO exporting a disk as vhost-scsi (``served_by: lio``)."""
+
+    name = "lio"
+
+    def preview(self, disk: Disk, source: DiskSource) -> Preview:
+        plan = lio_plan(disk, source)
+        return Preview(
+            source=replace(source, wwpn=plan.wwpn),
+            title="LIO setup, made first",
+            steps=plan.describe(),
+        )
+
+    def serve(
+        self, stack: ExitStack, disk: Disk, source: DiskSource, ctx: ServeContext
+    ) -> DiskSource:
+        plan = lio_plan(disk, source)
+        ctx.case_dir.write_text(f"lio-{disk.name}.txt", plan.describe() + "\n")
+        stack.enter_context(LioTarget(plan))
+        return replace(source, wwpn=plan.wwpn)

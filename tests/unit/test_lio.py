@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from vmlab.errors import CommandError, HostError, SpecError
-from vmlab.launch.vhost_scsi import (
+from vmlab.storage.lio import (
     LioDisk,
     LioTarget,
     Problem,
@@ -232,17 +232,6 @@ def test_fileio_and_readonly_argvs() -> None:
     ro = render_lio(LioDisk("ro0", Path("/dev/rbd1"), readonly=True), targetcli="/opt/targetcli")
     assert ro.setup[0][0] == "/opt/targetcli"
     assert "readonly=true" in ro.setup[0]
-
-
-def test_qemu_device_args_are_escaped() -> None:
-    plan = render_lio(LioDisk("vol0", Path("/dev/rbd0")))
-    assert plan.qemu_args(id="scsi,0") == [
-        "-device",
-        f"vhost-scsi-pci,wwpn={plan.wwpn},id=scsi,,0",
-    ]
-    assert plan.qemu_args(id="vs0", num_queues=2, bus="pcie.1,x")[1].endswith(
-        ",id=vs0,num_queues=2,bus=pcie.1,,x"
-    )
 
 
 @pytest.mark.parametrize(

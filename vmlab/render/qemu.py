@@ -1,125 +1,31 @@
-"""Render a planned case into what runs: a QEMU argv (one token per template line).
-
-Templates live in templates/ and are rendered with StrictUndefined, so a missing value is an
-error at render time, never an empty string in an argv.
-"""
+"""A planned case as the QEMU argv that runs it (templates/qemu/guest.argv.j2, one token per
+line)."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import jinja2
-
+from vmlab.net.lab import LabNic
 from vmlab.plan import Case
 from vmlab.qemuopts import qemu_quote
-from vmlab.resources import templates_dir
+from vmlab.render import render_argv
+from vmlab.render.model import (
+    PREVIEW_LAB,
+    BootImage,
+    CacheFlags,
+    DiskSource,
+    GuestRuntime,
+    NicPlan,
+    cache_flags,
+    hostdev_slot,
+    mac_address,
+    nic_slot,
+    pci_slot,
+)
 from vmlab.spec import Disk, Guest
 from vmlab.vfio import normalize_address
-
-
-@functools.cache
-def environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        undefined=jinja2.StrictUndefined,
-        autoescape=jinja2.select_autoescape(enabled_extensions=("xml",), default=False),
-        keep_trailing_newline=True,
-    )
-    env.filters["q"] = qemu_quote
-    return env
-
-
-def render_text(template: str, **context: Any) -> str:
-    return environment().get_template(template).render(**context)
-
-
-def render_argv(template: str, **context: Any) -> list[str]:
-    """Render a template that emits one argv token per line (blank lines are dropped)."""
-    return [line.strip() for line in render_text(template, **context).splitlines() if line.strip()]
-
-
-@dataclass(frozen=True)
-class CacheFlags:
-    """QEMU's -drive cache= shorthand spelled out for -blockdev and -device (QEMU docs table)."""
-
-    direct: str
-    no_flush: str
-    write_cache: str
-
-
-_CACHE_MODES = {
-    "none": CacheFlags("on", "off", "on"),
-    "directsync": CacheFlags("on", "off", "off"),
-    "writeback": CacheFlags("off", "off", "on"),
-    "writethrough": CacheFlags("off", "off", "off"),
-    "unsafe": CacheFlags("off", "on", "on"),
-}
-
-
-@dataclass(frozen=True)
-class BootImage:
-    """How the guest boots: a kernel (direct boot) or its own firmware and boot disk."""
-
-    kernel: Path | None
-    initrd: Path | None
-    cmdline: str
-    root_disk: Path | None = None  # a per-guest qcow2 overlay (rootfs and cloud images)
-    seed: Path | None = None  # the NoCloud seed ISO
-    no_reboot: bool = True  # cloud guests may reboot during cloud-init
-
-
-@dataclass(frozen=True)
-class GuestRuntime:
-    """Where one launched guest keeps its sockets and logs, and how to reach it."""
-
-    qmp_socket: Path
-    serial_log: Path
-    pidfile: Path
-    ssh_port: int
-    nics: Sequence[tuple[str, str]] = ()  # (-netdev, -device) of lab NICs, fds already open
-
-
-@dataclass(frozen=True)
-class RbdTarget:
-    """An RBD image as QEMU's rbd block driver opens it (the conf names the keyring)."""
-
-    pool: str
-    image: str
-    conf: Path
-    user: str
-    keyring: Path  # where the client's key is (the libvirt launcher reads it)
-
-
-@dataclass(frozen=True)
-class DiskSource:
-    """Where a disk's data is, as the bench resolved it (scratch, overlay, sidecar socket)."""
-
-    path: Path
-    format: str = "raw"
-    protocol: str = "file"  # QEMU block driver: file | host_device | rbd
-    socket: Path | None = None  # vhost-user socket, for disks a sidecar serves
-    wwpn: str | None = None  # vhost-scsi target, for disks LIO serves
-    rbd: RbdTarget | None = None  # for protocol rbd
-
-
-FIRST_DISK_SLOT = 0x10
-FIRST_NIC_SLOT = 0x8  # lab NICs: after mgmt (eth0) and rng, before the disks
-
-
-def nic_slot(index: int) -> str:
-    return f"0x{FIRST_NIC_SLOT + index:x}"
-
-
-FIRST_HOSTDEV_SLOT = 0x18  # passed-through devices: after the disks (0x10-0x17)
-
-
-def hostdev_slot(index: int) -> str:
-    return f"0x{FIRST_HOSTDEV_SLOT + index:x}"
 
 
 @dataclass(frozen=True)
@@ -171,15 +77,6 @@ class Rendered:
     accel: str
 
 
-def pci_slot(index: int) -> str:
-    """Disks get fixed PCI slots, so the guest can find a disk that has no serial by address."""
-    return f"0x{FIRST_DISK_SLOT + index:x}"
-
-
-def cache_flags(mode: str) -> CacheFlags:
-    return _CACHE_MODES[mode]
-
-
 def rendered_disk(index: int, disk: Disk, source: DiskSource) -> RenderedDisk:
     limits: list[tuple[str, int]] = []
     node = f"fmt-{disk.name}"
@@ -203,7 +100,7 @@ def rendered_disk(index: int, disk: Disk, source: DiskSource) -> RenderedDisk:
     return RenderedDisk(
         disk=disk,
         source=source,
-        cache=_CACHE_MODES[disk.cache],
+        cache=cache_flags(disk.cache),
         node=node,
         throttle_limits=limits,
         pci_slot=pci_slot(index),
@@ -234,10 +131,31 @@ def memory_object(guest: Guest) -> str | None:
     return None
 
 
-def mac_address(seed: str) -> str:
-    """A stable locally administered MAC (QEMU's 52:54:00 prefix) derived from a name."""
-    digest = hashlib.sha256(seed.encode()).digest()
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+def nic_plans(guest: Guest, nics: Sequence[LabNic] | None) -> list[NicPlan]:
+    """The guest's lab NICs, in spec order at fixed slots: from the fds vmlab opened in the lab
+    namespace, or (``nics`` None, for `vmlab render`) with placeholders for them."""
+    plans = []
+    for index, spec in enumerate(guest.nics):
+        if nics is not None:
+            nic = nics[index]
+            netdev_id, mac, fds = nic.netdev_id, nic.mac, tuple(str(fd) for fd in nic.fds)
+        else:
+            netdev_id = f"lab{index}"
+            mac = mac_address(f"{PREVIEW_LAB}/{spec.name}")
+            fds = tuple(f"<{spec.attach}-fd-{q}>" for q in range(spec.queues))
+        if not fds:
+            raise ValueError(f"NIC {spec.name}: no fds (a host-side port is libvirt's)")
+        plans.append(
+            NicPlan(
+                netdev_id=netdev_id,
+                fds=fds,
+                vhost=spec.vhost,
+                mac=mac,
+                model=spec.model,
+                slot=nic_slot(index),
+            )
+        )
+    return plans
 
 
 def render_qemu(

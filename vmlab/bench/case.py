@@ -1,0 +1,182 @@
+"""One case's guest, from nothing to measured and back to nothing.
+
+Everything the guest needs is entered into one ExitStack in order — VFIO bindings, the lab
+network and its NICs, a private runtime folder (secrets, sockets), the served disks (sidecars,
+targets), the guest itself, the SSH session — and leaves in reverse order on every path, Ctrl-C
+and failures included.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from vmlab.bench.events import BenchEvents
+from vmlab.bench.reach import Reach, configure_nics, reach, record_facts
+from vmlab.bench.workloads import JobContext
+from vmlab.bench.workloads.fio import run_guest_jobs
+from vmlab.bench.workloads.iperf import run_net_jobs
+from vmlab.guest.boot import plan_boot
+from vmlab.guest.image import GuestImage
+from vmlab.guest.ssh import public_line
+from vmlab.launch.base import Launcher, LaunchRequest
+from vmlab.launch.qemu import Deadlines, new_guest_dir
+from vmlab.net.lab import LabNetwork, LabNic
+from vmlab.plan import Case
+from vmlab.results.rundir import CaseDir
+from vmlab.spec import BenchSpec, Guest, Nic
+from vmlab.storage import served_disks
+from vmlab.storage.backing import RunBacking
+from vmlab.storage.base import ServeContext
+from vmlab.vfio import default_state_file, vfio_bound
+
+
+@dataclass(frozen=True)
+class CaseEnv:
+    """What every case of one bench shares."""
+
+    spec: BenchSpec
+    image: GuestImage
+    key: paramiko.PKey
+    backing: RunBacking
+    events: BenchEvents
+    qsd: str | None
+    timeout_scale: float
+    repetitions: range
+
+
+def deadlines_for(guest: Guest, accel: str, scale: float) -> Deadlines:
+    deadlines = Deadlines.for_accel(accel, scale)
+    if guest.image != "default":  # systemd and cloud-init boots take minutes under TCG
+        deadlines = replace(
+            deadlines, boot_s=deadlines.boot_s * 3, powerdown_s=deadlines.powerdown_s * 2
+        )
+    return deadlines
+
+
+@contextmanager
+def private_dir() -> Iterator[Path]:
+    """A 0700 folder for one case's secrets and sockets, gone when the case ends."""
+    path = new_guest_dir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def add_nic(lab: LabNetwork, launcher: Launcher, case: Case, nic: Nic) -> LabNic:
+    """Fds opened in the lab namespace, or a host-side port for a launcher that makes its own
+    tap or macvtap (libvirt)."""
+    if launcher.host_side_nics:
+        return lab.add_host_port(case.id, nic.attach, queues=nic.queues, vhost=nic.vhost)
+    add = lab.add_tap if nic.attach == "tap" else lab.add_macvtap
+    return add(case.id, queues=nic.queues, vhost=nic.vhost)
+
+
+def network_record(lab: LabNetwork, specs: Sequence[Nic], nics: Sequence[LabNic]) -> dict[str, Any]:
+    return {
+        "namespace": lab.name,
+        "gateway": str(lab.gateway),
+        "nics": [
+            {
+                "name": spec.name,
+                "attach": nic.kind,
+                "model": spec.model,
+                "mac": nic.mac,
+                "address": str(nic.address),
+                "queues": nic.queues,
+                "vhost": nic.vhost,
+            }
+            for spec, nic in zip(specs, nics, strict=True)
+        ],
+    }
+
+
+def measure_case(
+    env: CaseEnv,
+    case: Case,
+    case_dir: CaseDir,
+    *,
+    accel: str,
+    launcher: Launcher,
+    jobs: JobContext,
+    timings: dict[str, float],
+) -> None:
+    """Boot the case's guest once and run every job of the case in it."""
+    guest = case.variant.guest
+    deadlines = deadlines_for(guest, accel, env.timeout_scale)
+    nonce = secrets.token_hex(8)
+
+    def stage(what: str) -> None:
+        env.events.stage(case, what)
+
+    stage("preparing the boot image")
+    boot = plan_boot(
+        case.id,
+        guest,
+        case_dir=case_dir,
+        scratch=env.backing.root / "boot",
+        nonce=nonce,
+        public_key=public_line(env.key),
+        default=env.image,
+    )
+    with ExitStack() as stack:
+        if guest.hostdevs:  # bound to vfio-pci for this guest, restored after it
+            stack.enter_context(vfio_bound(guest.hostdevs, state_file=default_state_file()))
+        lab = stack.enter_context(LabNetwork()) if guest.nics else None
+        nics = [add_nic(lab, launcher, case, n) for n in guest.nics] if lab else []
+        if lab is not None:
+            case_dir.write_json("network.json", network_record(lab, guest.nics, nics))
+        storage = ServeContext(
+            case=case,
+            case_dir=case_dir,
+            deadlines=deadlines,
+            private_dir=stack.enter_context(private_dir()),
+            scratch_root=env.backing.root,
+            qsd=env.qsd,
+            lab=lab,
+            stage=stage,
+        )
+        disks: Mapping[str, Any] = stack.enter_context(served_disks(case, env.backing, storage))
+        stage(f"booting ({launcher.name}, {accel})")
+        request = LaunchRequest(
+            case=case,
+            case_dir=case_dir,
+            accel=accel,
+            boot=boot.boot,
+            disks=disks,
+            deadlines=deadlines,
+            ready_marker=boot.ready_marker,
+            failed_marker=boot.failed_marker,
+            nics=nics,
+        )
+        vm = stack.enter_context(launcher.launch(request))
+        timings.update(vm.timings)
+        where = Reach(
+            vm=vm,
+            boot=boot,
+            key=env.key,
+            nonce=nonce,
+            deadlines=deadlines,
+            case_dir=case_dir,
+            timings=timings,
+            timeout_scale=env.timeout_scale,
+        )
+        ssh = stack.enter_context(reach(where, stage))
+        devices = record_facts(ssh, case, case_dir)
+        configure_nics(ssh, nics)
+        if storage.guest_ceph is not None:
+            storage.guest_ceph.push_client(ssh)
+        run_guest_jobs(
+            jobs, ssh, devices, slack_s=deadlines.login_s * 4, guest_ceph=storage.guest_ceph
+        )
+        if lab is not None:
+            run_net_jobs(jobs, ssh, lab, env.spec.net_jobs)
+        stage("powering off")

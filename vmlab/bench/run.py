@@ -1,0 +1,335 @@
+"""Run a bench: plan the cases, run each once (vmlab.bench.case), store everything.
+
+A failing case is recorded and the bench moves on; an interrupt stops the bench, marks the run
+`interrupted`, and keeps every case that finished. One run uses one accelerator for every case
+that leaves it to vmlab: if KVM fails under a real guest, the run switches to TCG and measures
+every case again (see :meth:`Bench._switch_to_tcg`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from vmlab import __version__
+from vmlab.accel import cache_key, remember
+from vmlab.bench.baseline import baseline_case, run_baseline
+from vmlab.bench.case import CaseEnv, measure_case
+from vmlab.bench.events import BenchEvents, QuietEvents
+from vmlab.bench.outcome import BenchOptions, BenchOutcome, JobOutcome
+from vmlab.bench.workloads import JobContext
+from vmlab.errors import AccelError, HostError, VmlabError
+from vmlab.guest.image import GuestImage
+from vmlab.guest.ssh import lab_key
+from vmlab.host import AccelSwitch, HostFacts, pick_accel, require_qemu
+from vmlab.launch.base import Launcher
+from vmlab.launch.direct import QemuLauncher
+from vmlab.launch.libvirt import LibvirtLauncher
+from vmlab.launch.qemu import sweep_stale
+from vmlab.metrics import BASELINE_ID
+from vmlab.net.netns import sweep_stale as sweep_stale_netns
+from vmlab.plan import Case, plan
+from vmlab.preflight import check_plan, plan_problems
+from vmlab.results.index import default_index_path, index_run
+from vmlab.results.rundir import CaseDir, RunDir, now_iso
+from vmlab.spec import BenchSpec
+from vmlab.storage.backing import RunBacking, run_backing
+from vmlab.vfio import default_state_file, recover_stale
+
+log = logging.getLogger(__name__)
+
+
+def case_done(case_dir: CaseDir, accel: str | None = None) -> bool:
+    """The case finished in an earlier attempt, under ``accel`` when one is given (a run never
+    mixes accelerators: a case done under KVM runs again once the run has switched to TCG)."""
+    status = case_dir.status()
+    return status.get("status") == "ok" and (accel is None or status.get("accel", accel) == accel)
+
+
+def stored(case: Case, case_dir: CaseDir) -> list[JobOutcome]:
+    return [JobOutcome(case.id, job, rep, m) for job, rep, m in case_dir.stored_metrics()]
+
+
+class Bench:
+    """One bench run over a spec's cases."""
+
+    def __init__(
+        self,
+        spec: BenchSpec,
+        *,
+        facts: HostFacts,
+        image: GuestImage,
+        options: BenchOptions,
+        events: BenchEvents | None = None,
+    ) -> None:
+        self.spec = spec
+        self.facts = facts
+        self.image = image
+        self.options = options
+        self.events: BenchEvents = events or QuietEvents()
+        self.key = lab_key(options.lab_key_path)
+        # The accelerator of every case that leaves it to vmlab (accel: auto): the probe's
+        # verdict, until a real guest shows KVM failing; then TCG for the whole run.
+        self.accel = facts.accel
+        self.launchers: dict[str, Launcher] = {
+            "qemu": QemuLauncher(require_qemu(facts)),
+            "libvirt": LibvirtLauncher(options.libvirt_uri),
+        }
+
+    def repetitions(self) -> range:
+        """r0 is the warm-up (stored, never counted), then r1..rN."""
+        return range(0 if self.spec.warmup else 1, self.spec.repeat + 1)
+
+    def run(self, *, resume: RunDir | None = None) -> BenchOutcome:
+        sweep_stale()
+        sweep_stale_netns()
+        recover_stale(default_state_file())  # devices a crashed run left bound to vfio-pci
+        cases = plan(self.spec)
+        skipped: dict[str, list[str]] = {}
+        if self.options.skip_unsupported:
+            skipped = plan_problems(cases, self.facts, accel_override=self.options.accel)
+            for case in cases:
+                if case.id in skipped:
+                    self.events.case_finished(case, "unsupported", "; ".join(skipped[case.id]))
+            cases = [c for c in cases if c.id not in skipped]
+            if not cases:
+                raise HostError(
+                    "this host can run none of the spec's cases",
+                    hint="run `vmlab render SPEC` and `vmlab host check`",
+                )
+        check_plan(
+            cases, self.facts, accel_override=self.options.accel, baseline=self.spec.baseline
+        )
+        run = resume or self._new_run()
+        if resume is not None:
+            self._resume_accel(run)
+        outcome = BenchOutcome(run=run, cases=cases)
+        run.set_status(
+            "running", started=now_iso(), cases=[c.id for c in cases], unsupported=skipped
+        )
+        status = "failed"
+        try:
+            with run_backing(run.run_id) as backing:
+                if self.spec.baseline:
+                    self._baseline(run, cases, backing, outcome)
+                failure = self._run_cases(run, cases, backing, outcome, resume=resume is not None)
+                if failure is not None:  # KVM failed under a real guest: all again under TCG
+                    self._switch_to_tcg(run, failure, outcome)
+                    self._run_cases(run, cases, backing, outcome, resume=True)
+            status = "complete" if outcome.ok else "failed"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            run.set_status(
+                status, finished=now_iso(), cases=[c.id for c in cases], failed=outcome.failed
+            )
+            self._index(run)  # after the final status, so the index records it
+        return outcome
+
+    # -- the cases -------------------------------------------------------------------------
+
+    def _run_cases(
+        self,
+        run: RunDir,
+        cases: Sequence[Case],
+        backing: RunBacking,
+        outcome: BenchOutcome,
+        *,
+        resume: bool,
+    ) -> tuple[Case, AccelError] | None:
+        """Every case in turn; stops at the first whose guest KVM failed under, when the run
+        may still fall back to TCG (and returns it)."""
+        env = CaseEnv(
+            spec=self.spec,
+            image=self.image,
+            key=self.key,
+            backing=backing,
+            events=self.events,
+            qsd=self.facts.qemu_storage_daemon,
+            timeout_scale=self.options.timeout_scale,
+            repetitions=self.repetitions(),
+        )
+        for index, case in enumerate(cases, start=1):
+            case_dir = run.case(case.id)
+            accel, _ = self._case_accel(case)
+            if resume and case_done(case_dir, accel):
+                self.events.case_finished(case, "skipped", "finished in an earlier run")
+                outcome.results.extend(stored(case, case_dir))
+                continue
+            self.events.case_started(case, index, len(cases))
+            failure = self._run_case(env, run, case, outcome)
+            if failure is not None:
+                return case, failure
+        return None
+
+    def _case_accel(self, case: Case) -> tuple[str, bool]:
+        """The case's accelerator, and whether vmlab chose it (and so may fall back to TCG).
+        One given by the user (--accel, or accel: in the spec) is honoured, never replaced."""
+        wanted = self.options.accel or case.variant.accel
+        if wanted != "auto":
+            return pick_accel(self.facts, wanted), False
+        return self.accel, self.accel == "kvm"
+
+    def _run_case(
+        self, env: CaseEnv, run: RunDir, case: Case, outcome: BenchOutcome
+    ) -> AccelError | None:
+        """One case, recorded as ok or failed; returns the KVM failure instead when the case's
+        accelerator was vmlab's choice (the run then falls back to TCG)."""
+        run.archive_case(case.id)  # resumed after a failure or interrupt: keep what it left
+        case_dir = run.case(case.id)
+        case_dir.write_json(
+            "case.json",
+            {
+                "id": case.id,
+                "params": dict(case.params),
+                "variant": case.variant.model_dump(mode="json"),
+            },
+        )
+        accel, may_fall_back = self._case_accel(case)
+        case_dir.set_status("running", started=now_iso(), accel=accel)
+        timings: dict[str, float] = {}
+        jobs = JobContext(case, case_dir, env.repetitions, self.events, outcome)
+        try:
+            self._measure(env, case, case_dir, accel, jobs, timings)
+        except AccelError as exc:
+            if not may_fall_back:
+                self._case_failed(case, case_dir, outcome, exc, timings)
+                return None
+            outcome.forget(keep={r.case_id for r in outcome.results} - {case.id})
+            case_dir.set_status("failed", error=str(exc), hint=exc.hint, timings=timings)
+            return exc
+        except VmlabError as exc:
+            self._case_failed(case, case_dir, outcome, exc, timings)
+            return None
+        except KeyboardInterrupt:
+            case_dir.set_status("interrupted", timings=timings)
+            raise
+        case_dir.set_status("ok", finished=now_iso(), timings=timings)
+        self.events.case_finished(case, "ok", None)
+        return None
+
+    def _measure(
+        self,
+        env: CaseEnv,
+        case: Case,
+        case_dir: CaseDir,
+        accel: str,
+        jobs: JobContext,
+        timings: dict[str, float],
+    ) -> None:
+        launcher = self.launchers[self.options.launcher or case.variant.launcher]
+        measure_case(
+            env, case, case_dir, accel=accel, launcher=launcher, jobs=jobs, timings=timings
+        )
+
+    def _case_failed(
+        self,
+        case: Case,
+        case_dir: CaseDir,
+        outcome: BenchOutcome,
+        exc: VmlabError,
+        timings: dict[str, float],
+    ) -> None:
+        outcome.failed[case.id] = str(exc)
+        case_dir.set_status("failed", error=str(exc), hint=exc.hint, timings=timings)
+        self.events.case_finished(case, "failed", str(exc))
+
+    def _baseline(
+        self, run: RunDir, cases: Sequence[Case], backing: RunBacking, outcome: BenchOutcome
+    ) -> None:
+        case = baseline_case(cases[0])
+        case_dir = run.case(case.id)
+        if case_done(case_dir):
+            outcome.results.extend(stored(case, case_dir))
+            return
+        self.events.case_started(case, 0, len(cases))
+        jobs = JobContext(case, case_dir, self.repetitions(), self.events, outcome)
+        run_baseline(jobs, backing)
+
+    # -- the accelerator ---------------------------------------------------------------------
+
+    def _resume_accel(self, run: RunDir) -> None:
+        """A resumed run keeps the accelerator its finished cases ran under, if it still works
+        here; a run that had switched to TCG stays on TCG."""
+        try:
+            stored_facts = HostFacts.model_validate(run.read_json("host.json"))
+        except (VmlabError, ValueError):
+            return
+        if stored_facts.accel == "tcg" or self.facts.accel == "kvm":
+            self.accel = stored_facts.accel
+            self.facts = self.facts.model_copy(
+                update={
+                    "accel": stored_facts.accel,
+                    "accel_reason": stored_facts.accel_reason,
+                    "accel_switch": stored_facts.accel_switch,
+                }
+            )
+
+    def _switch_to_tcg(
+        self, run: RunDir, failure: tuple[Case, AccelError], outcome: BenchOutcome
+    ) -> None:
+        """Record why, in the run's host facts and the accelerator cache, and say so loudly.
+        Cases already measured under KVM are measured again (their KVM results are kept under
+        attempts/), so a comparison never mixes KVM and TCG."""
+        case, error = failure
+        switch = AccelSwitch(
+            case=case.id, error=error.detail, probed_reason=self.facts.accel_reason, at=now_iso()
+        )
+        reason = f"KVM failed under the guest of case {case.id} ({error.detail}); switched to TCG"
+        self.facts = self.facts.model_copy(
+            update={"accel": "tcg", "accel_reason": reason, "accel_switch": switch}
+        )
+        self.accel = "tcg"
+        run.replace_host_facts(self.facts.model_dump(mode="json"))
+        if self.facts.qemu is not None:
+            remember(
+                cache_key(self.facts.qemu, self.facts.qemu_version, self.image.kernel),
+                "tcg",
+                f"/dev/kvm exists but a run saw the guest kernel fail under it: {error.detail}",
+            )
+        outcome.accel_switch = switch
+        outcome.forget(keep={BASELINE_ID})
+        self.events.notice(
+            f"KVM failed under the first real guest ({case.id}: {error.detail}). The probe had "
+            f"said: {switch.probed_reason}. Every case of this run now runs under TCG, from the "
+            "first; the switch is recorded in host.json."
+        )
+
+    # -- the run directory -------------------------------------------------------------------
+
+    def _index(self, run: RunDir) -> None:
+        """Keep the SQLite index in step; the files are the truth, so a failure only warns."""
+        try:
+            index_run(default_index_path(self.options.results_root), run.path)
+        except VmlabError as exc:
+            log.warning("could not index %s: %s (run `vmlab results reindex`)", run.path, exc)
+
+    def _new_run(self) -> RunDir:
+        run = RunDir.create(self.options.results_root, self.spec.name)
+        run.write_text("spec.yaml", self.spec.source or "# built from Python, see spec.json\n")
+        run.write_json("spec.json", self.spec.model_dump(mode="json", exclude={"source"}))
+        run.write_json("host.json", self.facts.model_dump(mode="json"))
+        run.write_json(
+            "image.json",
+            {
+                "key": self.image.key,
+                "kernel": str(self.image.kernel),
+                "kernel_version": self.image.kernel_version,
+                "fio_version": self.image.fio_version,
+            },
+        )
+        run.write_json("vmlab.json", {"version": __version__})
+        return run
+
+
+def run_bench(
+    spec: BenchSpec,
+    *,
+    facts: HostFacts,
+    image: GuestImage,
+    options: BenchOptions,
+    events: BenchEvents | None = None,
+    resume: RunDir | None = None,
+) -> BenchOutcome:
+    return Bench(spec, facts=facts, image=image, options=options, events=events).run(resume=resume)

@@ -1,0 +1,78 @@
+"""fio jobs: rendered from the spec, run in the guest (or on the host for the baseline), raw
+JSON saved before it is parsed, flat metrics out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from vmlab.bench.workloads import JobContext
+from vmlab.errors import GuestError, ResultError
+from vmlab.fio.jobs import fio_command, fio_timeout_s, render_job
+from vmlab.fio.parse import parse_fio_output, summarize
+from vmlab.guest.ssh import GuestSSH
+from vmlab.results.rundir import ArtifactDir, now_iso
+from vmlab.storage.guest import GuestCeph
+
+GUEST_JOB_PATH = "/tmp/vmlab-job.fio"
+
+
+def run_guest_jobs(
+    ctx: JobContext,
+    ssh: GuestSSH,
+    devices: Mapping[str, str],
+    *,
+    slack_s: float,
+    guest_ceph: GuestCeph | None,
+) -> None:
+    """Every fio job of the case, each repetition in turn, in the guest."""
+    for spec_job in ctx.case.jobs:
+        job = guest_ceph.fio_job(spec_job) if guest_ceph is not None else spec_job
+        for repetition in ctx.repetitions:
+            job_dir = ctx.case_dir.job(job.name, repetition)
+            text = render_job(job, filename=devices.get(job.disk, ""), case_id=ctx.case.id)
+            job_dir.write_text("job.fio", text)
+            ssh.put(text.encode(), GUEST_JOB_PATH)
+            ctx.events.stage(ctx.case, f"fio {job.name} r{repetition} ({job.runtime_s} s)")
+            started = now_iso()
+            result = ssh.run(
+                fio_command(GUEST_JOB_PATH),
+                check=False,
+                timeout_s=fio_timeout_s(job, slack_s=slack_s),
+            )
+            metrics = store_fio(
+                job_dir,
+                result.stdout,
+                result.stderr,
+                result.exit_code,
+                result.command,
+                started,
+                job.name,
+            )
+            ctx.finished(job.name, repetition, metrics)
+
+
+def store_fio(
+    job_dir: ArtifactDir,
+    stdout: bytes,
+    stderr: bytes,
+    exit_code: int,
+    command: str,
+    started: str,
+    job: str,
+) -> dict[str, float]:
+    """Save fio's raw output first, then parse it; returns the flat metrics."""
+    raw = job_dir.write_bytes("fio.json", stdout)
+    job_dir.write_bytes("fio.stderr", stderr)
+    job_dir.write_json(
+        "exit.json",
+        {"exit_code": exit_code, "started": started, "finished": now_iso(), "command": command},
+    )
+    if exit_code != 0:
+        err = stderr.decode(errors="replace").strip()[-400:]
+        raise GuestError(f"fio job {job} exited {exit_code}: {err}", hint=f"see {raw.parent}")
+    parsed = parse_fio_output(stdout.decode(errors="replace"), source=str(raw))
+    if not parsed.jobs:
+        raise ResultError("fio reported no jobs", path=raw)
+    metrics = summarize(parsed.jobs[0])
+    job_dir.write_json("summary.json", {"metrics": metrics, "fio": parsed.model_dump(mode="json")})
+    return metrics

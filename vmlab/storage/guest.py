@@ -1,0 +1,103 @@
+"""The guest as the Ceph client (``served_by: guest``): nothing serves the disk on the host.
+
+A micro Ceph cluster runs inside the case's lab network namespace, bound to the bridge address
+the guest reaches over its lab NIC; fio in the guest talks to it with its rbd engine. After
+the guest is up, ceph.conf and the keyring are pushed into it (the keyring goes nowhere else).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from vmlab.ceph.cluster import MicroCluster
+from vmlab.ceph.info import ClusterInfo
+from vmlab.errors import HostError
+from vmlab.render.model import DiskSource
+from vmlab.spec import Disk, FioJob, RbdBackend
+from vmlab.storage.base import Preview, ServeContext
+
+GUEST_CEPH_DIR = "/etc/ceph"
+
+
+class GuestShell(Protocol):
+    """What pushing the client needs of a guest session (vmlab.guest.ssh.GuestSSH)."""
+
+    def run(self, command: str, *, timeout_s: float) -> object: ...
+    def put(self, data: bytes, remote: str, *, mode: int = 0o644) -> None: ...
+
+
+@dataclass
+class GuestCeph:
+    """The case's in-guest cluster and the images its disks use."""
+
+    cluster: MicroCluster
+    info: ClusterInfo
+    images: dict[str, tuple[str, str]] = field(default_factory=dict)  # disk -> (pool, image)
+
+    def push_client(self, guest: GuestShell) -> None:
+        """ceph.conf and the keyring into the guest."""
+        conf = (
+            f"[global]\nfsid = {self.info.fsid}\nmon host = {self.info.mon_addr}\n"
+            f"[client]\nkeyring = {GUEST_CEPH_DIR}/keyring\n"
+        )
+        guest.run(f"mkdir -p {GUEST_CEPH_DIR}", timeout_s=30)
+        guest.put(conf.encode(), f"{GUEST_CEPH_DIR}/ceph.conf")
+        guest.put(self.info.keyring_path.read_bytes(), f"{GUEST_CEPH_DIR}/keyring", mode=0o600)
+
+    def fio_job(self, job: FioJob) -> FioJob:
+        """``job`` through fio's rbd engine when its disk is one of the cluster's images."""
+        found = self.images.get(job.disk)
+        if found is None:
+            return job
+        pool, image = found
+        options = {**job.options, "clientname": "admin", "pool": pool, "rbdname": image}
+        return job.model_copy(update={"ioengine": "rbd", "options": options})
+
+
+def image_of(disk: Disk) -> tuple[str, str, int]:
+    backend = disk.backend
+    assert isinstance(backend, RbdBackend)
+    return backend.pool, backend.image or f"vmlab-{disk.name}", backend.size_bytes
+
+
+class GuestServer:
+    name = "guest"
+
+    def preview(self, disk: Disk, source: DiskSource) -> Preview:
+        pool, image, _ = image_of(disk)
+        return Preview(
+            source=no_device(disk),
+            title="the guest is the Ceph client",
+            steps=f"micro Ceph cluster in the lab network; fio's rbd engine on {pool}/{image}",
+        )
+
+    def serve(
+        self, stack: ExitStack, disk: Disk, source: DiskSource, ctx: ServeContext
+    ) -> DiskSource:
+        if ctx.lab is None:
+            raise HostError(
+                f"disk {disk.name}: the guest as Ceph client needs a lab network",
+                hint="give the guest a lab NIC (guest.nics)",
+            )
+        if ctx.guest_ceph is None:
+            cluster = MicroCluster(
+                ctx.scratch_root / f"ceph-{ctx.case.id}",
+                bind_addr=str(ctx.lab.gateway),
+                netns=ctx.lab.name,
+            )
+            stack.callback(cluster.purge)
+            ctx.stage("starting a Ceph cluster in the lab network")
+            ctx.guest_ceph = GuestCeph(cluster=cluster, info=cluster.up())
+        pool, image, size = image_of(disk)
+        ctx.guest_ceph.cluster.ensure_pool(pool)
+        ctx.guest_ceph.cluster.ensure_image(pool, image, size)
+        ctx.guest_ceph.images[disk.name] = (pool, image)
+        return no_device(disk)
+
+
+def no_device(disk: Disk) -> DiskSource:
+    """The placeholder source of a disk the guest reaches by itself (no device in QEMU)."""
+    return DiskSource(path=Path(f"rbd-in-guest:{disk.name}"))
