@@ -21,7 +21,8 @@ import pytest
 
 from vmlab.fleet.testhosts import SSHD, TestHosts
 from vmlab.guest.image import GuestImage
-from vmlab.results.index import list_runs, scan_run
+from vmlab.results.index import list_runs
+from vmlab.results.rundir import scan_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 

@@ -18,7 +18,7 @@ import pytest
 from vmlab.report.model import build_report
 from vmlab.report.render import write_report
 from vmlab.results.importer import group_folder, read_units, write_import
-from vmlab.results.index import scan_run
+from vmlab.results.rundir import scan_run
 
 pytestmark = pytest.mark.integration
 

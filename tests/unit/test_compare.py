@@ -14,7 +14,7 @@ from vmlab.errors import ResultError, SpecError
 from vmlab.report.cli import GATE_FAILED, app
 from vmlab.report.compare import compare_runs, load_rules, parse_rule
 from vmlab.report.render import compare_junit
-from vmlab.results.index import scan_run
+from vmlab.results.rundir import scan_run
 
 N = 8
 

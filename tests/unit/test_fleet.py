@@ -27,8 +27,8 @@ from vmlab.fleet.run import (
 )
 from vmlab.report.compare import compare_runs, load_rules
 from vmlab.resources import playbooks_dir
-from vmlab.results.index import list_runs, scan_run
-from vmlab.results.rundir import RunDir
+from vmlab.results.index import list_runs
+from vmlab.results.rundir import RunDir, scan_run
 from vmlab.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]

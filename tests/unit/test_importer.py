@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from vmlab.errors import ResultError
 from vmlab.report.cli import app
 from vmlab.results.importer import ImportResult, import_tree, infer_params, job_name, read_units
-from vmlab.results.index import default_index_path, list_runs, scan_run
+from vmlab.results.index import default_index_path, list_runs
+from vmlab.results.rundir import scan_run
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "fio"
 FIO_218 = DATA / "fio-2.18-ssd"

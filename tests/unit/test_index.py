@@ -24,11 +24,10 @@ from vmlab.results.index import (
     query_metrics,
     reindex,
     remove_run,
-    resolve_run,
-    scan_run,
     schema_version,
     sync_index,
 )
+from vmlab.results.rundir import resolve_run, scan_run
 
 CELLS = {
     ("virtio-blk", "latency"): {"read_iops": [100.0, 110.0, 105.0], "write_iops": [10.0, 11, 12]},

@@ -29,7 +29,7 @@ from vmlab.report.render import (
     render_markdown,
     write_report,
 )
-from vmlab.results.index import scan_run
+from vmlab.results.rundir import scan_run
 
 EVIL = "<script>alert(1)</script>|`x`"
 

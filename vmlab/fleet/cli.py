@@ -116,7 +116,7 @@ def _summary(outcome: FleetOutcome) -> None:
 
 def _metrics_table(outcome: FleetOutcome) -> None:
     from vmlab.report.table import build_rows
-    from vmlab.results.index import scan_run
+    from vmlab.results.rundir import scan_run
 
     record = scan_run(outcome.run.path)
     rows = build_rows([(s.case_id, s.job, s.metrics) for s in record.samples if s.repetition])

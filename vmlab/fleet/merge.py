@@ -20,17 +20,15 @@ first, and ``host_case_id`` keeps the id the host gave. Case ids stay readable a
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from vmlab.results.index import INDEX_NAME
-from vmlab.results.rundir import RunDir, now_iso
+from vmlab.results.rundir import RunDir, now_iso, run_dirs
 
 log = logging.getLogger(__name__)
 
@@ -102,51 +100,20 @@ def merged_case_id(label: str, case_id: str) -> str:
     return f"{label}_{case_id}"
 
 
-def find_host_run(host_dir: Path) -> Path | None:
+def find_host_run(host_dir: Path) -> RunDir | None:
     """The run directory a host sent back (the newest, if there are several)."""
     if not host_dir.is_dir():
         return None
-    runs = sorted(p for p in host_dir.iterdir() if p.is_dir() and (p / "spec.json").is_file())
+    runs = run_dirs(host_dir)
     if len(runs) > 1:
         log.warning(
             "%s holds %d run directories; merging the newest, %s", host_dir, len(runs), runs[-1]
         )
-    return runs[-1] if runs else None
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        log.warning("%s: unreadable (%s)", path, exc)
-        return None
+    return RunDir.open(runs[-1]) if runs else None
 
 
 def _dict(data: Any) -> dict[str, Any]:
     return {str(k): v for k, v in data.items()} if isinstance(data, dict) else {}
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
-def _move_case(case_dir: Path, dest: Path, host: str) -> None:
-    shutil.move(str(case_dir), str(dest))
-    meta_path = dest / "case.json"
-    meta = _dict(_read_json(meta_path) if meta_path.exists() else None)
-    params = _dict(meta.get("params"))
-    meta.update(
-        {
-            "id": dest.name,
-            "host": host,
-            "host_case_id": case_dir.name,
-            "params": {"host": host, **{k: v for k, v in params.items() if k != "host"}},
-        }
-    )
-    _write_json(meta_path, meta)
 
 
 def _merge_host(
@@ -162,11 +129,9 @@ def _merge_host(
         run_id=None,
         bench_status=None,
     )
-    keep = run.path / "hosts" / label
     if source is None:
         if host_dir.is_dir():  # bench.log and whatever else came back
-            keep.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(host_dir), str(keep))
+            run.keep_host_files(label, host_dir)
         if outcome.status == "ok":
             merged = replace(
                 merged,
@@ -174,35 +139,22 @@ def _merge_host(
                 error=f"no run directory came back from {outcome.host} (looked in {host_dir})",
             )
         return merged, None
-    status = _dict(_read_json(source / "status.json"))
+    status = source.status()
     listed = [str(c) for c in status.get("cases", []) if isinstance(c, str)]
-    cases_root = source / "cases"
-    on_disk = (
-        sorted(p.name for p in cases_root.iterdir() if p.is_dir()) if cases_root.is_dir() else []
-    )
+    on_disk = source.case_ids_on_disk()
     failed = _dict(status.get("failed"))
     moved: list[str] = []
     for case_id in [*listed, *(c for c in on_disk if c not in listed)]:
         new_id = merged_case_id(label, case_id)
         moved.append(new_id)
-        if (cases_root / case_id).is_dir():
-            _move_case(cases_root / case_id, run.path / "cases" / new_id, outcome.host)
-    host_json = source / "host.json"
-    if host_json.is_file():
-        (run.path / "hosts").mkdir(parents=True, exist_ok=True)
-        shutil.move(str(host_json), str(run.path / "hosts" / f"{label}.json"))
-    if cases_root.is_dir() and not any(cases_root.iterdir()):
-        cases_root.rmdir()
-    keep.mkdir(parents=True, exist_ok=True)
-    for item in source.iterdir():  # spec, status, image.json, attempts/... stay with the host
-        shutil.move(str(item), str(keep / item.name))
-    for item in host_dir.iterdir():  # bench.log (the run directory itself is empty now)
-        if item != source and item.name != INDEX_NAME:  # the host's index: a cache, dropped
-            shutil.move(str(item), str(keep / item.name))
-    source.rmdir()
+        if source.case(case_id).exists():
+            run.adopt_case(source.case(case_id), new_id, host=outcome.host)
+    # bench.log beside the run directory; the host's index is a cache, dropped
+    extra = [p for p in host_dir.iterdir() if p != source.path and p.name != INDEX_NAME]
+    keep = run.adopt_host(source, label, extra)
     merged = replace(
         merged,
-        run_id=source.name,
+        run_id=source.run_id,
         bench_status=str(status.get("status", "unknown")),
         cases=tuple(moved),
         failed_cases={merged_case_id(label, str(k)): str(v) for k, v in failed.items()},
@@ -236,18 +188,13 @@ def merge_fleet(
     for outcome in outcomes:
         host, kept = _merge_host(run, outcome, labels[outcome.host], fetch_dir / outcome.host)
         merged.append(host)
-        if spec_from is None and kept is not None and (kept / "spec.json").is_file():
+        if spec_from is None and kept is not None and run.copy_spec_from(kept):
             spec_from = kept
-    if spec_from is not None:
-        shutil.copyfile(spec_from / "spec.json", run.file("spec.json"))
-        if (spec_from / "spec.yaml").is_file():
-            shutil.copyfile(spec_from / "spec.yaml", run.file("spec.yaml"))
-    else:
+    if spec_from is None:
         run.write_json("spec.json", dict(fallback_spec))
         run.write_text("spec.yaml", fallback_spec_yaml)
     result = MergeResult(run=run, hosts=tuple(merged))
-    _write_json(
-        run.file("fleet.json"),
+    run.write_fleet(
         {
             **dict(meta or {}),
             "spec_from": spec_from.name if spec_from is not None else "controller",

@@ -31,7 +31,7 @@ from vmlab.report.stats import (
     StatOptions,
 )
 from vmlab.results.importer import import_tree
-from vmlab.results.index import RunRecord, resolve_run, scan_run
+from vmlab.results.rundir import RunRecord, resolve_run, scan_run
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -42,7 +42,7 @@ from vmlab.report.stats import (
     compare_cells,
     describe,
 )
-from vmlab.results.index import RunRecord
+from vmlab.results.rundir import RunRecord
 
 DEFAULT_METRICS = (
     "total_iops",

@@ -11,27 +11,24 @@ repetitions. The warm-up repetition (r0) never enters any number.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
-import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vmlab import __version__
+from vmlab.errors import ResultError
 from vmlab.fio.parse import FioOutput, combine_jobs
 from vmlab.metrics import BASELINE_ID, DIRECTIONS, METRICS, limit_cases
 from vmlab.report.compare import CompareResult
 from vmlab.report.stats import CellStats, StatOptions, describe
-from vmlab.results.index import RunRecord, Sample
+from vmlab.results.rundir import ArtifactDir, CaseDir, RunRecord, Sample
 
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_CHARS = 200_000
-_ARGV_FILE = re.compile(r"^argv(?:\.(\d+))?\.sh$")
 
 _CONFIG = ConfigDict(frozen=True, extra="forbid")
 
@@ -189,36 +186,12 @@ class Report(BaseModel):
 # --------------------------------------------------------------------------------------------
 
 
-def _command(case_dir: Path) -> tuple[Literal["argv", "xml"] | None, str | None]:
-    """The exact command line (argv.sh, the last attempt's) or libvirt domain XML of a case."""
-    found: list[tuple[Literal["argv", "xml"], Path]] = []
-    if (case_dir / "domain.xml").is_file():
-        found.append(("xml", case_dir / "domain.xml"))
-    # argv.sh, then argv.2.sh, argv.3.sh... for boot retries: the last attempt is what ran
-    attempts = sorted(
-        (int(m.group(1) or 1), p)
-        for p in case_dir.glob("argv*.sh")
-        if (m := _ARGV_FILE.match(p.name))
-    )
-    if attempts:
-        found.append(("argv", attempts[-1][1]))
-    if not found:
-        return None, None
-    kind, path = found[0]
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        log.warning("%s: %s", path, exc)
-        return None, None
-    return kind, text[:MAX_COMMAND_CHARS]
-
-
 def _percentiles(sample: Sample) -> dict[str, tuple[str, dict[float, float]]]:
     """direction -> (latency kind, percentile -> ns) of one repetition, from summary.json."""
     try:
-        data = json.loads((sample.path / "summary.json").read_text(encoding="utf-8"))
+        data = ArtifactDir(sample.path).read_json("summary.json")
         report = FioOutput.model_validate(data["fio"])
-    except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+    except (ResultError, KeyError, TypeError, ValidationError) as exc:
         log.warning("%s: no fio percentiles (%s)", sample.path, exc)
         return {}
     if not report.jobs:
@@ -308,7 +281,7 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
                     curves=_curves(reps) if curves else [],
                 )
             )
-        kind, command = _command(case.path)
+        kind, command = CaseDir(case.path, case.case_id).command(MAX_COMMAND_CHARS)
         cases.append(
             CaseView(
                 id=case.case_id,

@@ -24,10 +24,9 @@ from vmlab.results.index import (
     list_runs,
     reindex,
     remove_run,
-    resolve_run,
-    scan_run,
     sync_index,
 )
+from vmlab.results.rundir import resolve_run, scan_run
 
 app = typer.Typer(
     help="The results store: run directories and their SQLite index.", no_args_is_help=True

@@ -38,8 +38,8 @@ from pathlib import Path
 from vmlab import __version__
 from vmlab.errors import ResultError
 from vmlab.fio.parse import FioOutput, JobResult, combine_jobs, parse_fio_output, summarize
-from vmlab.results.index import default_index_path, index_run, is_run_dir
-from vmlab.results.rundir import RunDir, now_iso
+from vmlab.results.index import default_index_path, index_run
+from vmlab.results.rundir import RunDir, is_run_dir, now_iso
 from vmlab.spec import parse_size
 
 log = logging.getLogger(__name__)
