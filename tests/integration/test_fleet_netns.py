@@ -7,7 +7,6 @@ guests at once: the spec is tiny and every deadline doubled.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -60,18 +59,7 @@ def _require() -> None:
         pytest.skip(f"ansible-playbook or vmlab missing in {BIN}: pip install -e '.[fleet]'")
 
 
-@functools.cache
-def _fleet_argv() -> list[str]:
-    """`vmlab fleet` once vmlab.cli mounts it; the fleet CLI module directly until then."""
-    mounted = subprocess.run(
-        [sys.executable, "-m", "vmlab.cli", "fleet", "--help"],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    if mounted.returncode == 0:
-        return [sys.executable, "-m", "vmlab.cli", "fleet"]
-    return [sys.executable, "-m", "vmlab.fleet.cli"]
+FLEET = [sys.executable, "-m", "vmlab.cli", "fleet"]
 
 
 def write_inventory(hosts: TestHosts, root: Path) -> Path:
@@ -93,7 +81,7 @@ def fleet_run(root: Path, inventory: Path, *extra: str) -> subprocess.Popen[str]
     spec.write_text(SPEC)
     return subprocess.Popen(
         [
-            *_fleet_argv(),
+            *FLEET,
             "run",
             "-i",
             str(inventory),

@@ -10,8 +10,8 @@ import pytest
 from runs_fixture import make_run, normal
 from typer.testing import CliRunner, Result
 
+from vmlab.cli.report import GATE_FAILED, app
 from vmlab.errors import ResultError, SpecError
-from vmlab.report.cli import GATE_FAILED, app
 from vmlab.report.compare import compare_runs, load_rules, parse_rule
 from vmlab.report.render import compare_junit
 from vmlab.results.rundir import scan_run

@@ -79,8 +79,9 @@ def test_missing_tools_are_named_with_their_packages(monkeypatch: pytest.MonkeyP
 def test_image_build_rootfs_options_need_kind_rootfs() -> None:
     from typer.testing import CliRunner
 
-    from vmlab.cli import app
+    from vmlab.cli import build_app
 
+    app = build_app()
     for args in (["--disk"], ["--cloud-init"], ["--kind", "qcow2"]):
         result = CliRunner().invoke(app, ["image", "build", *args], env={"COLUMNS": "200"})
         assert result.exit_code == 2, (args, result.output)

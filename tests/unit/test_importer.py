@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from vmlab.cli.report import app
 from vmlab.errors import ResultError
-from vmlab.report.cli import app
 from vmlab.results.importer import ImportResult, import_tree, infer_params, job_name, read_units
 from vmlab.results.index import default_index_path, list_runs
 from vmlab.results.rundir import scan_run

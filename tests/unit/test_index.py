@@ -12,8 +12,8 @@ import pytest
 from runs_fixture import make_run
 from typer.testing import CliRunner
 
+from vmlab.cli.results import app
 from vmlab.errors import ResultError
-from vmlab.results.cli import app
 from vmlab.results.index import (
     MIGRATIONS,
     default_index_path,

@@ -13,9 +13,9 @@ import pytest
 from runs_fixture import FIO_333, lab_run, make_run
 from typer.testing import CliRunner
 
+from vmlab.cli.report import app
 from vmlab.metrics import limit_cases
 from vmlab.report.charts import BarInput, bar_chart, human, human_pm, nice_step, nines
-from vmlab.report.cli import app
 from vmlab.report.compare import compare_runs
 from vmlab.report.model import Report, build_report
 from vmlab.report.render import (

@@ -62,7 +62,7 @@ def test_plain_progress_says_iops_for_fio_and_gbits_for_iperf(
 ) -> None:
     from types import SimpleNamespace
 
-    from vmlab.cli import PlainEvents
+    from vmlab.cli.bench import PlainEvents
 
     case = SimpleNamespace(id="tap")
     PlainEvents().job_finished(case, "qd1", 1, {"read_iops": 900.4, "write_iops": 100.0})

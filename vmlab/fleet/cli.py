@@ -115,33 +115,15 @@ def _summary(outcome: FleetOutcome) -> None:
 
 
 def _metrics_table(outcome: FleetOutcome) -> None:
-    from vmlab.report.table import build_rows
+    from vmlab.cli.tables import print_results
     from vmlab.results.rundir import scan_run
 
     record = scan_run(outcome.run.path)
-    rows = build_rows([(s.case_id, s.job, s.metrics) for s in record.samples if s.repetition])
-    if not rows:
-        return
-    table = Table(title_justify="left")
-    for name, justify in (
-        ("host_configuration", "left"),
-        ("job", "left"),
-        ("IOPS", "right"),
-        ("lat mean µs", "right"),
-        ("lat p99 µs", "right"),
-        ("× first", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for row in rows:
-        table.add_row(
-            escape(row.case_id),
-            escape(row.job),
-            f"{row.iops:,.0f}",
-            "-" if row.lat_mean_us is None else f"{row.lat_mean_us:,.1f}",
-            "-" if row.lat_p99_us is None else f"{row.lat_p99_us:,.1f}",
-            "-" if row.ratio is None else f"{row.ratio:.2f}",
-        )
-    out.print(table)
+    print_results(
+        [(s.case_id, s.job, s.repetition, dict(s.metrics)) for s in record.samples],
+        title="",
+        case_column="host_configuration",
+    )
 
 
 @app.command()
@@ -234,12 +216,3 @@ def run(
             hint=f"see {outcome.run.path / 'fleet.json'} and "
             f"{outcome.run.path / 'ansible' / 'artifacts'} (ansible's output)",
         )
-
-
-if __name__ == "__main__":  # pragma: no cover - `python -m vmlab.fleet.cli run ...`
-    from vmlab.cli import app as root_app
-    from vmlab.cli import main
-
-    if not any(group.name == "fleet" for group in root_app.registered_groups):
-        root_app.add_typer(app, name="fleet")
-    main(["fleet", *sys.argv[1:]])

@@ -1,0 +1,3 @@
+from vmlab.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""The root of the `vmlab` command: its Typer app, the two consoles, logging, errors and exit
+codes. The CLI modules are the only ones that print or exit."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from vmlab.errors import SpecError, VmlabError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_ERROR = 1  # a vmlab error: the message says what and how to fix it
+EXIT_USAGE = 2  # a bad spec or bad arguments
+EXIT_INTERRUPTED = 130
+
+INTERRUPTED = (
+    "interrupted: everything vmlab started has been stopped; finished cases are kept "
+    "(resume with `vmlab bench --resume results/<run-id>`)"
+)
+
+
+def new_app(help_text: str | None = None) -> typer.Typer:
+    return typer.Typer(
+        help=help_text,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("qemu.qmp").setLevel(max(level, logging.WARNING))
+    logging.getLogger("paramiko").setLevel(max(level, logging.WARNING))
+
+
+def root_callback(
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
+    ] = 0,
+) -> None:
+    setup_logging(verbose)
+
+
+def run_app(app: typer.Typer, argv: list[str] | None) -> None:
+    """Typer reports usage errors; vmlab's own errors become one clear message and an exit
+    code (1, or 2 for a bad spec)."""
+    try:
+        app(args=argv)
+    except VmlabError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        if exc.hint:
+            err.print(f"[yellow]hint:[/] {escape(exc.hint)}")
+        sys.exit(EXIT_USAGE if isinstance(exc, SpecError) else EXIT_ERROR)

@@ -1,0 +1,217 @@
+"""`vmlab bench`: run a spec (or the embedded default lab), with progress for a person or
+plain lines for CI, and print the comparison table."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from vmlab.cli.app import EXIT_INTERRUPTED, INTERRUPTED, err, out
+from vmlab.cli.spec import SpecArg, load
+from vmlab.cli.tables import print_results
+from vmlab.errors import VmlabError
+from vmlab.metrics import headline
+from vmlab.plan import Case
+
+app = typer.Typer()
+
+
+class RichEvents:
+    """Progress for a person at a terminal."""
+
+    def __init__(self, progress: Progress, total_jobs: int) -> None:
+        self.progress = progress
+        self.overall = progress.add_task("bench", total=total_jobs)
+
+    def case_started(self, case: Case, index: int, total: int) -> None:
+        self.progress.update(self.overall, description=f"[{index}/{total}] {case.id}")
+
+    def stage(self, case: Case, what: str) -> None:
+        self.progress.update(self.overall, description=f"{case.id}: {what}")
+
+    def job_finished(
+        self, case: Case, job: str, repetition: int, metrics: dict[str, float]
+    ) -> None:
+        self.progress.advance(self.overall)
+
+    def case_finished(self, case: Case, status: str, error: str | None) -> None:
+        if status == "failed":
+            self.progress.console.print(f"[red]✗ {case.id} failed:[/] {error}")
+            self.progress.advance(self.overall, len(case.jobs))
+        elif status == "unsupported":
+            self.progress.console.print(f"[yellow]- {case.id} not on this host:[/] {error}")
+        elif status == "skipped":
+            self.progress.advance(self.overall, len(case.jobs))
+        else:
+            self.progress.console.print(f"[green]✓[/] {case.id}")
+
+    def notice(self, text: str) -> None:
+        self.progress.console.print(f"[bold yellow]! {escape(text)}[/]")
+
+
+class PlainEvents:
+    """One line per event, for CI logs."""
+
+    def case_started(self, case: Case, index: int, total: int) -> None:
+        print(f"case {index}/{total}: {case.id}", flush=True)
+
+    def stage(self, case: Case, what: str) -> None:
+        print(f"  {case.id}: {what}", flush=True)
+
+    def job_finished(
+        self, case: Case, job: str, repetition: int, metrics: dict[str, float]
+    ) -> None:
+        print(f"  {case.id}: {job} r{repetition}: {headline(metrics)}", flush=True)
+
+    def case_finished(self, case: Case, status: str, error: str | None) -> None:
+        print(f"  {case.id}: {status}{': ' + error if error else ''}", flush=True)
+
+    def notice(self, text: str) -> None:
+        print(f"WARNING: {text}", flush=True)
+
+
+@app.command()
+def bench(
+    spec_path: SpecArg = None,
+    runtime: Annotated[
+        int | None,
+        typer.Option("--runtime", min=1, help="seconds per fio job (overrides the spec)"),
+    ] = None,
+    results: Annotated[Path, typer.Option(help="where run directories go")] = Path("results"),
+    accel: Annotated[
+        str | None,
+        typer.Option(
+            help="force kvm or tcg (default: KVM only where a guest kernel boots under it; a "
+            "run whose guest KVM fails under switches to TCG)"
+        ),
+    ] = None,
+    timeout_scale: Annotated[float, typer.Option(help="multiply every deadline")] = 1.0,
+    resume: Annotated[Path | None, typer.Option(help="finish an interrupted run directory")] = None,
+    ci: Annotated[bool, typer.Option("--ci", help="plain logs, no progress bars")] = False,
+    launcher: Annotated[
+        str | None, typer.Option(help="run every case with this launcher: qemu or libvirt")
+    ] = None,
+    libvirt_uri: Annotated[str, typer.Option(help="libvirt connection URI")] = "qemu:///system",
+    skip_unsupported: Annotated[
+        bool, typer.Option(help="run the cases this host can; list the others with the reason")
+    ] = False,
+    junit: Annotated[
+        Path | None, typer.Option(help="write JUnit XML: one testcase per case and job")
+    ] = None,
+) -> None:
+    """Run a spec (or the embedded default lab) and print the comparison table."""
+    from vmlab.bench import BenchOptions, run_bench
+    from vmlab.guest.image import build_image
+    from vmlab.host import check_host
+    from vmlab.plan import plan
+    from vmlab.results.rundir import RunDir
+
+    if accel not in (None, "kvm", "tcg"):
+        raise typer.BadParameter("expected kvm or tcg", param_hint="--accel")
+    resumed = RunDir.open(resume) if resume else None
+    if resumed is not None:
+        if spec_path is not None or runtime is not None:
+            raise VmlabError(
+                "--resume runs the spec stored in the run directory",
+                hint="drop the SPEC argument and --runtime when resuming",
+            )
+        spec = resumed.spec()
+    else:
+        spec = load(spec_path, runtime)
+    if shutil.which("qemu-system-x86_64") is None:
+        raise VmlabError(
+            "qemu-system-x86_64 is not installed", hint="apt-get install qemu-system-x86 qemu-utils"
+        )
+    plain = ci or not sys.stdout.isatty()
+    # The image first: its kernel is what KVM must boot to be chosen.
+    image = build_image(
+        progress=(lambda m: print(f"image: {m}", flush=True))
+        if plain
+        else (lambda m: err.print(f"[dim]image: {m}[/]"))
+    )
+    facts = check_host(kernel=image.kernel)
+    if plain:
+        print(f"host: QEMU {facts.qemu_version}, accel {facts.accel} ({facts.accel_reason})")
+    else:
+        out.print(
+            f"host: QEMU {facts.qemu_version}, accel [bold]{facts.accel}[/] ({facts.accel_reason})"
+        )
+    if launcher not in (None, "qemu", "libvirt"):
+        raise typer.BadParameter("expected qemu or libvirt", param_hint="--launcher")
+    options = BenchOptions(
+        results_root=results,
+        timeout_scale=timeout_scale,
+        accel=accel,
+        launcher=launcher,
+        libvirt_uri=libvirt_uri,
+        skip_unsupported=skip_unsupported,
+    )
+    reps = spec.repeat + spec.warmup
+    total = sum(len(c.jobs) for c in plan(spec)) * reps + len(spec.jobs) * reps * spec.baseline
+    try:
+        if plain:
+            outcome = run_bench(
+                spec,
+                facts=facts,
+                image=image,
+                options=options,
+                events=PlainEvents(),
+                resume=resumed,
+            )
+        else:
+            with Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} jobs"),
+                TimeElapsedColumn(),
+                console=out,
+                transient=True,
+            ) as progress:
+                outcome = run_bench(
+                    spec,
+                    facts=facts,
+                    image=image,
+                    options=options,
+                    events=RichEvents(progress, total),
+                    resume=resumed,
+                )
+    except KeyboardInterrupt:
+        err.print(f"[yellow]{INTERRUPTED}[/]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    print_results(
+        [(r.case_id, r.job, r.repetition, r.metrics) for r in outcome.results],
+        title=f"{spec.name}: {outcome.run.path}",
+    )
+    if outcome.accel_switch is not None:
+        switch = outcome.accel_switch
+        err.print(
+            f"[bold yellow]accel: every case ran under TCG[/]: KVM failed under "
+            f"{switch.case} ({escape(switch.error)}); recorded in {outcome.run.path}/host.json"
+        )
+    if junit is not None:
+        from vmlab.report.bench_junit import bench_junit, write_bench_junit
+
+        unsupported = outcome.run.status().get("unsupported") or {}
+        write_bench_junit(
+            junit,
+            bench_junit(
+                spec.name,
+                [(r.case_id, r.job, r.repetition, r.metrics) for r in outcome.results],
+                outcome.failed,
+                unsupported,
+                [j.name for j in spec.jobs] + [j.name for j in spec.net_jobs],
+            ),
+        )
+    if not outcome.ok:
+        raise VmlabError(
+            f"{len(outcome.failed)} of {len(outcome.cases)} cases failed: "
+            + ", ".join(outcome.failed),
+            hint=f"see status.json and the logs under {outcome.run.path}/cases/",
+        )
