@@ -9,6 +9,7 @@ import shutil
 import struct
 from pathlib import Path
 
+import lz4.block  # type: ignore[import-untyped]
 import pytest
 
 from vmlab import resources
@@ -156,6 +157,9 @@ def _elf_with_note(entry: int | None) -> bytes:
 def _bzimage(payload_plain: bytes, compress: str) -> bytes:
     if compress == "xz":
         packed = lzma.compress(payload_plain, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+    elif compress == "lz4":  # the kernel's legacy LZ4: magic, then (size, block) pairs
+        block = lz4.block.compress(payload_plain, store_size=False)
+        packed = b"\x02\x21\x4c\x18" + struct.pack("<I", len(block)) + block
     else:
         packed = gzip.compress(payload_plain)
     payload = packed + struct.pack("<I", len(payload_plain))
@@ -169,7 +173,7 @@ def _bzimage(payload_plain: bytes, compress: str) -> bytes:
     return bytes(setup) + pm_code + payload + b"\0" * 64
 
 
-@pytest.mark.parametrize("compress", ["xz", "gzip"])
+@pytest.mark.parametrize("compress", ["xz", "gzip", "lz4"])
 def test_extract_vmlinux_and_pvh(compress: str) -> None:
     elf = _elf_with_note(0x1000850)
     assert extract_vmlinux(_bzimage(elf, compress)) == elf

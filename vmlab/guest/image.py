@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jinja2
+import lz4.block  # type: ignore[import-untyped]
 
 from vmlab import paths, resources
 from vmlab.errors import CommandError, HostError
@@ -473,17 +474,9 @@ def resolve_modules(moddir: Path, wanted: Sequence[str]) -> ModulePlan:
 # --- kernel: bzImage → vmlinux, PVH note -----------------------------------------------------
 
 
-def _decompress_lz4_legacy(payload: bytes) -> bytes | None:
-    try:
-        import lz4.block  # type: ignore[import-not-found, import-untyped, unused-ignore]
-    except ImportError:
-        if shutil.which("lz4") is None:
-            log.info("vmlinux: no lz4 module (pip install lz4) and no lz4 tool; using bzImage")
-            return None
-        # The kernel appends the uncompressed size after the frame; lz4(1) complains about
-        # those 4 bytes but writes everything before them. The caller checks the size.
-        proc = _run(["lz4", "-dc"], input_bytes=payload, timeout_s=120, check=False)
-        return proc.stdout or None
+def _decompress_lz4_legacy(payload: bytes) -> bytes:
+    """The kernel's LZ4 "legacy" format: blocks of at most 8 MiB after a magic, then the
+    uncompressed size the kernel's build appends (the caller checks it)."""
     out = []
     pos = 4  # after the magic 02 21 4c 18
     while pos + 4 <= len(payload):
