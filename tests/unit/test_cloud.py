@@ -284,11 +284,11 @@ def test_root_disk_args() -> None:
     assert rootfs.root_disk_args(Path("/r.raw"), fmt="raw", bootindex=0)[5].endswith(",bootindex=0")
 
 
-def test_find_rootfs_ignores_incomplete_images(tmp_path: Path) -> None:
+def test_incomplete_rootfs_image_is_not_loaded(tmp_path: Path) -> None:
     broken = tmp_path / "rootfs" / "0123456789abcdef"
     broken.mkdir(parents=True)
     (broken / "manifest.json").write_text('{"format": 1, "key": "0123456789abcdef"}')
-    assert rootfs.find_rootfs(tmp_path, systemd=True, cloud_init=True) is None
+    assert rootfs._load(broken) is None
 
 
 def test_mounts_under_reads_mountinfo(tmp_path: Path) -> None:

@@ -239,16 +239,15 @@ def test_key_stable_and_sensitive() -> None:
 def test_changed_template_changes_image_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(image, "resolve_packages", lambda: list(RECORDS))
-    monkeypatch.setattr(image, "_host_library_packages", lambda records: {"libc6": "2.36-9"})
-    key = image.image_key()
-    assert key == image.image_key()
+    host = {"libc6": "2.36-9"}
+    key = compute_key(key_material(RECORDS, image.render_init(), host))
+    assert key == compute_key(key_material(RECORDS, image.render_init(), host))
     templates = tmp_path / "templates"
     shutil.copytree(resources.templates_dir() / "guest", templates / "guest")
     init = templates / "guest/init.sh.j2"
     init.write_text(init.read_text().replace("hostname {{ hostname }}", "hostname other"))
     monkeypatch.setattr(resources, "templates_dir", lambda: templates)
-    assert image.image_key() != key
+    assert compute_key(key_material(RECORDS, image.render_init(), host)) != key
 
 
 def test_rendered_init_has_markers_and_no_placeholders() -> None:

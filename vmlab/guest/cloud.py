@@ -313,9 +313,3 @@ def collect_facts(ssh: GuestSSH, *, timeout_s: float = 60) -> GuestFacts:
         err = result.stderr.decode(errors="replace").strip()[-400:]
         raise GuestError(f"{ssh.where}: the facts script exited {result.exit_code}: {err}")
     return parse_facts(result.text)
-
-
-def remove_overlay(path: Path) -> None:
-    """Delete a per-guest overlay (never its base)."""
-    if path.is_file():
-        path.unlink()

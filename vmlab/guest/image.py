@@ -705,14 +705,6 @@ def compute_key(material: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def image_key(cache_root: Path | None = None) -> str:
-    """The key of the image a build would produce now (asks apt; downloads nothing).
-    ``cache_root`` does not influence the key; it is accepted for symmetry."""
-    del cache_root
-    records = resolve_packages()
-    return compute_key(key_material(records, render_init(), _host_library_packages(records)))
-
-
 # --- cached images ---------------------------------------------------------------------------
 
 

@@ -138,14 +138,6 @@ class RootfsImage:
     min_memory_mib: int
     extra_packages: tuple[str, ...] = ()  # beyond the variant's own (e.g. QEMU for nested)
 
-    @property
-    def systemd(self) -> bool:
-        return self.variant != "minimal"
-
-    @property
-    def cloud_init(self) -> bool:
-        return self.variant == "cloud"
-
 
 def variant_name(*, systemd: bool, cloud_init: bool) -> str:
     if cloud_init and not systemd:
@@ -310,23 +302,6 @@ def _load(root: Path) -> RootfsImage | None:
     return image
 
 
-def find_rootfs(
-    cache_root: Path | None = None, *, systemd: bool, cloud_init: bool
-) -> RootfsImage | None:
-    """The newest complete cached rootfs image of this variant; never builds."""
-    variant = variant_name(systemd=systemd, cloud_init=cloud_init)
-    top = _rootfs_dir(cache_root)
-    found: list[tuple[float, RootfsImage]] = []
-    if top.is_dir():
-        for root in top.iterdir():
-            if root.name.startswith(".") or not root.is_dir():
-                continue
-            image = _load(root)
-            if image is not None and image.variant == variant and not image.extra_packages:
-                found.append(((root / "manifest.json").stat().st_mtime, image))
-    return max(found, key=lambda pair: pair[0])[1] if found else None
-
-
 def host_sources() -> tuple[str, str]:
     """(path, text) of the apt sources mmdebstrap should use: the host's Debian sources, so the
     rootfs comes from the same mirror the host's apt uses; ('', '') means mmdebstrap's default."""
@@ -393,7 +368,7 @@ def build_rootfs(
     """The cached rootfs image of this variant for the current inputs, built first if needed.
 
     ``extra_packages`` are installed on top of the variant's packages and go into the cache
-    key; :func:`find_rootfs` never returns such an image for a plain variant."""
+    key."""
     variant = variant_name(systemd=systemd, cloud_init=cloud_init)
     cache = cache_root if cache_root is not None else paths.cache_dir()
     image = build_image(cache, progress=progress)  # the kernel, busybox-static, the .debs
@@ -791,9 +766,3 @@ def root_disk_args(
         "-device",
         device,
     ]
-
-
-def describe(image: RootfsImage) -> dict[str, Any]:
-    """The manifest of a built image (for `vmlab image show`)."""
-    data: dict[str, Any] = json.loads((image.root / "manifest.json").read_text())
-    return data
