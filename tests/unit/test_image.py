@@ -12,7 +12,7 @@ from pathlib import Path
 import lz4.block  # type: ignore[import-untyped]
 import pytest
 
-from vmlab import resources
+from vmlab import proc, resources
 from vmlab.errors import HostError
 from vmlab.guest import image
 from vmlab.guest.image import (
@@ -344,7 +344,7 @@ def test_download_without_lists_hints_apt_update(
             output="E: Can't find a source to download version '3.33-3' of 'fio:amd64'",
         )  # fmt: skip
 
-    monkeypatch.setattr(image, "_run", no_lists)
+    monkeypatch.setattr(proc, "run", no_lists)
     with pytest.raises(HostError) as info:
         image._fetch_debs(RECORDS, tmp_path / "debs", None)
     assert info.value.hint is not None and "apt-get update" in info.value.hint
@@ -361,17 +361,13 @@ def test_cached_deb_with_the_right_checksum_is_reused(
     (debs / "fio_3.33-3_amd64.deb").write_bytes(b"deb")
     rec = DebRecord("fio", "3.33-3", "pool/f/fio_3.33-3_amd64.deb",
                     hashlib.sha256(b"deb").hexdigest(), 3, "")  # fmt: skip
-    monkeypatch.setattr(image, "_run", lambda *a, **k: pytest.fail("must not download"))
+    monkeypatch.setattr(proc, "run", lambda *a, **k: pytest.fail("must not download"))
     assert image._fetch_debs([rec], debs, None) == {"fio": debs / "fio_3.33-3_amd64.deb"}
 
 
 def test_ldd_missing_library_is_a_host_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import subprocess
-
     out = b"\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x00007f)\n\tlibrbd.so.1 => not found\n"
-    monkeypatch.setattr(
-        image, "_run", lambda argv, **kw: subprocess.CompletedProcess(argv, 0, out, b"")
-    )
+    monkeypatch.setattr(proc, "run", lambda argv, **kw: proc.Completed(tuple(argv), 0, out, b""))
     with pytest.raises(HostError, match=r"librbd\.so\.1") as info:
         image.ldd_closure(Path("/usr/bin/fio"), Path("/nonexistent"))
     assert info.value.hint is not None and "apt-get install fio" in info.value.hint

@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 import tempfile
 import time
 import zlib
@@ -42,7 +41,7 @@ from typing import Any
 import jinja2
 import lz4.block  # type: ignore[import-untyped]
 
-from vmlab import paths, resources
+from vmlab import paths, proc, resources
 from vmlab.errors import CommandError, HostError
 from vmlab.guest.cpio import NewcWriter
 
@@ -152,49 +151,6 @@ def _note(progress: ProgressFn | None, message: str) -> None:
         progress(message)
 
 
-def _run(
-    argv: Sequence[str],
-    *,
-    timeout_s: float,
-    cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    hint: str | None = None,
-    input_bytes: bytes | None = None,
-    check: bool = True,
-) -> subprocess.CompletedProcess[bytes]:
-    """Run a helper command, output captured; CommandError on failure when ``check``."""
-    argv = list(argv)
-    log.debug("run: %s", " ".join(argv))
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=cwd,
-            env=None if env is None else dict(env),
-            input=input_bytes,
-            capture_output=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise HostError(
-            f"{argv[0]} not found (building the default guest needs Debian's apt and dpkg)",
-            hint="build the guest on a Debian 12 host: it copies libraries from the host",
-        ) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(
-            f"{argv[0]} did not finish within {timeout_s:.0f} s",
-            argv=argv,
-            returncode=None,
-            hint=hint,
-        ) from exc
-    if check and proc.returncode != 0:
-        output = (proc.stdout + proc.stderr).decode(errors="replace")
-        raise CommandError(
-            f"{argv[0]} failed", argv=argv, returncode=proc.returncode, output=output, hint=hint
-        )
-    return proc
-
-
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -214,6 +170,9 @@ def _usrmerge(path: str) -> str:
 # --- apt: resolve, download, extract ---------------------------------------------------------
 
 _APT_HINT = "run `apt-get update` (as root) so apt knows the Debian 12 package lists"
+_DEBIAN_HINT = "build the guest on a Debian 12 host: it uses apt and dpkg and copies libraries"
+# A program of the extracted packages that is not where it used to be.
+_LAYOUT_HINT = "the Debian package layout changed: vmlab.guest.image needs an update"
 
 
 def _parse_records(text: str) -> list[dict[str, str]]:
@@ -239,13 +198,13 @@ def _parse_records(text: str) -> list[dict[str, str]]:
 def _apt_show(specs: Sequence[str]) -> list[DebRecord]:
     argv = ["apt-cache", "show", "--no-all-versions", *specs]
     try:
-        proc = _run(argv, timeout_s=60, hint=_APT_HINT)
+        shown = proc.run(argv, timeout_s=60, hint=_APT_HINT, missing_hint=_DEBIAN_HINT)
     except CommandError as exc:
         raise HostError(
             f"apt cannot resolve {', '.join(specs)}: {exc.output.strip()}", hint=_APT_HINT
         ) from exc
     found: dict[str, DebRecord] = {}
-    for rec in _parse_records(proc.stdout.decode(errors="replace")):
+    for rec in _parse_records(shown.out):
         name = rec.get("Package", "")
         if name in found or not rec.get("Filename"):
             continue  # an installed-only record (no lists) has no Filename
@@ -292,13 +251,14 @@ def _host_library_packages(records: Sequence[DebRecord]) -> dict[str, str]:
     userland = [r for r in records if not r.package.startswith("linux-image-")]
     names = sorted({"libc6"} | {n for r in userland for n in r.depends_names()} - downloaded)
     # Exits 1 when a package is not installed; those stay "missing".
-    proc = _run(
+    query = proc.run(
         ["dpkg-query", "-W", "-f=${Package}\t${Version}\t${Status}\n", *names],
         timeout_s=60,
         check=False,
+        missing_hint=_DEBIAN_HINT,
     )
     versions = dict.fromkeys(names, "missing")
-    for line in proc.stdout.decode(errors="replace").splitlines():
+    for line in query.out.splitlines():
         pkg, _, rest = line.partition("\t")
         version, _, status = rest.partition("\t")
         if pkg in versions and status.endswith(" installed"):
@@ -333,7 +293,7 @@ def _fetch_debs(
             argv += ["-o", "APT::Sandbox::User=root"]  # _apt cannot write into our dir
         argv += [f"{r.package}={r.version}" for r in missing]
         try:
-            _run(argv, cwd=tmp, timeout_s=900)
+            proc.run(argv, cwd=tmp, timeout_s=900, missing_hint=_DEBIAN_HINT)
         except CommandError as exc:
             if re.search(r"Can't find a source|Unable to locate|No packages found", exc.output):
                 raise HostError(
@@ -374,7 +334,9 @@ def _read_module_bytes(path: Path) -> bytes:
     if name.endswith(".ko.gz"):
         return gzip.decompress(data)
     if name.endswith(".ko.zst"):
-        return _run(["zstd", "-dc"], input_bytes=data, timeout_s=60).stdout
+        return proc.run(
+            ["zstd", "-dc"], input_bytes=data, timeout_s=60, missing_hint="apt-get install zstd"
+        ).stdout
     raise HostError(f"unknown kernel module compression: {path}")
 
 
@@ -497,8 +459,10 @@ def _decompress_zstd(payload: bytes) -> bytes | None:
     except ImportError:
         if shutil.which("zstd") is None:
             return None
-        proc = _run(["zstd", "-dc"], input_bytes=payload, timeout_s=120, check=False)
-        return proc.stdout or None
+        return (
+            proc.run(["zstd", "-dc"], input_bytes=payload, timeout_s=120, check=False).stdout
+            or None
+        )
     out: bytes = zstandard.ZstdDecompressor().decompressobj().decompress(payload)
     return out
 
@@ -593,8 +557,14 @@ def _lib_dirs(tree: Path) -> list[Path]:
 def ldd_closure(binary: Path, tree: Path) -> dict[str, Path]:
     """Guest path → file to copy, for every shared object ``binary`` loads: libraries from the
     extracted ``tree`` first (LD_LIBRARY_PATH), then the host's."""
-    proc = _run(["ldd", str(binary)], env=_tree_env(tree), timeout_s=60, check=False)
-    text = (proc.stdout + proc.stderr).decode(errors="replace")
+    done = proc.run(
+        ["ldd", binary],
+        env=_tree_env(tree),
+        timeout_s=60,
+        check=False,
+        missing_hint="apt-get install libc-bin",
+    )
+    text = done.out + done.err
     if "not a dynamic executable" in text:
         return {}
     missing = re.findall(r"^\s*(\S+) => not found", text, re.MULTILINE)
@@ -604,10 +574,8 @@ def ldd_closure(binary: Path, tree: Path) -> dict[str, Path]:
             hint="install the Debian packages that ship them (`apt-get install fio` pulls all "
             "of fio's libraries): the guest copies its libraries from the host",
         )
-    if proc.returncode != 0:
-        raise CommandError(
-            "ldd failed", argv=["ldd", str(binary)], returncode=proc.returncode, output=text
-        )
+    if not done.ok:
+        raise CommandError("ldd failed", argv=done.argv, returncode=done.returncode, output=text)
     libs: dict[str, Path] = {}
     for match in re.finditer(r"^\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)$", text, re.MULTILINE):
         seen = Path(match.group(1))  # lines without a path (linux-vdso.so.1) do not match
@@ -631,9 +599,16 @@ def _tree_env(tree: Path) -> dict[str, str]:
 def generate_host_key(tree: Path, key_file: Path) -> str:
     """An ed25519 host key made by the extracted dropbearkey; returns 'ssh-ed25519 AAAA...'."""
     dropbearkey, env = str(tree / "usr/bin/dropbearkey"), _tree_env(tree)
-    _run([dropbearkey, "-t", "ed25519", "-f", str(key_file)], env=env, timeout_s=60)
-    proc = _run([dropbearkey, "-y", "-f", str(key_file)], env=env, timeout_s=60)
-    for line in proc.stdout.decode(errors="replace").splitlines():
+    proc.run(
+        [dropbearkey, "-t", "ed25519", "-f", key_file],
+        env=env,
+        timeout_s=60,
+        missing_hint=_LAYOUT_HINT,
+    )
+    public = proc.run(
+        [dropbearkey, "-y", "-f", key_file], env=env, timeout_s=60, missing_hint=_LAYOUT_HINT
+    )
+    for line in public.out.splitlines():
         if line.startswith("ssh-ed25519 "):
             return " ".join(line.split()[:2])
     raise HostError(f"dropbearkey -y printed no ssh-ed25519 line for {key_file}")
@@ -881,7 +856,7 @@ def _build_into(
     tree.mkdir()
     _note(progress, f"extracting {len(records)} packages")
     for rec in records:
-        _run(["dpkg", "-x", str(debs[rec.package]), str(tree)], timeout_s=300)
+        proc.run(["dpkg", "-x", debs[rec.package], tree], timeout_s=300, missing_hint=_DEBIAN_HINT)
 
     kernel_rec = records[0]
     kernel_version = kernel_rec.package.removeprefix("linux-image-")
@@ -899,7 +874,12 @@ def _build_into(
     _note(progress, "generating the guest's ssh host key")
     host_key_file = work / "host_key"
     host_key = generate_host_key(tree, host_key_file)
-    fio = _run([str(tree / "usr/bin/fio"), "--version"], env=_tree_env(tree), timeout_s=60)
+    fio = proc.run(
+        [tree / "usr/bin/fio", "--version"],
+        env=_tree_env(tree),
+        timeout_s=60,
+        missing_hint=_LAYOUT_HINT,
+    )
 
     _note(progress, "writing the initramfs")
     (work / "init.sh").write_text(init_text)
@@ -936,7 +916,7 @@ def _build_into(
         "failed_marker": FAILED_MARKER,
         "user": USER,
         "host_key": host_key,
-        "fio_version": fio.stdout.decode().strip(),
+        "fio_version": fio.out.strip(),
         "min_memory_mib": MIN_MEMORY_MIB,
         "modules": {
             "requested": list(MODULES),
@@ -967,7 +947,9 @@ def _write_initramfs(
     """The initramfs: merged-/usr layout, /init, busybox + applets, dropbear, sftp-server, fio,
     their libraries, the modules (decompressed) and the list /init loads them from."""
     busybox = tree / "bin/busybox"
-    applets = _run([str(busybox), "--list-full"], timeout_s=30).stdout.decode().split()
+    applets = proc.run(
+        [busybox, "--list-full"], timeout_s=30, missing_hint=_LAYOUT_HINT
+    ).out.split()
     binaries = {
         "/usr/sbin/dropbear": tree / "usr/sbin/dropbear",
         "/usr/lib/openssh/sftp-server": tree / "usr/lib/openssh/sftp-server",

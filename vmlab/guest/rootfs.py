@@ -41,7 +41,7 @@ from typing import Any
 
 import jinja2
 
-from vmlab import paths, resources
+from vmlab import paths, proc, resources
 from vmlab.errors import HostError
 from vmlab.guest.cloudinit import generate_host_key
 from vmlab.guest.cpio import NewcWriter
@@ -58,7 +58,6 @@ from vmlab.guest.image import (
     _images_dir,
     _install,
     _locked,
-    _run,
     _usrmerge,
     build_image,
     compute_key,
@@ -508,7 +507,7 @@ def unmount_under(path: Path) -> None:
     nodes bound from the host), so removing the build directory cannot reach the host."""
     for point in mounts_under(path):
         log.warning("unmounting %s left behind by an interrupted build", point)
-        _run(["umount", "--lazy", str(point)], timeout_s=60, check=False)
+        proc.run(["umount", "--lazy", point], timeout_s=60, check=False)
 
 
 def _mmdebstrap(
@@ -527,7 +526,7 @@ def _mmdebstrap(
     if sources_path:
         argv.append(sources_path)
     try:
-        _run(
+        proc.run(
             argv,
             timeout_s=1800,
             hint="mmdebstrap needs the Debian mirror the host's apt uses; run it to see why",
@@ -543,7 +542,9 @@ def _customize(tree: Path, *, variant: str, kernel_tree: Path, kernel_version: s
     if moddir.exists():
         shutil.rmtree(moddir)
     shutil.copytree(kernel_tree / "lib/modules" / kernel_version, moddir, symlinks=True)
-    _run(["depmod", "-b", str(tree), kernel_version], timeout_s=300, hint="apt-get install kmod")
+    proc.run(
+        ["depmod", "-b", tree, kernel_version], timeout_s=300, missing_hint="apt-get install kmod"
+    )
 
     _write(tree / "etc/hostname", f"{HOSTNAME}\n")
     _write(tree / "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n::1\tlocalhost\n")
@@ -573,14 +574,16 @@ def _customize(tree: Path, *, variant: str, kernel_tree: Path, kernel_version: s
 
     # systemd variants
     systemctl = ["chroot", str(tree), "systemctl"]
-    _run([*systemctl, "mask", *MASKED_UNITS], timeout_s=120)
-    _run([*systemctl, "enable", "systemd-networkd.service"], timeout_s=120)
+    proc.run([*systemctl, "mask", *MASKED_UNITS], timeout_s=120)
+    proc.run([*systemctl, "enable", "systemd-networkd.service"], timeout_s=120)
     if variant == "systemd":
         _write(tree / "usr/sbin/vmlab-authkey", AUTHKEY_SCRIPT, 0o755)
         _write(tree / "etc/systemd/system/vmlab-authkey.service", AUTHKEY_UNIT)
         _write(tree / "etc/systemd/system/vmlab-ready.service", READY_UNIT)
         _write(tree / "etc/systemd/network/10-vmlab.network", NETWORKD_CONFIG)
-        _run([*systemctl, "enable", "vmlab-authkey.service", "vmlab-ready.service"], timeout_s=120)
+        proc.run(
+            [*systemctl, "enable", "vmlab-authkey.service", "vmlab-ready.service"], timeout_s=120
+        )
     else:
         _write(tree / "etc/cloud/cloud.cfg.d/90-vmlab.cfg", CLOUD_CFG)
     return host_key
@@ -591,7 +594,7 @@ def _write_initrd(out: Path, *, busybox_tree: Path, kernel_tree: Path, kernel_ve
     moddir = kernel_tree / "lib/modules" / kernel_version
     plan = resolve_modules(moddir, INITRD_MODULES)
     busybox = busybox_tree / "bin/busybox"
-    applets = _run([str(busybox), "--list-full"], timeout_s=30).stdout.decode().split()
+    applets = proc.run([busybox, "--list-full"], timeout_s=30).out.split()
     guest_moddir = f"/usr/lib/modules/{kernel_version}"
     modules = [(moddir / rel, f"{guest_moddir}/{rel}") for rel in plan.load_order]
     if any(not src.name.endswith(".ko") for src, _ in modules):
@@ -651,14 +654,8 @@ def _build_into(
     t = time.monotonic()
     kernel_tree, busybox_tree, tree = work / "kernel", work / "busybox", work / "tree"
     _note(progress, "extracting the default image's kernel modules and busybox-static")
-    _run(
-        ["dpkg", "-x", str(_image_deb(image, cache, "linux-image")), str(kernel_tree)],
-        timeout_s=300,
-    )
-    _run(
-        ["dpkg", "-x", str(_image_deb(image, cache, "busybox-static")), str(busybox_tree)],
-        timeout_s=60,
-    )
+    proc.run(["dpkg", "-x", _image_deb(image, cache, "linux-image"), kernel_tree], timeout_s=300)
+    proc.run(["dpkg", "-x", _image_deb(image, cache, "busybox-static"), busybox_tree], timeout_s=60)
     kernel_version = image.kernel_version
     if not (kernel_tree / "lib/modules" / kernel_version).is_dir():
         raise HostError(f"the kernel package has no lib/modules/{kernel_version}")
@@ -670,14 +667,14 @@ def _build_into(
     host_key = _customize(
         tree, variant=variant, kernel_tree=kernel_tree, kernel_version=kernel_version
     )
-    fio = _run(["chroot", str(tree), "fio", "--version"], timeout_s=60)
+    fio = proc.run(["chroot", tree, "fio", "--version"], timeout_s=60)
     t = lap("customize_s", t)
 
     used = _tree_bytes(tree)
     size = -(-(used + used // 4 + FREE_SPACE_BYTES) // (256 * MIB)) * 256 * MIB
     _note(progress, f"mkfs.ext4 -d: {used / MIB:.0f} MiB into a {size // MIB} MiB file system")
     raw = work / "root.raw"
-    _run(
+    proc.run(
         [
             "mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL,
             "-E", "lazy_itable_init=0,lazy_journal_init=0",
@@ -688,7 +685,7 @@ def _build_into(
     shutil.rmtree(tree)
     t = lap("mkfs_s", t)
     _note(progress, "qemu-img convert: raw → qcow2 base (uncompressed)")
-    _run(
+    proc.run(
         ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(work / "base.qcow2")],
         timeout_s=900,
     )
@@ -730,7 +727,7 @@ def _build_into(
         "failed_marker": FAILED_MARKER,
         "host_key": host_key,
         "user": USER,
-        "fio_version": fio.stdout.decode().strip(),
+        "fio_version": fio.out.strip(),
         "min_memory_mib": MIN_MEMORY_MIB[variant],
         "material": dict(material),
         "build_time_s": round(time.monotonic() - started, 2),
