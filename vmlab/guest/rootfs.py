@@ -54,15 +54,16 @@ from vmlab.guest.image import (
     HOSTNAME,
     READY_MARKER,
     GuestImage,
-    _apt_show,
-    _images_dir,
-    _install,
-    _locked,
-    _usrmerge,
     build_image,
     compute_key,
     resolve_modules,
 )
+from vmlab.guest.image.build import IMAGES
+from vmlab.guest.image.cache import install as _install
+from vmlab.guest.image.cache import kind_dir
+from vmlab.guest.image.cache import locked as _locked
+from vmlab.guest.image.debs import apt_show as _apt_show
+from vmlab.guest.image.initramfs import usrmerge as _usrmerge
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def _load(root: Path) -> RootfsImage | None:
             base=root / manifest["base"],
             base_format=manifest["base_format"],
             kernel=root / manifest["kernel"],
-            bzimage=_images_dir(root.parent.parent) / manifest["default_image"] / BZIMAGE,
+            bzimage=kind_dir(root.parent.parent, IMAGES) / manifest["default_image"] / BZIMAGE,
             initrd=root / manifest["initrd"],
             cmdline=manifest["cmdline"],
             ready_marker=manifest["ready_marker"],
