@@ -26,6 +26,7 @@ from typing import Any
 
 from vmlab import paths, proc
 from vmlab.errors import GuestError, HostError, SpecError
+from vmlab.guest.image.cache import sha256_file
 from vmlab.guest.ssh import GuestSSH
 from vmlab.resources import templates_dir
 
@@ -36,14 +37,6 @@ CHUNK = 1 << 20
 QEMU_IMG_TIMEOUT_S = 120.0
 QEMU_IMG_HINT = "apt-get install qemu-utils"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _normalize_sha256(sha256: str | None) -> str | None:

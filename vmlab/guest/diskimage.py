@@ -23,7 +23,8 @@ from pathlib import Path
 
 from vmlab import proc
 from vmlab.errors import HostError
-from vmlab.guest.cloud import image_info, sha256_file
+from vmlab.guest.cloud import image_info
+from vmlab.guest.image.cache import sha256_file
 from vmlab.guest.rootfs import RootfsImage
 
 log = logging.getLogger(__name__)
