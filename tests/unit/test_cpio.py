@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from vmlab.errors import ResultError
 from vmlab.guest.cpio import NewcWriter, iter_entries
 
 
@@ -104,3 +105,37 @@ def test_host_cpio_agrees(tmp_path: Path) -> None:
     assert (out / "init").read_bytes() == b"#!/bin/sh\necho hi\n"
     assert (out / "usr/bin/tool").read_bytes() == (tmp_path / "source.bin").read_bytes()
     assert (out / "bin").is_symlink() and str((out / "bin").readlink()) == "usr/bin"
+
+
+class _CountingSink(io.RawIOBase):
+    """Counts what is written and keeps nothing (a 4 GiB member must not land in memory)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.count += len(data)
+        return len(data)
+
+
+def test_member_of_4_gib_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # newc stores the size in 8 hex digits: 4 GiB needs nine and would corrupt the archive.
+    big = tmp_path / "big.img"
+    with big.open("wb") as fh:
+        fh.truncate(1 << 32)  # sparse: no 4 GiB of disk or memory
+    sink = _CountingSink()
+    cpio = NewcWriter(sink)  # type: ignore[arg-type]
+    with pytest.raises(ResultError, match=r"usr/lib/big\.img .*4294967296") as info:
+        cpio.add_file("usr/lib/big.img", big)
+    assert info.value.path == big
+    assert sink.count == 0 and "usr/lib/big.img" not in cpio and cpio.members == 0
+    cpio.add_bytes("after", b"still usable")  # the refusal left the archive consistent
+    cpio.close()
+
+
+def test_header_fields_that_do_not_fit_8_hex_digits_are_refused() -> None:
+    with pytest.raises(ValueError, match="mtime"):
+        NewcWriter(io.BytesIO(), mtime=1 << 32)

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -24,23 +23,17 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmlab import paths
-from vmlab.errors import CommandError, HostError, SpecError
+from vmlab import paths, proc
+from vmlab.errors import HostError, SpecError
+from vmlab.guest.image.cache import sha256_file
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation, not for the whole file
 CHUNK = 1 << 20
 QEMU_IMG_TIMEOUT_S = 120.0
+QEMU_IMG_HINT = "apt-get install qemu-utils"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _normalize_sha256(sha256: str | None) -> str | None:
@@ -156,43 +149,16 @@ class ImageInfo:
     backing_file: str | None
 
 
-def _qemu_img(argv: list[str], *, hint: str) -> subprocess.CompletedProcess[str]:
-    try:
-        proc = subprocess.run(
-            ["qemu-img", *argv],
-            capture_output=True,
-            text=True,
-            timeout=QEMU_IMG_TIMEOUT_S,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise HostError("qemu-img is missing", hint="apt-get install qemu-utils") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(
-            f"qemu-img did not finish within {QEMU_IMG_TIMEOUT_S:.0f} s",
-            argv=["qemu-img", *argv],
-            returncode=None,
-            hint=hint,
-        ) from exc
-    if proc.returncode != 0:
-        raise CommandError(
-            "qemu-img failed",
-            argv=["qemu-img", *argv],
-            returncode=proc.returncode,
-            output=proc.stdout + proc.stderr,
-            hint=hint,
-        )
-    return proc
-
-
 def image_info(path: Path) -> ImageInfo:
     """qemu-img info of a disk image (format detected by qemu-img, with --force-share so a
     running guest's lock does not stop it)."""
-    proc = _qemu_img(
-        ["info", "--force-share", "--output=json", str(path)],
+    info = proc.run(
+        ["qemu-img", "info", "--force-share", "--output=json", path],
+        timeout_s=QEMU_IMG_TIMEOUT_S,
         hint=f"is {path} a disk image qemu-img can read?",
+        missing_hint=QEMU_IMG_HINT,
     )
-    data = json.loads(proc.stdout)
+    data = json.loads(info.stdout)
     return ImageInfo(
         format=str(data["format"]),
         virtual_size=int(data["virtual-size"]),
@@ -217,15 +183,14 @@ def make_overlay(
     if dest.exists():
         raise HostError(f"overlay {dest} already exists", hint="use a fresh per-guest path")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["create", "-q", "-f", "qcow2", "-b", str(base), "-F", fmt, str(dest)]
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", fmt, str(dest)]
     if size is not None:
         argv.append(str(size))
-    _qemu_img(argv, hint="check the base image and free space where the overlay goes")
+    proc.run(
+        argv,
+        timeout_s=QEMU_IMG_TIMEOUT_S,
+        hint="check the base image and free space where the overlay goes",
+        missing_hint=QEMU_IMG_HINT,
+    )
     log.debug("overlay %s on %s (%s)", dest, base, fmt)
     return dest
-
-
-def remove_overlay(path: Path) -> None:
-    """Delete a per-guest overlay (never its base)."""
-    if path.is_file():
-        path.unlink()

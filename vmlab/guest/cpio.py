@@ -2,7 +2,9 @@
 
 Pure Python: no ``cpio`` binary and no root (device nodes are only headers). Output is
 deterministic: fixed mtime, uid/gid 0, inode numbers in write order. Parent directories are
-added automatically, because the kernel's unpacker does not create them.
+added automatically, because the kernel's unpacker does not create them. Every header field is
+eight hex digits, so a member of 4 GiB or more cannot be stored: it is refused (ResultError)
+before any of it is written.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from vmlab.errors import ResultError
+
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 _HEADER_LEN = 110
 _CHUNK = 1 << 20
+_FIELD_MAX = 0xFFFFFFFF  # a header field is 8 hex digits
+MAX_MEMBER_BYTES = _FIELD_MAX
 
 
 def _pad4(n: int) -> int:
@@ -29,6 +35,18 @@ def _clean(name: str) -> str:
     if ".." in parts:
         raise ValueError(f"cpio member name must not contain '..': {name!r}")
     return "/".join(parts) or "."
+
+
+def _check_size(name: str, size: int, source: Path | None = None) -> None:
+    """Refuse a member whose size needs more than the 8 hex digits of the header's field
+    (written anyway, the ninth digit shifts every later field: a corrupt archive)."""
+    if size > MAX_MEMBER_BYTES:
+        raise ResultError(
+            f"cpio member {_clean(name)} is {size} bytes: the newc format stores at most "
+            f"{MAX_MEMBER_BYTES} bytes (4 GiB - 1) per member",
+            path=source,
+            hint="an initramfs carries binaries, libraries and modules: check what was added",
+        )
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,8 @@ class NewcWriter:
     trailer. Every path may be given with or without a leading '/'."""
 
     def __init__(self, out: BinaryIO, *, mtime: int = 0) -> None:
+        if not 0 <= mtime <= _FIELD_MAX:
+            raise ValueError(f"cpio mtime {mtime} does not fit the header's 8 hex digits")
         self._out = out
         self._mtime = mtime
         self._ino = 0
@@ -118,6 +138,8 @@ class NewcWriter:
             len(encoded),
             0,
         )
+        if any(not 0 <= f <= _FIELD_MAX for f in fields):  # callers check sizes with context
+            raise ValueError(f"cpio header field out of range for {name}: {fields}")
         header = MAGIC + b"".join(b"%08X" % f for f in fields)
         self._write(header + encoded + b"\0" * _pad4(_HEADER_LEN + len(encoded)))
 
@@ -140,6 +162,7 @@ class NewcWriter:
         self._header(clean, stat.S_IFDIR | (mode & 0o7777), 0, nlink=2)
 
     def add_bytes(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        _check_size(name, len(data))
         clean = self._claim(name)
         self._header(clean, stat.S_IFREG | (mode & 0o7777), len(data))
         self._write(data + b"\0" * _pad4(len(data)))
@@ -147,6 +170,7 @@ class NewcWriter:
     def add_file(self, name: str, source: Path, mode: int | None = None) -> None:
         """Copy ``source`` (symlinks followed) in chunks; mode defaults to the source's."""
         st = source.stat()
+        _check_size(name, st.st_size, source)
         clean = self._claim(name)
         perm = stat.S_IMODE(st.st_mode) if mode is None else mode & 0o7777
         self._header(clean, stat.S_IFREG | perm, st.st_size)

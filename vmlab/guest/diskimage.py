@@ -21,9 +21,10 @@ import logging
 import shutil
 from pathlib import Path
 
+from vmlab import proc
 from vmlab.errors import HostError
-from vmlab.guest.cloud import image_info, sha256_file
-from vmlab.guest.image import _run
+from vmlab.guest.cloud import image_info
+from vmlab.guest.image.cache import sha256_file
 from vmlab.guest.rootfs import RootfsImage
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def build_disk_image(rootfs: RootfsImage, *, out_dir: Path | None = None) -> Pat
     work.mkdir(parents=True)
     try:
         root_raw = work / "root.raw"
-        _run(
+        proc.run(
             ["qemu-img", "convert", "-O", "raw", str(rootfs.base), str(root_raw)],
             timeout_s=TOOL_TIMEOUT_S,
         )
@@ -137,23 +138,25 @@ def build_disk_image(rootfs: RootfsImage, *, out_dir: Path | None = None) -> Pat
         boot = work / "boot.fat"
         with boot.open("wb") as fh:
             fh.truncate(BOOT_PART_MIB * MIB)
-        _run(["mkfs.fat", "-F", "16", "-n", "VMLAB-BOOT", str(boot)], timeout_s=TOOL_TIMEOUT_S)
+        proc.run(["mkfs.fat", "-F", "16", "-n", "VMLAB-BOOT", str(boot)], timeout_s=TOOL_TIMEOUT_S)
         # syslinux writes its loader through mtools: no mount
-        _run(["syslinux", "--install", str(boot)], timeout_s=TOOL_TIMEOUT_S)
+        proc.run(["syslinux", "--install", str(boot)], timeout_s=TOOL_TIMEOUT_S)
         (work / "syslinux.cfg").write_text(syslinux_cfg(rootfs.cmdline))
         for name, path in (
             ("vmlinuz", rootfs.bzimage),
             ("initrd.img", rootfs.initrd),
             ("syslinux.cfg", work / "syslinux.cfg"),
         ):
-            _run(["mcopy", "-o", "-i", str(boot), str(path), f"::{name}"], timeout_s=TOOL_TIMEOUT_S)
+            proc.run(
+                ["mcopy", "-o", "-i", str(boot), str(path), f"::{name}"], timeout_s=TOOL_TIMEOUT_S
+            )
 
         boot_sectors = BOOT_PART_MIB * MIB // SECTOR
         root_sectors = root_bytes // SECTOR
         disk = work / "disk.raw"
         with disk.open("wb") as fh:
             fh.truncate(FIRST_PART_MIB * MIB + BOOT_PART_MIB * MIB + root_bytes)
-        _run(
+        proc.run(
             ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk)],
             timeout_s=TOOL_TIMEOUT_S,
             input_bytes=partition_script(boot_sectors, root_sectors).encode(),
@@ -164,7 +167,7 @@ def build_disk_image(rootfs: RootfsImage, *, out_dir: Path | None = None) -> Pat
         _copy_into(root_raw, disk, (FIRST_PART_MIB + BOOT_PART_MIB) * MIB)
 
         tmp_out = work / DISK_NAME
-        _run(
+        proc.run(
             ["qemu-img", "convert", "-O", "qcow2", str(disk), str(tmp_out)],
             timeout_s=TOOL_TIMEOUT_S,
         )

@@ -1,0 +1,64 @@
+"""The rootfs guests' initramfs: just enough to mount the root disk and switch to it.
+
+busybox-static and the virtio block modules (Debian's cloud kernel builds them as modules;
+ext4 is built in), both from the default image's packages, and an ``/init``
+(templates/cloudinit/rootfs-initrd.sh.j2) that loads the modules, waits up to
+:data:`ROOTWAIT_S` for ``root=LABEL=vmlab-root`` and ``switch_root``s into it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vmlab.errors import HostError
+from vmlab.guest.cpio import NewcWriter
+from vmlab.guest.image.initramfs import add_busybox
+from vmlab.guest.image.kernel_modules import resolve_modules
+from vmlab.guest.image.recipe import FAILED_MARKER
+from vmlab.guest.rootfs.tree import ROOT_LABEL
+from vmlab.render import environment
+
+INITRD_MODULES = ("virtio_pci", "virtio_blk")
+INITRD_TEMPLATE = "cloudinit/rootfs-initrd.sh.j2"
+ROOTWAIT_S = 30
+COMPLETE_PATH = "/etc/vmlab/complete"
+MODULES_PATH = "/etc/vmlab/modules"
+
+
+def render_initrd_init() -> str:
+    template = environment().get_template(INITRD_TEMPLATE)
+    return template.render(
+        root_label=ROOT_LABEL,
+        rootwait_s=ROOTWAIT_S,
+        failed_marker=FAILED_MARKER,
+        complete_path=COMPLETE_PATH,
+        modules_path=MODULES_PATH,
+    )
+
+
+def write_initrd(out: Path, *, busybox_tree: Path, kernel_tree: Path, kernel_version: str) -> int:
+    """The switch-root initramfs: busybox-static, the virtio block modules, /init."""
+    moddir = kernel_tree / "lib/modules" / kernel_version
+    plan = resolve_modules(moddir, INITRD_MODULES)
+    guest_moddir = f"/usr/lib/modules/{kernel_version}"
+    modules = [(moddir / rel, f"{guest_moddir}/{rel}") for rel in plan.load_order]
+    if any(not src.name.endswith(".ko") for src, _ in modules):
+        raise HostError(
+            "the guest kernel's modules are compressed; the rootfs initramfs expects plain .ko",
+            hint="vmlab.guest.rootfs needs an update for this kernel package",
+        )
+    with out.open("wb") as f, NewcWriter(f) as cpio:
+        for top in ("bin", "sbin", "lib"):
+            cpio.add_dir(f"usr/{top}")
+            cpio.add_symlink(top, f"usr/{top}")
+        for name in ("proc", "sys", "dev", "newroot"):
+            cpio.add_dir(name)
+        cpio.add_chardev("dev/console", 5, 1, 0o600)
+        cpio.add_chardev("dev/null", 1, 3, 0o666)
+        cpio.add_bytes("init", render_initrd_init().encode(), 0o755)
+        add_busybox(cpio, busybox_tree / "bin/busybox")
+        for src, guest in modules:
+            cpio.add_file(guest, src, 0o644)
+        cpio.add_bytes(MODULES_PATH, "".join(f"{g}\n" for _s, g in modules).encode())
+        cpio.add_bytes(COMPLETE_PATH, b"")
+        return cpio.members
