@@ -10,26 +10,34 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from vmlab import resources
 from vmlab.qemuopts import qemu_quote
-from vmlab.resources import templates_dir
 
 Filter = tuple[str, Callable[..., Any]]
 
 
-@functools.cache
 def environment(
     *, autoescape: bool = False, trim: bool = False, filters: tuple[Filter, ...] = ()
 ) -> jinja2.Environment:
     """The one Jinja environment factory: ``templates/`` as the loader, StrictUndefined (a
     missing value is an error, never an empty string), ``|q`` for QEMU option values (``,`` ->
     ``,,``) and any ``filters`` a caller adds. ``autoescape`` for XML and HTML; ``trim`` so
-    block tags leave no blank lines (XML, Markdown)."""
+    block tags leave no blank lines (XML, Markdown). One environment per combination, made
+    once."""
+    return _environment(resources.templates_dir(), autoescape, trim, filters)
+
+
+@functools.cache
+def _environment(
+    templates: Path, autoescape: bool, trim: bool, filters: tuple[Filter, ...]
+) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        loader=jinja2.FileSystemLoader(str(templates)),
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,  # noqa: S701 - argv, shell and YAML must not be HTML-escaped
         keep_trailing_newline=True,
