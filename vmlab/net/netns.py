@@ -364,7 +364,7 @@ def call_in_netns(netns: str, fn: Callable[[], T], *, timeout_s: float = 10.0) -
                 result.append(fn())
             finally:
                 _setns(own)
-        except BaseException as exc:  # handed to the calling thread
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread, re-raised
             error.append(exc)
         finally:
             os.close(own)
