@@ -246,3 +246,63 @@ def test_the_reference_experiment_runs_what_this_host_can_and_reports_it(
     markdown = next((tmp_path / "report").glob("*.md")).read_text()
     for case in ("guest-rbd", "virtio-blk-rbd", "vhost-user-blk-rbd-num-queues-2", "host-baseline"):
         assert case in markdown
+
+
+def test_a_keyring_the_conf_does_not_name_reaches_every_client(
+    guest_image: GuestImage,
+    lab_env: dict[str, str],
+    micro: MicroCluster,
+    tmp_path: Path,
+    qemu_pids: Callable[[str], list[int]],
+) -> None:
+    """A user's cluster given as conf + keyring, where the conf names no keyring (and the key
+    is nowhere librados looks by default): QEMU's librbd, qemu-storage-daemon and fio on the
+    host all authenticate with the spec's keyring. Before, the keyring reached only libvirt's
+    secret and the rbd CLI, and QEMU failed to connect."""
+    if not os.access("/usr/bin/ceph-mon", os.X_OK):
+        pytest.skip("Ceph is not installed: scripts/setup --dev")
+    info = micro.up()
+    conf = tmp_path / "lab.conf"
+    conf.write_text(
+        "".join(
+            line
+            for line in info.conf_path.read_text().splitlines(keepends=True)
+            if not line.strip().startswith("keyring")
+        )
+    )
+    keyring = tmp_path / "elsewhere.keyring"
+    keyring.write_bytes(info.keyring_path.read_bytes())
+    keyring.chmod(0o600)
+    images = RbdImages(info)
+    images.create("vmlab", "keyring-test", 64 << 20)
+    try:
+        outcome = bench(
+            f"""
+name: keyring
+baseline: true
+guest:
+  disks:
+    - name: data
+      model: [virtio-blk, vhost-user-blk]
+      backend:
+        type: rbd
+        image: keyring-test
+        cluster: {{conf: {conf}, client_id: admin, keyring: {keyring}}}
+jobs:
+  - {{name: qd1, rw: randread, runtime_s: 1}}
+""",
+            Path(lab_env["RESULTS"]),
+            guest_image,
+        )
+        assert outcome.ok, outcome.failed
+        assert {r.case_id for r in outcome.results} == {
+            "host-baseline",
+            "virtio-blk",
+            "vhost-user-blk",
+        }
+        argv = (outcome.run.path / "cases/virtio-blk/argv.sh").read_text()
+        assert "key-secret=sec-data" in argv and "format=base64" in argv
+        assert qemu_pids(str(outcome.run.path)) == []
+        assert list(Path(lab_env["VMLAB_RUNTIME"]).glob("*/rbd-*.key")) == []  # no key left
+    finally:
+        images.remove("vmlab", "keyring-test")
