@@ -493,10 +493,6 @@ class MicroCluster:
     def state_dir(self) -> Path:
         return self._layout.state_dir
 
-    @property
-    def conf_path(self) -> Path:
-        return self._layout.conf
-
     def __enter__(self) -> ClusterInfo:
         return self.up()
 
@@ -594,10 +590,6 @@ class MicroCluster:
 
     def ensure_image(self, pool: str, name: str, size_bytes: int) -> ImageRef:
         return RbdImages(self._running_info()).ensure(pool, name, size_bytes)
-
-    def remove_image(self, pool: str, name: str) -> None:
-        """Remove an image vmlab created (refuses others); see RbdImages.remove."""
-        RbdImages(self._running_info()).remove(pool, name)
 
     # ---- creation
 
