@@ -32,7 +32,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,21 +41,12 @@ from types import TracebackType
 from typing import Any
 
 from vmlab import paths
+from vmlab.ceph.daemons import asok_json, rss_kib, tail
 from vmlab.ceph.info import CLIENT_ID, ClusterInfo, ImageRef
-from vmlab.ceph.proc import (
-    INSTALL_HINT,
-    Deadline,
-    asok_json,
-    cmdline,
-    netns_prefix,
-    pid_is_live,
-    pids_mentioning,
-    rss_kib,
-    run_tool,
-    tail,
-)
+from vmlab.ceph.proc import INSTALL_HINT, ceph_cli, netns_prefix, rbd_cli, run_tool
 from vmlab.ceph.rbd import RbdImages
 from vmlab.errors import CommandError, HostError, LaunchError, VmlabError
+from vmlab.proc import Deadline, ManagedProcess, alive, cmdline, pids_with_arg, run, stop_pid
 
 __all__ = [
     "DEFAULT_OSD_SIZE_BYTES",
@@ -81,7 +71,6 @@ MIN_OSD_SIZE_BYTES = 2 * 1024**3
 
 MON_PORTS_DEFAULT = (3300, 6789)  # (msgr2, legacy msgr1), as in any Ceph cluster
 _MON_PORT_SEARCH = range(3301, 3400)  # fallback: (p, p + 100) when the defaults are taken
-_CONNECT_TIMEOUT_S = 10
 _POLL_S = 0.1
 _SUN_PATH_MAX = 107
 _DAEMON_ENV = {"MALLOC_ARENA_MAX": "2"}  # else the OSD grows to 0.5-0.8 GB on glibc arenas
@@ -640,9 +629,9 @@ class MicroCluster:
                     self._start_daemon(d, settings, deadline)
                 self._wait_mon(deadline)
                 info = self._info(settings)
-                self._ceph(info, ["osd", "new", settings.osd_uuid, OSD.ident], what="osd new")
+                ceph_cli(info, ["osd", "new", settings.osd_uuid, OSD.ident], what="osd new")
                 self._ensure_pool(info, settings.pool, 8)
-                mkfs.wait(deadline)
+                _wait_mkfs(mkfs, deadline)
             self._start_daemon(OSD, settings, deadline)
             self._wait_osd_active(deadline)
             self._probe_io(info, deadline)
@@ -681,27 +670,24 @@ class MicroCluster:
                 what="ceph-authtool --import-keyring",
             )
 
-    @contextlib.contextmanager
-    def _osd_mkfs(self, settings: ClusterSettings) -> Iterator[_Mkfs]:
+    def _osd_mkfs(self, settings: ClusterSettings) -> ManagedProcess:
+        """``ceph-osd --mkfs`` as a child that runs while the mon and mgr start (killed on
+        leaving the ``with`` block if it has not finished)."""
         layout = self._layout
         argv = [
             "ceph-osd", "--cluster", "ceph", "-c", str(layout.conf), "--no-mon-config",
             "--mkfs", "-i", OSD.ident, "--osd-uuid", settings.osd_uuid,
             "--monmap", str(layout.monmap), "--osd-objectstore", "bluestore",
         ]  # fmt: skip
-        stdio = layout.log_dir / "ceph-osd.0.mkfs.log"
-        with stdio.open("ab") as out:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, **_DAEMON_ENV},
-            )  # fmt: skip
-        mkfs = _Mkfs(proc, argv, stdio)
-        try:
-            yield mkfs
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
+        return ManagedProcess(
+            argv,
+            log_path=layout.log_dir / "ceph-osd.0.mkfs.log",
+            what="ceph-osd --mkfs",
+            env={**os.environ, **_DAEMON_ENV},
+            stop_signal=signal.SIGKILL,
+            grace_s=10.0,
+            missing_hint=INSTALL_HINT,
+        )
 
     # ---- starting and stopping
 
@@ -736,20 +722,18 @@ class MicroCluster:
             d.binary, "--cluster", "ceph", "-c", str(layout.conf), "-i", d.ident,
         ]  # fmt: skip
         log.debug("starting %s: %s", d.name, argv)
-        stdio = layout.stdio_log(d)
         # The daemon forks; its parent exits once the child is initialized (the OSD: ~1.5 s).
         # Output goes to a file, never a pipe: the daemon may keep the descriptor open.
-        with stdio.open("ab") as out:
-            try:
-                rc = subprocess.run(
-                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    env={**os.environ, **_DAEMON_ENV}, timeout=max(1.0, deadline.remaining_s()),
-                    check=False,
-                ).returncode  # fmt: skip
-            except subprocess.TimeoutExpired as exc:
-                raise self._daemon_error(d, argv, None, "did not daemonize in time") from exc
-        if rc != 0:
-            raise self._daemon_error(d, argv, rc, "did not start")
+        try:
+            done = run(
+                argv, timeout_s=max(1.0, deadline.remaining_s()), what=d.binary, check=False,
+                env={**os.environ, **_DAEMON_ENV}, output=layout.stdio_log(d),
+                missing_hint=INSTALL_HINT,
+            )  # fmt: skip
+        except CommandError as exc:  # with check=False: only when it outlives the deadline
+            raise self._daemon_error(d, argv, None, "did not daemonize in time") from exc
+        if not done.ok:
+            raise self._daemon_error(d, argv, done.returncode, "did not start")
 
     def _daemon_error(
         self, d: _Daemon, argv: Sequence[str], rc: int | None, what: str
@@ -779,35 +763,22 @@ class MicroCluster:
             return
         log.info("stopping %s (pid %s)", d.name, pid)
         # The OSD tells the mon it is going down (up to 5 s when the mon is gone, so the OSD
-        # stops first); then fast shutdown.
-        if self._signal_and_wait(pid, signal.SIGTERM, min(20.0, deadline.remaining_s())):
-            return
-        log.warning("%s (pid %s) ignored SIGTERM: SIGKILL", d.name, pid)
-        if not self._signal_and_wait(pid, signal.SIGKILL, 10.0):
+        # stops first); then fast shutdown. Only a process naming our ceph.conf is signalled.
+        grace_s = min(20.0, deadline.remaining_s())
+        if not stop_pid(pid, grace_s=grace_s, what=d.name, arg=str(self._layout.conf)):
             raise HostError(
                 f"{d.name} (pid {pid}) did not exit after SIGKILL",
                 hint=f"it may be stuck in the kernel: see /proc/{pid}/stack",
             )
 
-    def _signal_and_wait(self, pid: int, sig: signal.Signals, timeout_s: float) -> bool:
-        marker = str(self._layout.conf)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        end = time.monotonic() + timeout_s
-        while pid_is_live(pid, marker):
-            if time.monotonic() >= end:
-                return False
-            time.sleep(_POLL_S)
-        return True
-
     def _kill_stragglers(self) -> None:
         """SIGKILL any live process naming our ceph.conf (lost pidfile, half-made cluster)."""
         marker = str(self._layout.conf)
-        for pid in pids_mentioning(marker):
+        for pid in pids_with_arg(marker):
             if pid == os.getpid():
                 continue
             log.warning("killing straggler pid %s (%s)", pid, " ".join(cmdline(pid))[:200])
-            self._signal_and_wait(pid, signal.SIGKILL, 10.0)
+            stop_pid(pid, first=signal.SIGKILL, grace_s=10.0, what="straggler", arg=marker)
 
     # ---- liveness and readiness
 
@@ -816,7 +787,7 @@ class MicroCluster:
             pid = int(self._layout.pidfile(d).read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if pid_is_live(pid, str(self._layout.conf)) else None
+        return pid if alive(pid, arg=str(self._layout.conf)) else None
 
     def _asok_answers(self, d: _Daemon) -> bool:
         return asok_json(self._layout.asok(d), {"prefix": "version"}) is not None
@@ -876,7 +847,7 @@ class MicroCluster:
         """One RADOS read in the pool, retried until its PGs are active."""
         while True:
             try:
-                self._rbd(
+                rbd_cli(
                     info,
                     ["ls", "--pool", info.pool, "--rados-osd-op-timeout=5"],
                     what="rbd ls (I/O probe)",
@@ -890,36 +861,24 @@ class MicroCluster:
 
     # ---- cluster commands
 
-    def _ceph(
-        self, info: ClusterInfo, args: Sequence[str], *, what: str, timeout_s: float = 30.0
-    ) -> str:
-        argv = ["ceph", *info.ceph_args(), f"--connect-timeout={_CONNECT_TIMEOUT_S}", *args]
-        return run_tool(argv, what=f"ceph {what}", timeout_s=timeout_s, netns=info.netns)
-
-    def _rbd(
-        self, info: ClusterInfo, args: Sequence[str], *, what: str, timeout_s: float = 30.0
-    ) -> str:
-        argv = ["rbd", *info.ceph_args(), f"--client-mount-timeout={_CONNECT_TIMEOUT_S}", *args]
-        return run_tool(argv, what=what, timeout_s=timeout_s, netns=info.netns)
-
     def _ensure_pool(self, info: ClusterInfo, name: str, pg_num: int) -> None:
         # Both commands are idempotent: "already exists" / "already enabled" exit 0.
-        self._ceph(
+        ceph_cli(
             info,
             ["osd", "pool", "create", name, str(pg_num), str(pg_num), "replicated", "--size", "1"],
             what="osd pool create",
         )
-        self._ceph(info, ["osd", "pool", "application", "enable", name, "rbd"], what="app enable")
+        ceph_cli(info, ["osd", "pool", "application", "enable", name, "rbd"], what="app enable")
 
     def _report(self, info: ClusterInfo, timeout_s: float, *, mgr_alive: bool) -> ClusterReport:
         # `ceph df` is served by the mgr and would wait for one: skip it when the mgr is down.
         df = "{}"
         if mgr_alive:
-            df = self._ceph(info, ["df", "-f", "json"], what="df", timeout_s=timeout_s)
+            df = ceph_cli(info, ["df", "-f", "json"], what="df", timeout_s=timeout_s)
         return parse_cluster_report(
-            self._ceph(info, ["status", "-f", "json"], what="status", timeout_s=timeout_s),
+            ceph_cli(info, ["status", "-f", "json"], what="status", timeout_s=timeout_s),
             df,
-            self._ceph(
+            ceph_cli(
                 info,
                 ["osd", "pool", "ls", "detail", "-f", "json"],
                 what="pools",
@@ -934,7 +893,7 @@ class MicroCluster:
         for pool in report.pools:
             if "rbd" not in pool.applications:
                 continue
-            out = self._rbd(
+            out = rbd_cli(
                 info,
                 ["ls", "--long", "--format", "json", "--pool", pool.name,
                  "--rados-osd-op-timeout=10"],
@@ -1044,23 +1003,16 @@ class MicroCluster:
             os.close(fd)
 
 
-@dataclass
-class _Mkfs:
-    proc: subprocess.Popen[bytes]
-    argv: list[str]
-    stdio: Path
-
-    def wait(self, deadline: Deadline) -> None:
-        try:
-            rc = self.proc.wait(timeout=max(1.0, deadline.remaining_s()))
-        except subprocess.TimeoutExpired as exc:
-            raise CommandError(
-                "ceph-osd --mkfs timed out", argv=self.argv, returncode=None,
-                output=tail(self.stdio), log=self.stdio,
-            ) from exc  # fmt: skip
-        if rc != 0:
-            raise CommandError(
-                "ceph-osd --mkfs failed", argv=self.argv, returncode=rc,
-                output=tail(self.stdio), log=self.stdio,
-                hint="BlueStore needs O_DIRECT: keep the state dir off tmpfs",
-            )  # fmt: skip
+def _wait_mkfs(mkfs: ManagedProcess, deadline: Deadline) -> None:
+    rc = mkfs.wait(max(1.0, deadline.remaining_s()))
+    if rc is None:
+        raise CommandError(
+            "ceph-osd --mkfs timed out", argv=mkfs.argv, returncode=None,
+            output=tail(mkfs.log_path), log=mkfs.log_path,
+        )  # fmt: skip
+    if rc != 0:
+        raise CommandError(
+            "ceph-osd --mkfs failed", argv=mkfs.argv, returncode=rc,
+            output=tail(mkfs.log_path), log=mkfs.log_path,
+            hint="BlueStore needs O_DIRECT: keep the state dir off tmpfs",
+        )  # fmt: skip

@@ -13,18 +13,17 @@ import fcntl
 import json
 import logging
 import os
-import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vmlab.ceph.info import ClusterInfo, ImageRef
-from vmlab.ceph.proc import run_tool
+from vmlab.ceph.proc import rbd_cli
 from vmlab.errors import CommandError, HostError, VmlabError
+from vmlab.proc import run
 
 log = logging.getLogger(__name__)
 
-_MOUNT_TIMEOUT_S = 10
 _OP_TIMEOUT_S = 30
 REGISTRY_NAME = "images.json"
 SYS_BUS_RBD = Path("/sys/bus/rbd")
@@ -131,14 +130,8 @@ class RbdImages:
     # ---- helpers
 
     def _rbd(self, args: Sequence[str], *, what: str) -> str:
-        argv = [
-            "rbd",
-            *self._info.ceph_args(),
-            f"--client-mount-timeout={_MOUNT_TIMEOUT_S}",
-            f"--rados-osd-op-timeout={_OP_TIMEOUT_S}",
-            *args,
-        ]
-        return run_tool(argv, what=what, timeout_s=self._timeout_s, netns=self._info.netns)
+        args = [f"--rados-osd-op-timeout={_OP_TIMEOUT_S}", *args]
+        return rbd_cli(self._info, args, what=what, timeout_s=self._timeout_s)
 
     @contextlib.contextmanager
     def _registry(self) -> Iterator[_Registry]:
@@ -177,18 +170,11 @@ def krbd_preflight(*, timeout_s: float = 15.0) -> None:
         return
     why = ""
     try:
-        proc = subprocess.run(
-            ["modprobe", "rbd"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        why = (proc.stderr or proc.stdout).strip() or f"exit {proc.returncode}"
-    except FileNotFoundError:
+        done = run(["modprobe", "rbd"], timeout_s=timeout_s, check=False)
+        why = (done.err or done.out).strip() or f"exit {done.returncode}"
+    except HostError:
         why = "modprobe is not installed (apt-get install kmod)"
-    except subprocess.TimeoutExpired:
+    except CommandError:  # with check=False: only when it outlives timeout_s
         why = f"modprobe did not finish in {timeout_s:.0f} s"
     if SYS_BUS_RBD.is_dir():
         return
