@@ -18,17 +18,12 @@ import pytest
 
 from vmlab.ceph import proc, rbd
 from vmlab.ceph.cli import parse_size
-from vmlab.ceph.cluster import (
-    OSD,
-    ClusterSettings,
-    MicroCluster,
-    _Layout,
-    parse_cluster_report,
-    render_ceph_conf,
-)
+from vmlab.ceph.cluster import MicroCluster
+from vmlab.ceph.conf import OSD, ClusterSettings, Layout, render_ceph_conf
 from vmlab.ceph.daemons import asok_command
 from vmlab.ceph.info import ClusterInfo, read_key
 from vmlab.ceph.proc import INSTALL_HINT, ceph_cli, netns_prefix, run_tool
+from vmlab.ceph.status import parse_cluster_report
 from vmlab.errors import CommandError, HostError, VmlabError
 from vmlab.proc import Completed
 
@@ -357,12 +352,12 @@ def test_long_state_dirs_keep_admin_sockets_under_the_unix_path_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VMLAB_RUNTIME", str(tmp_path / "rt"))
-    short = _Layout.of(tmp_path / "ceph")
+    short = Layout.of(tmp_path / "ceph")
     assert short.run_dir == tmp_path / "ceph" / "run"
-    deep = _Layout.of(tmp_path / ("d" * 120) / "ceph")
+    deep = Layout.of(tmp_path / ("d" * 120) / "ceph")
     assert deep.run_dir.parent == tmp_path / "rt"
     assert len(str(deep.asok(OSD))) <= 107
-    assert _Layout.of(tmp_path / ("d" * 120) / "ceph").run_dir == deep.run_dir  # stable
+    assert Layout.of(tmp_path / ("d" * 120) / "ceph").run_dir == deep.run_dir  # stable
 
 
 def test_purge_refuses_a_directory_that_is_not_a_cluster(tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ it needs is down).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from vmlab.ceph.info import ClusterInfo
+from vmlab.errors import HostError
 from vmlab.proc import run
 
 CEPH_PACKAGES = ("ceph-mon", "ceph-osd", "ceph-mgr", "ceph-common")
@@ -24,6 +26,15 @@ _HANG_HINT = "is the cluster up? `vmlab ceph status` shows its daemons"
 def netns_prefix(netns: str | None) -> list[str]:
     """``ip netns exec NS`` for commands that must run inside a network namespace."""
     return ["ip", "netns", "exec", netns] if netns else []
+
+
+def check_netns(netns: str | None, bind_addr: str) -> None:
+    """HostError unless ``netns`` exists: someone else makes it (``ip netns add``), not vmlab."""
+    if netns is not None and not (Path("/run/netns") / netns).exists():
+        raise HostError(
+            f"network namespace {netns!r} does not exist",
+            hint=f"create it first (ip netns add {netns}) with {bind_addr} inside",
+        )
 
 
 def run_tool(
