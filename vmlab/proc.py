@@ -2,11 +2,11 @@
 
 Every external command vmlab runs goes through :func:`run` (argv list, never a shell, always a
 timeout, output captured, a clear error naming the command) or, for a process that lives while
-vmlab works (QEMU, qemu-storage-daemon, SPDK, iperf3, Ceph daemons), :class:`ManagedProcess`:
+vmlab works (QEMU, qemu-storage-daemon, SPDK, iperf3, ceph-osd --mkfs), :class:`ManagedProcess`:
 its own session, killed with vmlab (PR_SET_PDEATHSIG), stopped with a signal then SIGKILL.
-A process that is not our child (a daemon that forked away, found by its pidfile) is judged by
-:func:`alive` -- /proc state and, against a reused pid, its command line -- and stopped with
-:func:`stop_pid`.
+A process that is not our child (a Ceph daemon: it forks away, outlives vmlab and is found by
+its pidfile) is judged by :func:`alive` -- its /proc state and, against a reused pid, its
+command line -- and stopped with :func:`stop_pid`.
 """
 
 from __future__ import annotations

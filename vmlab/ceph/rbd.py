@@ -130,8 +130,12 @@ class RbdImages:
     # ---- helpers
 
     def _rbd(self, args: Sequence[str], *, what: str) -> str:
-        args = [f"--rados-osd-op-timeout={_OP_TIMEOUT_S}", *args]
-        return rbd_cli(self._info, args, what=what, timeout_s=self._timeout_s)
+        return rbd_cli(
+            self._info,
+            [f"--rados-osd-op-timeout={_OP_TIMEOUT_S}", *args],
+            what=what,
+            timeout_s=self._timeout_s,
+        )
 
     @contextlib.contextmanager
     def _registry(self) -> Iterator[_Registry]:
