@@ -2,12 +2,16 @@
 
 Every external command vmlab runs goes through :func:`run` (argv list, never a shell, always a
 timeout, output captured, a clear error naming the command) or, for a process that lives while
-vmlab works (QEMU, qemu-storage-daemon, SPDK, iperf3, Ceph daemons), :class:`ManagedProcess`:
+vmlab works (QEMU, qemu-storage-daemon, SPDK, iperf3, ceph-osd --mkfs), :class:`ManagedProcess`:
 its own session, killed with vmlab (PR_SET_PDEATHSIG), stopped with a signal then SIGKILL.
+A process that is not our child (a Ceph daemon: it forks away, outlives vmlab and is found by
+its pidfile) is judged by :func:`alive` -- its /proc state and, against a reused pid, its
+command line -- and stopped with :func:`stop_pid`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -66,43 +70,56 @@ def run(
     cwd: Path | None = None,
     hint: str | None = None,
     missing_hint: str | None = None,
+    timeout_hint: str | None = None,
+    output: Path | None = None,
 ) -> Completed:
     """Run a command to its end, output captured, stdin closed unless ``input_bytes``.
 
     Raises HostError when the program is not installed (``missing_hint`` says how to get it),
-    CommandError when it outlives ``timeout_s`` or, with ``check``, exits non-zero (``hint``
-    says what to do). ``what`` names the command in messages (default: the program)."""
+    CommandError when it outlives ``timeout_s`` (``timeout_hint``, else ``hint``, says what to
+    do) or, with ``check``, exits non-zero (``hint``). ``what`` names the command in messages
+    (default: the program).
+
+    With ``output``, stdout and stderr are appended to that file instead of captured (the
+    Completed holds no output; errors name the file as their log): for a program that
+    daemonizes, since its daemon keeps the descriptors open and a pipe would not end before
+    the daemon does."""
     args = tuple(str(a) for a in argv)
     name = what or Path(args[0]).name
     log.debug("run: %s", " ".join(args))
-    try:
-        done = subprocess.run(
-            args,
-            input=input_bytes,
-            stdin=None if input_bytes is not None else subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout_s,
-            env=None if env is None else dict(env),
-            cwd=cwd,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise HostError(f"{args[0]} is not installed", hint=missing_hint) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(
-            f"{name} did not finish within {timeout_s:g} s",
-            argv=args,
-            returncode=None,
-            output=_text(exc.stdout) + _text(exc.stderr),
-            hint=hint,
-        ) from exc
-    completed = Completed(args, done.returncode, done.stdout, done.stderr)
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(output.open("ab")) if output is not None else None
+        try:
+            done = subprocess.run(
+                args,
+                input=input_bytes,
+                stdin=None if input_bytes is not None else subprocess.DEVNULL,
+                stdout=sink if sink is not None else subprocess.PIPE,
+                stderr=subprocess.STDOUT if sink is not None else subprocess.PIPE,
+                timeout=timeout_s,
+                env=None if env is None else dict(env),
+                cwd=cwd,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise HostError(f"{args[0]} is not installed", hint=missing_hint) from exc
+        except subprocess.TimeoutExpired as exc:
+            raise CommandError(
+                f"{name} did not finish within {timeout_s:g} s",
+                argv=args,
+                returncode=None,
+                output=_text(exc.stdout) + _text(exc.stderr),
+                log=output,
+                hint=timeout_hint or hint,
+            ) from exc
+    completed = Completed(args, done.returncode, done.stdout or b"", done.stderr or b"")
     if check and not completed.ok:
         raise CommandError(
             f"{name} failed",
             argv=args,
             returncode=done.returncode,
             output=completed.out + completed.err,
+            log=output,
             hint=hint,
         )
     return completed
@@ -128,24 +145,53 @@ def die_with_parent() -> None:  # runs in the child between fork and exec
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (PID 1 here may never reap it)."""
+def proc_state(pid: int) -> str | None:
+    """The state letter in /proc/PID/stat (R, S, D, Z, ...); None when there is no such pid."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]  # the name in (...) may hold spaces and ")"
+
+
+def cmdline(pid: int) -> list[str]:
+    """The arguments a process was started with; [] when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def alive(pid: int, *, arg: str | None = None) -> bool:
+    """True while the process exists and is not a zombie (PID 1 here may never reap it).
+
+    With ``arg``, only while ``arg`` is one of its command-line arguments too: a pid read from
+    a pidfile, or remembered, may by now belong to another program."""
+    state = proc_state(pid)
+    if state is None or state in ("Z", "X"):
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return arg is None or arg in cmdline(pid)
 
 
-def signal_and_wait(pid: int, sig: signal.Signals, timeout_s: float) -> bool:
+def pids_with_arg(arg: str) -> list[int]:
+    """Live processes (not zombies) with ``arg`` among their command-line arguments."""
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return sorted(pid for pid in pids if alive(pid, arg=arg))
+
+
+def signal_and_wait(
+    pid: int, sig: signal.Signals, timeout_s: float, *, arg: str | None = None
+) -> bool:
     """Send ``sig`` to a process that need not be our child; True once it is gone (a zombie
-    counts as gone)."""
+    counts as gone). ``arg`` as in :func:`alive`: a process without it is not the one meant."""
+    if not alive(pid, arg=arg):
+        return True
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
         return True
     deadline = Deadline(timeout_s)
-    while alive(pid):
+    while alive(pid, arg=arg):
         if deadline.expired():
             return False
         time.sleep(0.05)
@@ -153,13 +199,19 @@ def signal_and_wait(pid: int, sig: signal.Signals, timeout_s: float) -> bool:
 
 
 def stop_pid(
-    pid: int, *, first: signal.Signals = signal.SIGTERM, grace_s: float = 10.0, what: str = ""
+    pid: int,
+    *,
+    first: signal.Signals = signal.SIGTERM,
+    grace_s: float = 10.0,
+    what: str = "",
+    arg: str | None = None,
 ) -> bool:
-    """``first``, then SIGKILL after ``grace_s``; True once the process is gone."""
-    if signal_and_wait(pid, first, grace_s):
+    """``first``, then SIGKILL after ``grace_s``; True once the process is gone. ``arg`` as in
+    :func:`alive`."""
+    if signal_and_wait(pid, first, grace_s, arg=arg):
         return True
     log.warning("%s (pid %d) ignored %s: SIGKILL", what or "process", pid, first.name)
-    return signal_and_wait(pid, signal.SIGKILL, 10.0)
+    return signal_and_wait(pid, signal.SIGKILL, 10.0, arg=arg)
 
 
 def stop_child(

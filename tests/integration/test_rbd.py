@@ -82,8 +82,10 @@ jobs:
     assert "ioengine=rbd" in (run / "cases/host-baseline/jobs/qd4/r1/job.fio").read_text()
     # the image vmlab made for the run is gone, the cluster this run started is down again
     assert not micro.status().running
-    info = micro.up()
-    assert RbdImages(info).created() == []
+    micro.up()
+    st = micro.status()
+    assert st.report is not None, st.problem
+    assert st.images == ()
     assert qemu_pids(str(run)) == []
 
 

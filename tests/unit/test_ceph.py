@@ -1,5 +1,5 @@
 """Unit tests of the micro Ceph cluster: conf rendering, QEMU rbd syntax, status parsing,
-liveness of zombies, the admin-socket protocol, and the refusals that protect user data.
+how Ceph tools are run, the admin-socket protocol, and the refusals that protect user data.
 
 Real daemons are in tests/integration/test_ceph_cluster.py.
 """
@@ -12,24 +12,20 @@ import os
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from vmlab.ceph import rbd
+from vmlab.ceph import proc, rbd
 from vmlab.ceph.cli import parse_size
-from vmlab.ceph.cluster import (
-    OSD,
-    ClusterSettings,
-    MicroCluster,
-    _Layout,
-    parse_cluster_report,
-    render_ceph_conf,
-)
+from vmlab.ceph.cluster import MicroCluster
+from vmlab.ceph.conf import OSD, ClusterSettings, Layout, render_ceph_conf
+from vmlab.ceph.daemons import asok_command
 from vmlab.ceph.info import ClusterInfo, read_key
-from vmlab.ceph.proc import asok_command, pid_is_live, proc_state
-from vmlab.errors import HostError, VmlabError
+from vmlab.ceph.proc import INSTALL_HINT, ceph_cli, netns_prefix, run_tool
+from vmlab.ceph.status import parse_cluster_report
+from vmlab.errors import CommandError, HostError, VmlabError
+from vmlab.proc import Completed
 
 # Recorded verbatim on Debian 12 (Ceph 16.2.15) from a vmlab micro cluster after
 # `rbd create vmlab/img0 --size 64M` and `ceph osd set noout`.
@@ -197,19 +193,9 @@ def test_qemu_uri_refuses_at_signs_it_cannot_express() -> None:
     with pytest.raises(VmlabError, match="cannot be written") as err:
         info().qemu_rbd_uri("vmlab", "img@snap")
     assert err.value.hint is not None
-    assert "qemu_rbd_blockdev" in err.value.hint
+    assert "-blockdev driver=rbd" in err.value.hint
     with pytest.raises(VmlabError, match="conf path"):
         info("/srv/a@b/ceph.conf").qemu_rbd_uri("vmlab", "img")
-
-
-def test_qemu_blockdev_options_are_unescaped() -> None:
-    assert info("/srv/a:b/ceph.conf").qemu_rbd_blockdev("vmlab", "img:1") == {
-        "driver": "rbd",
-        "pool": "vmlab",
-        "image": "img:1",
-        "conf": "/srv/a:b/ceph.conf",
-        "user": "admin",
-    }
 
 
 def test_info_repr_names_paths_but_never_key_material(tmp_path: Path) -> None:
@@ -231,13 +217,44 @@ def test_info_repr_names_paths_but_never_key_material(tmp_path: Path) -> None:
 
 
 def test_client_commands_run_in_the_cluster_namespace() -> None:
-    assert info().command_prefix() == []
-    assert info(netns="lab1").command_prefix() == ["ip", "netns", "exec", "lab1"]
+    assert netns_prefix(info().netns) == []
+    assert netns_prefix(info(netns="lab1").netns) == ["ip", "netns", "exec", "lab1"]
     assert info().ceph_args() == [
         "--conf", "/srv/lab/ceph/ceph.conf",
         "--id", "admin",
         "--keyring", "/srv/lab/ceph/ceph.client.admin.keyring",
     ]  # fmt: skip
+
+
+def test_ceph_cli_runs_in_the_namespace_with_the_connection_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[list[str], dict[str, object]]] = []
+
+    def fake_run(argv: list[str], **kwargs: object) -> Completed:
+        calls.append((list(argv), kwargs))
+        return Completed(tuple(argv), 0, b"{}", b"")
+
+    monkeypatch.setattr(proc, "run", fake_run)
+    assert ceph_cli(info(netns="lab1"), ["status"], what="status", timeout_s=5) == "{}"
+    ((argv, kwargs),) = calls
+    assert argv == [
+        "ip", "netns", "exec", "lab1",
+        "ceph", *info().ceph_args(), "--connect-timeout=10", "status",
+    ]  # fmt: skip
+    assert kwargs["what"] == "ceph status"
+    assert kwargs["timeout_s"] == 5
+    assert kwargs["missing_hint"] == INSTALL_HINT
+
+
+def test_a_ceph_tool_that_hangs_points_at_the_daemons() -> None:
+    with pytest.raises(CommandError, match="no answer test") as err:
+        run_tool(["sleep", "5"], what="no answer test", timeout_s=0.2)
+    assert err.value.returncode is None
+    assert "vmlab ceph status" in (err.value.hint or "")
+    with pytest.raises(HostError) as missing:
+        run_tool(["vmlab-no-such-ceph-tool"], what="x")
+    assert missing.value.hint == INSTALL_HINT
 
 
 # ------------------------------------------------------------------ status parsing
@@ -279,27 +296,8 @@ def test_report_rejects_garbage_with_a_vmlab_error() -> None:
         parse_cluster_report(STATUS_JSON, DF_JSON, '[{"pool_name": "x"}]')
 
 
-# ------------------------------------------------------------------ liveness
-
-
-def test_a_zombie_is_dead_and_a_running_process_is_alive() -> None:
-    proc = subprocess.Popen(["sleep", "30"])
-    try:
-        deadline = time.monotonic() + 10  # until the child has exec'd sleep
-        while not pid_is_live(proc.pid, "30") and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert pid_is_live(proc.pid, "30")
-        assert not pid_is_live(proc.pid, "31")  # another command line: pid reuse
-        proc.kill()
-        deadline = time.monotonic() + 10
-        while proc_state(proc.pid) != "Z" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert proc_state(proc.pid) == "Z"  # not reaped yet, like under a PID 1 that never reaps
-        assert not pid_is_live(proc.pid, "30")
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-    assert proc_state(proc.pid) is None
+# ------------------------------------------------------------------ admin sockets
+# (zombies and pid reuse: tests/unit/test_proc.py, for vmlab.proc.alive)
 
 
 def test_admin_socket_protocol(tmp_path: Path) -> None:
@@ -354,12 +352,12 @@ def test_long_state_dirs_keep_admin_sockets_under_the_unix_path_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VMLAB_RUNTIME", str(tmp_path / "rt"))
-    short = _Layout.of(tmp_path / "ceph")
+    short = Layout.of(tmp_path / "ceph")
     assert short.run_dir == tmp_path / "ceph" / "run"
-    deep = _Layout.of(tmp_path / ("d" * 120) / "ceph")
+    deep = Layout.of(tmp_path / ("d" * 120) / "ceph")
     assert deep.run_dir.parent == tmp_path / "rt"
     assert len(str(deep.asok(OSD))) <= 107
-    assert _Layout.of(tmp_path / ("d" * 120) / "ceph").run_dir == deep.run_dir  # stable
+    assert Layout.of(tmp_path / ("d" * 120) / "ceph").run_dir == deep.run_dir  # stable
 
 
 def test_purge_refuses_a_directory_that_is_not_a_cluster(tmp_path: Path) -> None:
@@ -389,7 +387,7 @@ def test_remove_refuses_images_vmlab_did_not_create(tmp_path: Path) -> None:
     images = rbd.RbdImages(info(str(tmp_path / "ceph.conf")))
     with pytest.raises(VmlabError, match="not created by vmlab"):
         images.remove("vmlab", "someone-elses")
-    assert images.created() == []
+    assert json.loads((tmp_path / rbd.REGISTRY_NAME).read_text())["images"] == []
 
 
 def test_krbd_preflight_explains_a_missing_module(
@@ -397,12 +395,12 @@ def test_krbd_preflight_explains_a_missing_module(
 ) -> None:
     monkeypatch.setattr(rbd, "SYS_BUS_RBD", tmp_path / "sys-bus-rbd")
     failed = subprocess.CompletedProcess(
-        ["modprobe", "rbd"], 1, "", "modprobe: FATAL: Module rbd not found in directory /lib/x\n"
+        ["modprobe", "rbd"], 1, b"", b"modprobe: FATAL: Module rbd not found in directory /lib/x\n"
     )
     calls: list[list[str]] = []
 
-    def fake_run(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
-        calls.append(argv)
+    def fake_run(argv: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
+        calls.append(list(argv))
         return failed
 
     monkeypatch.setattr(subprocess, "run", fake_run)

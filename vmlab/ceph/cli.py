@@ -16,12 +16,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from vmlab import paths
-from vmlab.ceph.cluster import (
-    DEFAULT_OSD_SIZE_BYTES,
-    ClusterInfo,
-    ClusterStatus,
-    MicroCluster,
-)
+from vmlab.ceph.cluster import MicroCluster
+from vmlab.ceph.conf import DEFAULT_OSD_SIZE_BYTES
+from vmlab.ceph.info import ClusterInfo
+from vmlab.ceph.status import ClusterStatus
 from vmlab.errors import VmlabError
 
 app = typer.Typer(

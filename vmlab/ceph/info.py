@@ -1,4 +1,4 @@
-"""How clients reach a micro Ceph cluster: ClusterInfo, ImageRef, QEMU's rbd syntax."""
+"""How clients reach a Ceph cluster: ClusterInfo, ImageRef, keyrings, QEMU's rbd: filename."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import binascii
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmlab.ceph.proc import netns_prefix
 from vmlab.errors import HostError, VmlabError
 
 CLIENT_ID = "admin"
@@ -90,10 +89,6 @@ class ClusterInfo:
             "--keyring", str(self.keyring_path),
         ]  # fmt: skip
 
-    def command_prefix(self) -> list[str]:
-        """``ip netns exec NS`` when the cluster lives in a network namespace (clients too)."""
-        return netns_prefix(self.netns)
-
     def qemu_rbd_uri(self, pool: str, image: str) -> str:
         """QEMU's legacy filename ``rbd:pool/image:conf=/path/ceph.conf:id=admin``.
 
@@ -101,31 +96,21 @@ class ClusterInfo:
         character (``\\:``), so a ``:`` (or ``\\``) inside a path or name is escaped here, and a
         ``/`` or ``=`` inside the pool or image name too. An ``@`` anywhere after the pool cannot
         be expressed (QEMU looks for a snapshot with a plain ``strchr``): that raises; use
-        ``qemu_rbd_blockdev`` instead. Commas are not escaped here: where this string becomes a
-        QEMU option value (``-drive file=...``) the caller doubles them (``,`` -> ``,,``);
-        as a plain qemu-img argument it is used as is.
+        ``-blockdev driver=rbd,...`` (as vmlab's QEMU templates do) instead. Commas are not
+        escaped here: where this string becomes a QEMU option value (``-drive file=...``) the
+        caller doubles them (``,`` -> ``,,``); as a plain qemu-img argument it is used as is.
         """
         for what, text in (("image", image), ("conf path", str(self.conf_path))):
             if "@" in text:
                 raise VmlabError(
                     f"an '@' in the {what} {text!r} cannot be written in QEMU's rbd: filename",
-                    hint="use qemu_rbd_blockdev() (-blockdev driver=rbd,...) instead",
+                    hint="use -blockdev driver=rbd,pool=...,image=...,conf=... instead",
                 )
         pool_part = _qemu_escape(pool, _QEMU_NAME_SPECIAL + "@")
         image_part = _qemu_escape(image, _QEMU_NAME_SPECIAL)
         conf_part = _qemu_escape(str(self.conf_path), _QEMU_VALUE_SPECIAL)
         id_part = _qemu_escape(self.client_id, _QEMU_VALUE_SPECIAL)
         return f"rbd:{pool_part}/{image_part}:conf={conf_part}:id={id_part}"
-
-    def qemu_rbd_blockdev(self, pool: str, image: str) -> dict[str, str]:
-        """Options of ``-blockdev driver=rbd,...`` (QAPI BlockdevOptionsRbd), unescaped."""
-        return {
-            "driver": "rbd",
-            "pool": pool,
-            "image": image,
-            "conf": str(self.conf_path),
-            "user": self.client_id,
-        }
 
 
 def _qemu_escape(text: str, special: str) -> str:

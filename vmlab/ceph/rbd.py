@@ -1,9 +1,9 @@
 """RBD images through the ``rbd`` CLI (with --conf/--id/--keyring), and krbd mapping.
 
 The CLI, not python3-rbd: Debian's python3-rbd is built for /usr/bin/python3, not for a venv's
-interpreter. Every image, snapshot and clone vmlab makes is recorded in ``images.json`` in the
-cluster's state dir, and ``remove`` deletes only what is recorded there: an image someone else
-made in the same pool is never touched.
+interpreter. Every image vmlab makes is recorded in ``images.json`` in the cluster's state dir,
+and ``remove`` deletes only what is recorded there: an image someone else made in the same pool
+is never touched.
 """
 
 from __future__ import annotations
@@ -13,60 +13,40 @@ import fcntl
 import json
 import logging
 import os
-import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vmlab.ceph.info import ClusterInfo, ImageRef
-from vmlab.ceph.proc import run_tool
+from vmlab.ceph.proc import rbd_cli
 from vmlab.errors import CommandError, HostError, VmlabError
+from vmlab.proc import run
 
 log = logging.getLogger(__name__)
 
-_MOUNT_TIMEOUT_S = 10
 _OP_TIMEOUT_S = 30
 REGISTRY_NAME = "images.json"
 SYS_BUS_RBD = Path("/sys/bus/rbd")
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    pool: str
-    image: str
-    snap: str
-
-    @property
-    def spec(self) -> str:
-        return f"{self.pool}/{self.image}@{self.snap}"
-
-
 @dataclass
 class _Registry:
     images: list[ImageRef] = field(default_factory=list)
-    snapshots: list[_Snapshot] = field(default_factory=list)
 
     def find(self, pool: str, name: str) -> ImageRef | None:
         return next((i for i in self.images if (i.pool, i.name) == (pool, name)), None)
 
     def to_json(self) -> str:
-        data = {
-            "images": [asdict(i) for i in self.images],
-            "snapshots": [asdict(s) for s in self.snapshots],
-        }
-        return json.dumps(data, indent=2) + "\n"
+        return json.dumps({"images": [asdict(i) for i in self.images]}, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> _Registry:
         data = json.loads(text) if text.strip() else {}
-        return cls(
-            images=[ImageRef(**i) for i in data.get("images", [])],
-            snapshots=[_Snapshot(**s) for s in data.get("snapshots", [])],
-        )
+        return cls(images=[ImageRef(**i) for i in data.get("images", [])])
 
 
 class RbdImages:
-    """Create, clone and remove RBD images of one cluster, remembering what vmlab made."""
+    """Create and remove RBD images of one cluster, remembering what vmlab made."""
 
     def __init__(self, info: ClusterInfo, *, timeout_s: float = 60.0) -> None:
         self._info = info
@@ -89,11 +69,6 @@ class RbdImages:
         if isinstance(parent, dict):
             parent_spec = f"{parent['pool']}/{parent['image']}@{parent['snapshot']}"
         return ImageRef(pool, name, int(data["size"]), parent_spec)
-
-    def created(self) -> list[ImageRef]:
-        """Images vmlab created in this cluster (from images.json)."""
-        with self._registry() as reg:
-            return list(reg.images)
 
     # ---- changes
 
@@ -124,59 +99,19 @@ class RbdImages:
             return existing
         return self.create(pool, name, size_bytes)
 
-    def clone(self, parent: ImageRef, snap: str, name: str, *, pool: str | None = None) -> ImageRef:
-        """Snapshot ``parent`` (unless ``snap`` exists), protect it, and clone it as ``name``."""
-        snapshot = _Snapshot(parent.pool, parent.name, snap)
-        snaps = json.loads(
-            self._rbd(["snap", "ls", "--format", "json", parent.spec], what="rbd snap ls")
-        )
-        existing = {s["name"]: s for s in snaps}
-        if snap not in existing:
-            self._rbd(["snap", "create", "--no-progress", snapshot.spec], what="rbd snap create")
-            with self._registry() as reg:
-                reg.snapshots.append(snapshot)
-        if not self._is_protected(snapshot):
-            self._rbd(["snap", "protect", snapshot.spec], what="rbd snap protect")
-        child_pool = pool or parent.pool
-        self._rbd(["clone", snapshot.spec, f"{child_pool}/{name}"], what="rbd clone")
-        ref = ImageRef(child_pool, name, parent.size_bytes, snapshot.spec)
-        with self._registry() as reg:
-            reg.images.append(ref)
-        log.info("cloned %s as %s", snapshot.spec, ref.spec)
-        return ref
-
     def remove(self, pool: str, name: str) -> None:
-        """Remove an image vmlab created (with the snapshots vmlab made of it).
-
-        A clone's parent snapshot goes too once vmlab made it and no clone is left on it.
-        Refuses images vmlab did not create, and images with clones.
-        """
+        """Remove an image vmlab created; refuses images vmlab did not create."""
         with self._registry() as reg:
             ref = reg.find(pool, name)
-            own_snaps = [s for s in reg.snapshots if (s.pool, s.image) == (pool, name)]
         if ref is None:
             raise VmlabError(
                 f"rbd image {pool}/{name} was not created by vmlab: not removing it",
                 hint="remove it yourself with `rbd rm` if it is really expendable",
             )
-        for snapshot in own_snaps:
-            if self._children(snapshot):
-                raise VmlabError(
-                    f"rbd image {ref.spec} has clones of {snapshot.spec}",
-                    hint="remove the clones first",
-                )
-        for snapshot in own_snaps:
-            self._drop_snapshot(snapshot)
         if self.get(pool, name) is not None:
             self._rbd(["rm", "--no-progress", ref.spec], what="rbd rm")
         with self._registry() as reg:
             reg.images = [i for i in reg.images if (i.pool, i.name) != (pool, name)]
-            reg.snapshots = [s for s in reg.snapshots if s not in own_snaps]
-            parent_snap = next((s for s in reg.snapshots if s.spec == ref.parent), None)
-        if parent_snap is not None and not self._children(parent_snap):
-            self._drop_snapshot(parent_snap)
-            with self._registry() as reg:
-                reg.snapshots = [s for s in reg.snapshots if s != parent_snap]
         log.info("removed rbd image %s", ref.spec)
 
     # ---- krbd
@@ -195,32 +130,12 @@ class RbdImages:
     # ---- helpers
 
     def _rbd(self, args: Sequence[str], *, what: str) -> str:
-        argv = [
-            "rbd",
-            *self._info.ceph_args(),
-            f"--client-mount-timeout={_MOUNT_TIMEOUT_S}",
-            f"--rados-osd-op-timeout={_OP_TIMEOUT_S}",
-            *args,
-        ]
-        return run_tool(argv, what=what, timeout_s=self._timeout_s, netns=self._info.netns)
-
-    def _is_protected(self, snapshot: _Snapshot) -> bool:
-        out = self._rbd(["info", "--format", "json", snapshot.spec], what="rbd info (snapshot)")
-        return str(json.loads(out).get("protected", "false")).lower() == "true"
-
-    def _children(self, snapshot: _Snapshot) -> list[str]:
-        try:
-            out = self._rbd(["children", "--format", "json", snapshot.spec], what="rbd children")
-        except CommandError as exc:
-            if exc.returncode == 2:  # the snapshot (or image) is gone
-                return []
-            raise
-        return [f"{c.get('pool')}/{c.get('image')}" for c in json.loads(out or "[]")]
-
-    def _drop_snapshot(self, snapshot: _Snapshot) -> None:
-        with contextlib.suppress(CommandError):  # not protected (any more)
-            self._rbd(["snap", "unprotect", snapshot.spec], what="rbd snap unprotect")
-        self._rbd(["snap", "rm", "--no-progress", snapshot.spec], what="rbd snap rm")
+        return rbd_cli(
+            self._info,
+            [f"--rados-osd-op-timeout={_OP_TIMEOUT_S}", *args],
+            what=what,
+            timeout_s=self._timeout_s,
+        )
 
     @contextlib.contextmanager
     def _registry(self) -> Iterator[_Registry]:
@@ -259,18 +174,11 @@ def krbd_preflight(*, timeout_s: float = 15.0) -> None:
         return
     why = ""
     try:
-        proc = subprocess.run(
-            ["modprobe", "rbd"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        why = (proc.stderr or proc.stdout).strip() or f"exit {proc.returncode}"
-    except FileNotFoundError:
+        done = run(["modprobe", "rbd"], timeout_s=timeout_s, check=False)
+        why = (done.err or done.out).strip() or f"exit {done.returncode}"
+    except HostError:
         why = "modprobe is not installed (apt-get install kmod)"
-    except subprocess.TimeoutExpired:
+    except CommandError:  # with check=False: only when it outlives timeout_s
         why = f"modprobe did not finish in {timeout_s:.0f} s"
     if SYS_BUS_RBD.is_dir():
         return
@@ -280,8 +188,8 @@ def krbd_preflight(*, timeout_s: float = 15.0) -> None:
         hint=(
             f"krbd needs the rbd module of the running kernel ({os.uname().release}): install "
             "its modules package (Debian: linux-image-$(uname -r)) or use a kernel with "
-            "CONFIG_BLK_DEV_RBD, and map as root. Without it, use QEMU's librbd driver "
-            "(ClusterInfo.qemu_rbd_uri / qemu_rbd_blockdev) or qemu-storage-daemon: "
-            "they need no kernel module"
+            "CONFIG_BLK_DEV_RBD, and map as root. Without it, drop backend.krbd: QEMU's "
+            "librbd driver (ClusterInfo.qemu_rbd_uri names an image to qemu-img) and "
+            "qemu-storage-daemon need no kernel module"
         ),
     )
