@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vmlab.ceph.cli import app
 from vmlab.ceph.cluster import ClusterInfo, MicroCluster
 from vmlab.ceph.proc import INSTALL_HINT
 from vmlab.ceph.rbd import RbdImages
+from vmlab.cli.ceph import app
 from vmlab.errors import HostError, VmlabError
 
 pytestmark = pytest.mark.integration

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from vmlab.ceph import proc, rbd
-from vmlab.ceph.cli import parse_size
 from vmlab.ceph.cluster import MicroCluster
 from vmlab.ceph.conf import OSD, ClusterSettings, Layout, render_ceph_conf
 from vmlab.ceph.daemons import asok_command
 from vmlab.ceph.info import ClusterInfo, read_key
 from vmlab.ceph.proc import INSTALL_HINT, ceph_cli, netns_prefix, run_tool
 from vmlab.ceph.status import parse_cluster_report
+from vmlab.cli.ceph import parse_size
 from vmlab.errors import CommandError, HostError, VmlabError
 from vmlab.proc import Completed
 

@@ -20,9 +20,7 @@ from vmlab.cli.app import new_app, out, root_callback, run_app
 
 
 def build_app() -> typer.Typer:
-    from vmlab.ceph.cli import app as ceph_app
-    from vmlab.cli import bench, host, image, render, report, results
-    from vmlab.fleet.cli import app as fleet_app
+    from vmlab.cli import bench, ceph, fleet, host, image, render, report, results
 
     app = new_app(
         "Benchmark virtualized storage on KVM/QEMU: a matrix of guests, fio inside, statistics out."
@@ -39,8 +37,8 @@ def build_app() -> typer.Typer:
     app.add_typer(image.app, name="image")
     app.add_typer(host.app, name="host")
     app.add_typer(results.app, name="results", help="Stored runs: list, show, rm, reindex.")
-    app.add_typer(ceph_app, name="ceph", help="A micro Ceph cluster for labs and tests.")
-    app.add_typer(fleet_app, name="fleet", help="Run a spec on every host of an Ansible inventory.")
+    app.add_typer(ceph.app, name="ceph", help="A micro Ceph cluster for labs and tests.")
+    app.add_typer(fleet.app, name="fleet", help="Run a spec on every host of an Ansible inventory.")
     return app
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -20,6 +19,7 @@ from vmlab.ceph.cluster import MicroCluster
 from vmlab.ceph.conf import DEFAULT_OSD_SIZE_BYTES
 from vmlab.ceph.info import ClusterInfo
 from vmlab.ceph.status import ClusterStatus
+from vmlab.cli.app import out
 from vmlab.errors import VmlabError
 
 app = typer.Typer(
@@ -29,7 +29,6 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-console = Console()
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -94,7 +93,7 @@ def _print_info(info: ClusterInfo) -> None:
     ]
     for key, value in rows:
         table.add_row(key, escape(value))
-    console.print(table)
+    out.print(table)
 
 
 @app.command()
@@ -108,7 +107,7 @@ def up(
     """Create the cluster, or start its stopped daemons; returns when the pool answers I/O."""
     started = time.monotonic()
     info = _cluster(state_dir, bind, netns, osd_size).up(timeout_s=timeout)
-    console.print(f"[green]micro Ceph cluster up[/] in {time.monotonic() - started:.1f} s")
+    out.print(f"[green]micro Ceph cluster up[/] in {time.monotonic() - started:.1f} s")
     _print_info(info)
 
 
@@ -117,7 +116,7 @@ def down(state_dir: StateDir = None, timeout: Timeout = 60.0) -> None:
     """Stop the daemons; data and keys stay for the next `up`."""
     cluster = _cluster(state_dir)
     cluster.down(timeout_s=timeout)
-    console.print(f"micro Ceph cluster in {escape(str(cluster.state_dir))} stopped")
+    out.print(f"micro Ceph cluster in {escape(str(cluster.state_dir))} stopped")
 
 
 @app.command()
@@ -132,13 +131,13 @@ def purge(state_dir: StateDir = None, timeout: Timeout = 60.0) -> None:
     """Stop everything and delete the state directory (data, keys, logs)."""
     cluster = _cluster(state_dir)
     cluster.purge(timeout_s=timeout)
-    console.print(f"micro Ceph cluster in {escape(str(cluster.state_dir))} purged")
+    out.print(f"micro Ceph cluster in {escape(str(cluster.state_dir))} purged")
 
 
 def _print_status(st: ClusterStatus) -> None:
     if not st.exists:
         where = escape(str(st.state_dir))
-        console.print(f"no micro Ceph cluster in {where} (create one: vmlab ceph up)")
+        out.print(f"no micro Ceph cluster in {where} (create one: vmlab ceph up)")
         return
     daemons = Table(title="daemons")
     for col in ("daemon", "pid", "alive", "state", "RSS MiB"):
@@ -153,18 +152,18 @@ def _print_status(st: ClusterStatus) -> None:
             f"{d.rss_kib / 1024:.0f}" if d.rss_kib else "-",
             escape(str(d.asok)),
         )
-    console.print(daemons)
+    out.print(daemons)
     report = st.report
     if report is None:
         why = escape(st.problem or "the monitor is down")
-        console.print(f"health: [yellow]{st.health}[/] ({why})")
+        out.print(f"health: [yellow]{st.health}[/] ({why})")
     else:
         colour = "green" if report.health == "HEALTH_OK" else "yellow"
-        console.print(f"health: [{colour}]{report.health}[/]")
+        out.print(f"health: [{colour}]{report.health}[/]")
         for check in report.health_checks:
-            console.print(f"  {escape(check)}")
+            out.print(f"  {escape(check)}")
         gib = 1 << 30
-        console.print(
+        out.print(
             f"osds: {report.num_up_osds} up, {report.num_in_osds} in of {report.num_osds}; "
             f"used {report.used_bytes / gib:.2f} GiB of {report.total_bytes / gib:.2f} GiB; "
             "pgs: " + (", ".join(f"{n} {s}" for s, n in report.pg_states) or "-")
@@ -182,7 +181,7 @@ def _print_status(st: ClusterStatus) -> None:
                 f"{p.stored_bytes / (1 << 20):.1f}",
                 str(p.objects),
             )
-        console.print(pools)
+        out.print(pools)
     if st.images:
         images = Table(title="rbd images")
         for col in ("image", "size MiB", "parent"):
@@ -191,5 +190,5 @@ def _print_status(st: ClusterStatus) -> None:
             images.add_row(
                 escape(i.spec), f"{i.size_bytes / (1 << 20):.0f}", escape(i.parent or "-")
             )
-        console.print(images)
-    console.print(f"conf: {escape(str(st.conf_path))}")
+        out.print(images)
+    out.print(f"conf: {escape(str(st.conf_path))}")

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vmlab.cli.app import err, out
 from vmlab.errors import VmlabError
 from vmlab.fleet.run import (
     DEFAULT_HOST_TIMEOUT_S,
@@ -29,8 +29,6 @@ from vmlab.fleet.run import (
 
 app = typer.Typer(no_args_is_help=True, help="Run a spec on every host of an Ansible inventory.")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 _MARK = {
     "running": "[cyan]…[/]",
