@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import os
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -29,16 +28,21 @@ from vmlab.guest import cloudinit as ci
 from vmlab.guest.cloud import image_info, make_overlay, sha256_file
 from vmlab.guest.facts import collect_facts
 from vmlab.guest.image import authkey_cmdline
-from vmlab.guest.rootfs import ROOT_SERIAL, RootfsImage, build_rootfs, root_disk_args
+from vmlab.guest.rootfs import ROOT_SERIAL, RootfsImage, build_rootfs
 from vmlab.guest.ssh import GuestSSH, wait_banner
 from vmlab.launch.direct import free_port
 from vmlab.launch.qemu import Deadlines, QemuProcess, new_guest_dir
+from vmlab.plan import plan
+from vmlab.render.model import BootImage, DiskSource, GuestRuntime, mac_address
+from vmlab.render.qemu import render_qemu
+from vmlab.spec import parse_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 log = logging.getLogger(__name__)
 
 QEMU = "qemu-system-x86_64"
-MAC = "52:54:00:c1:00:01"
+CASE_ID = "cloudtest"
+MAC = mac_address(CASE_ID)  # the management NIC's, as the QEMU template renders it
 MARKER_TIMEOUT_S = 300.0  # systemd + cloud-init under TCG prints its marker after ~50 s
 LOGIN_TIMEOUT_S = 120.0
 CLOUD_INIT_TIMEOUT_S = 300.0
@@ -116,8 +120,22 @@ def boot(
 ) -> Iterator[Booted]:
     """The rootfs base booted as a cloud image would be: a per-guest overlay as the boot disk,
     the seed (if any) as a read-only virtio-blk disk, a 64 MiB data disk with serial
-    vmlab-data, user-mode networking with hostfwd to SSH, shut down through QMP."""
-    name = f"vmlab-cloudtest-{secrets.token_hex(4)}"
+    vmlab-data, user-mode networking with hostfwd to SSH, shut down through QMP; the argv is
+    the one vmlab renders for such a guest."""
+    (case,) = plan(
+        parse_spec(
+            {
+                "name": "cloudtest",
+                "guest": {
+                    "memory_mib": memory_mib,
+                    "cpus": 2,
+                    "disks": [{"name": "data", "backend": {"type": "file", "size": "64M"}}],
+                },
+                "jobs": [{"name": "j", "rw": "randread"}],
+            }
+        )
+    )
+    case = replace(case, id=CASE_ID)
     overlay = make_overlay(image.base, workdir / "root.qcow2", base_format=image.base_format)
     data = workdir / "data.raw"
     with data.open("wb") as f:
@@ -125,26 +143,28 @@ def boot(
     guest_dir = new_guest_dir()
     port = free_port()
     serial = workdir / "serial.log"
-    argv = [
-        QEMU, "-name", name, "-machine", "q35,accel=tcg", "-cpu", "max",
-        "-m", str(memory_mib), "-smp", "2",
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-pidfile", str(guest_dir / "qemu.pid"),
-        "-chardev", f"socket,id=qmp,path={guest_dir}/qmp.sock,server=on,wait=off",
-        "-mon", "chardev=qmp,mode=control",
-        "-chardev", f"file,id=serial0,path={serial}", "-serial", "chardev:serial0",
-        "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-        "-append", f"{image.cmdline} {append}".strip(),
-        "-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", f"virtio-net-pci,netdev=mgmt,mac={MAC},romfile=",
-        "-device", "virtio-rng-pci",
-        *root_disk_args(overlay, fmt="qcow2"),
-        "-blockdev", f"driver=file,node-name=data-file,filename={data},cache.direct=off",
-        "-blockdev", "driver=raw,node-name=data,file=data-file",
-        "-device", "virtio-blk-pci,drive=data,serial=vmlab-data",
-    ]  # fmt: skip
-    if seed is not None:
-        argv += ci.seed_qemu_args(seed)
+    boot_image = BootImage(
+        image.kernel,
+        image.initrd,
+        f"{image.cmdline} {append}".strip(),
+        root_disk=overlay,
+        seed=seed,
+    )
+    runtime = GuestRuntime(
+        qmp_socket=guest_dir / "qmp.sock",
+        serial_log=serial,
+        pidfile=guest_dir / "qemu.pid",
+        ssh_port=port,
+    )
+    argv = render_qemu(
+        case,
+        qemu=QEMU,
+        accel="tcg",
+        boot=boot_image,
+        disks={"data": DiskSource(path=data)},
+        runtime=runtime,
+    ).argv
+    name = f"vmlab-{case.id}"
     try:
         with QemuProcess(
             argv,

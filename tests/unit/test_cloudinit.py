@@ -205,18 +205,6 @@ def test_make_seed_keeps_a_redacted_copy(config: ci.SeedConfig, tmp_path: Path) 
     assert "OPENSSH PRIVATE KEY" in ci.read_seed_iso(iso)[1]["user-data"]
 
 
-def test_seed_qemu_args_are_read_only_virtio_blk(tmp_path: Path) -> None:
-    args = ci.seed_qemu_args(tmp_path / "a,b" / "seed.iso", pci_addr="0x9")
-    assert args == [
-        "-blockdev",
-        f"driver=file,node-name=seed-file,filename={tmp_path}/a,,b/seed.iso,read-only=on",
-        "-blockdev",
-        "driver=raw,node-name=seed,file=seed-file,read-only=on",
-        "-device",
-        "virtio-blk-pci,id=dev-seed,drive=seed,serial=vmlab-seed,addr=0x9",
-    ]
-
-
 # --- cloud-init status ----------------------------------------------------------------------
 
 STATUS_DONE_22 = json.dumps(

@@ -331,22 +331,6 @@ def make_seed(config: SeedConfig, dest: Path) -> Path:
     return write_seed_iso(files, dest)
 
 
-def seed_qemu_args(iso: Path, *, node: str = "seed", pci_addr: str | None = None) -> list[str]:
-    """QEMU argv tokens that attach the seed as a read-only virtio-blk disk."""
-    quoted = str(iso).replace(",", ",,")
-    device = f"virtio-blk-pci,id=dev-{node},drive={node},serial={SEED_SERIAL}"
-    if pci_addr is not None:
-        device += f",addr={pci_addr}"
-    return [
-        "-blockdev",
-        f"driver=file,node-name={node}-file,filename={quoted},read-only=on",
-        "-blockdev",
-        f"driver=raw,node-name={node},file={node}-file,read-only=on",
-        "-device",
-        device,
-    ]
-
-
 # --- readiness: cloud-init status --------------------------------------------------------------
 
 
