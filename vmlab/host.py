@@ -10,7 +10,6 @@ import platform
 import re
 import shutil
 import socket
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vmlab.accel import Accel, detect_accel, kvm_module, kvm_note
 from vmlab.errors import VmlabError
+from vmlab.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,10 @@ class HostFacts(BaseModel):
 
 def _version(argv: list[str], pattern: str) -> str | None:
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        done = run(argv, timeout_s=10, check=False)
+    except VmlabError:
         return None
-    match = re.search(pattern, out.stdout + out.stderr)
+    match = re.search(pattern, done.out + done.err)
     return match.group(1) if match else None
 
 

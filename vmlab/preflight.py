@@ -10,7 +10,6 @@ import functools
 import os
 import shutil
 import stat
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -20,6 +19,7 @@ from vmlab.errors import HostError, VmlabError
 from vmlab.host import HostFacts, pick_accel
 from vmlab.metrics import BASELINE_ID
 from vmlab.plan import Case
+from vmlab.proc import run
 from vmlab.spec import BlockBackend, Disk, FileBackend, Guest, RbdBackend
 from vmlab.storage import lio as vhost_scsi
 
@@ -72,10 +72,8 @@ def _disk_problems(disk: Disk, facts: HostFacts, sysroot: Path) -> list[str]:
 def qemu_block_drivers() -> frozenset[str]:
     """Formats QEMU's block layer supports here (rbd comes from qemu-block-extra)."""
     try:
-        out = subprocess.run(
-            ["qemu-img", "--help"], capture_output=True, text=True, check=False, timeout=30
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        out = run(["qemu-img", "--help"], timeout_s=30, check=False).out
+    except VmlabError:
         return frozenset()
     for line in out.splitlines():
         if line.startswith("Supported formats:"):

@@ -93,12 +93,12 @@ def test_two_namespaces_ping_and_iperf(tmp_path: Path) -> None:
         assert net.uplink_link is not None and net.uplink_link.netns == peer.name
         assert peer.run(["ping", "-c", "2", "-W", "5", gateway], timeout_s=30).returncode == 0
         back = net.netns.run(["ping", "-c", "2", "-W", "5", peer_ip], timeout_s=30)
-        assert " 0% packet loss" in back.stdout
+        assert " 0% packet loss" in back.out
 
         with IperfServer(net.netns, gateway, output=tmp_path / "server.json") as server:
             out = peer.run(client_argv(gateway, duration_s=1), timeout_s=60)
-            (tmp_path / "client.json").write_text(out.stdout)  # saved before it is parsed
-            result = parse_iperf(out.stdout, path=tmp_path / "client.json")
+            (tmp_path / "client.json").write_text(out.out)  # saved before it is parsed
+            result = parse_iperf(out.out, path=tmp_path / "client.json")
             assert server.wait(timeout_s=10) == 0
         assert result.protocol == "TCP" and not result.reverse
         assert result.local_host == peer_ip and result.remote_host == gateway
@@ -270,7 +270,7 @@ def test_guest_on_tap_and_macvtap(
             ping = net.netns.run(
                 ["ping", "-c", "5", "-i", "0.2", "-W", "5", str(nic.address.ip)], timeout_s=60
             )
-            record_property(f"{nic.kind}_rtt_avg_ms", ping_rtt_ms(ping.stdout))
+            record_property(f"{nic.kind}_rtt_avg_ms", ping_rtt_ms(ping.out))
             client = guest_client_command(gateway, duration_s=2)
             with IperfServer(net.netns, gateway, output=tmp_path / f"{nic.kind}-server.json"):
                 out = ssh.run(client, timeout_s=90, check=False)

@@ -12,17 +12,16 @@ import json
 import logging
 import shlex
 import shutil
-import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from vmlab.errors import HostError, LaunchError, ResultError
 from vmlab.metrics import IPERF_METRICS
 from vmlab.net.netns import Netns
+from vmlab.proc import Deadline, ManagedProcess
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def _listening(pid: int, port: int) -> bool:
     return False
 
 
-class IperfServer:
+class IperfServer(ManagedProcess):
     """``iperf3 -s -1 --json`` inside a namespace, stdout saved to ``output``; stopped on exit."""
 
     def __init__(
@@ -112,64 +111,30 @@ class IperfServer:
         ready_timeout_s: float = 10.0,
         idle_timeout_s: int = 120,
     ) -> None:
-        self.argv = netns.exec_argv(server_argv(bind, port=port, idle_timeout_s=idle_timeout_s))
+        super().__init__(
+            netns.exec_argv(server_argv(bind, port=port, idle_timeout_s=idle_timeout_s)),
+            log_path=output,
+            what="iperf3 server",
+            missing_hint="apt-get install iperf3",
+        )
         self.output = output
         self.port = port
         self.ready_timeout_s = ready_timeout_s
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         if shutil.which("iperf3") is None:
             raise HostError("iperf3 is missing", hint="apt-get install iperf3")
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        with self.output.open("wb") as out:
-            self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + self.ready_timeout_s
+        super().start()
+        assert self.proc is not None
+        deadline = Deadline(self.ready_timeout_s)
         while not _listening(self.proc.pid, self.port):
-            if self.proc.poll() is not None:
-                raise LaunchError(
-                    f"iperf3 server exited with status {self.proc.returncode}", log=self.output
-                )
-            if time.monotonic() > deadline:
+            self.check_running("before it listened")
+            if deadline.expired():
                 raise LaunchError(
                     f"iperf3 server not listening within {self.ready_timeout_s:.0f} s",
                     log=self.output,
                 )
             time.sleep(0.02)
-
-    def wait(self, timeout_s: float) -> int | None:
-        """Wait for the one-off server to finish its test; its exit status, None on timeout."""
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        if self.wait(3.0) is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5.0)
 
 
 # --- the result ------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def host_networks(netns: str | None = None) -> list[IPv4Network]:
     """IPv4 destinations routed in a namespace (read-only: ``ip -j -4 route show table all``)."""
     proc = run(ip_argv(netns, "-j", "-4", "route", "show", "table", "all"))
     nets = []
-    for route in json.loads(proc.stdout or "[]"):
+    for route in json.loads(proc.out or "[]"):
         dst = str(route.get("dst", ""))
         if dst in ("", "default"):
             continue

@@ -87,13 +87,13 @@ def check_ifname(name: str) -> str:
 def link_json(name: str, netns: str | None = None) -> dict[str, Any]:
     """``ip -d -j link show dev NAME`` as a dict."""
     proc = run(ip_argv(netns, "-d", "-j", "link", "show", "dev", name))
-    data = json.loads(proc.stdout)
+    data = json.loads(proc.out)
     if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
         raise CommandError(
             f"unexpected `ip -j link show` output for {name}",
             argv=ip_argv(netns, "-d", "-j", "link", "show", "dev", name),
             returncode=0,
-            output=proc.stdout,
+            output=proc.out,
         )
     return data[0]
 
@@ -105,7 +105,7 @@ def link_exists(name: str, netns: str | None = None) -> bool:
 
 def list_links(netns: str | None = None) -> list[str]:
     proc = run(ip_argv(netns, "-j", "link", "show"))
-    return [str(d["ifname"]) for d in json.loads(proc.stdout or "[]")]
+    return [str(d["ifname"]) for d in json.loads(proc.out or "[]")]
 
 
 def read_link(name: str, netns: str | None = None) -> Link:
@@ -116,12 +116,12 @@ def read_link(name: str, netns: str | None = None) -> Link:
 def delete_link(name: str, netns: str | None = None) -> None:
     """``ip link del``; a link (or namespace) that is already gone is not an error."""
     proc = run(ip_argv(netns, "link", "del", "dev", name), check=False)
-    if proc.returncode != 0 and not _GONE.search(proc.stderr):
+    if proc.returncode != 0 and not _GONE.search(proc.err):
         raise CommandError(
             f"cannot delete link {name}",
             argv=ip_argv(netns, "link", "del", "dev", name),
             returncode=proc.returncode,
-            output=proc.stderr,
+            output=proc.err,
         )
     log.debug("link %s deleted (netns %s)", name, netns or "host")
 
@@ -314,7 +314,7 @@ def _macvtap_dev(name: str, ifindex: int, netns: str | None) -> tuple[int, int]:
     if netns is None:
         text = Path(rel).read_text()
     else:
-        text = run(["ip", "netns", "exec", netns, "cat", rel]).stdout
+        text = run(["ip", "netns", "exec", netns, "cat", rel]).out
     match = re.fullmatch(r"(\d+):(\d+)", text.strip())
     if match is None:
         raise HostError(f"unexpected device number {text.strip()!r} in {rel}")

@@ -22,7 +22,6 @@ import re
 import secrets
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +32,8 @@ from typing import Self, TypeVar
 
 from vmlab.errors import CommandError, HostError
 from vmlab.paths import runtime_dir
+from vmlab.proc import Completed
+from vmlab.proc import run as run_command
 
 log = logging.getLogger(__name__)
 
@@ -70,38 +71,16 @@ def run(
     timeout_s: float = IP_TIMEOUT_S,
     check: bool = True,
     what: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run a short command (``ip``, ``cat`` in a namespace) and raise CommandError if it fails."""
-    argv = list(argv)
-    log.debug("running %s", argv)
-    try:
-        proc = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise HostError(
-            f"cannot run {argv[0]}: not installed", hint="apt-get install iproute2"
-        ) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(
-            f"{what or argv[0]} did not finish within {timeout_s:.0f} s",
-            argv=argv,
-            returncode=None,
-        ) from exc
-    if check and proc.returncode != 0:
-        raise CommandError(
-            what or f"{argv[0]} failed",
-            argv=argv,
-            returncode=proc.returncode,
-            output=proc.stdout + proc.stderr,
-            hint="network setup needs root (CAP_NET_ADMIN) and iproute2",
-        )
-    return proc
+) -> Completed:
+    """A short network command (``ip``, ``cat`` in a namespace); CommandError if it fails."""
+    return run_command(
+        argv,
+        timeout_s=timeout_s,
+        check=check,
+        what=what,
+        missing_hint="apt-get install iproute2",
+        hint="network setup needs root (CAP_NET_ADMIN) and iproute2",
+    )
 
 
 def ip_argv(netns: str | None, *args: str) -> list[str]:
@@ -161,7 +140,7 @@ def exists(name: str) -> bool:
 def pids_in(name: str) -> list[int]:
     """Processes whose network namespace is ``name`` (``ip netns pids``)."""
     proc = run(["ip", "netns", "pids", name], check=False)
-    return [int(tok) for tok in proc.stdout.split() if tok.isdigit()]
+    return [int(tok) for tok in proc.out.split() if tok.isdigit()]
 
 
 def _wait_gone(pids: Sequence[int], timeout_s: float) -> list[int]:
@@ -202,7 +181,7 @@ def delete(name: str) -> None:
             f"cannot delete network namespace {name}",
             argv=["ip", "netns", "del", name],
             returncode=proc.returncode,
-            output=proc.stderr,
+            output=proc.err,
             hint=f"run `ip netns pids {name}` and stop what is still inside",
         )
 
@@ -287,7 +266,7 @@ class Netns:
 
     def run(
         self, argv: Sequence[str], *, timeout_s: float = IP_TIMEOUT_S, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    ) -> Completed:
         return run(self.exec_argv(argv), timeout_s=timeout_s, check=check)
 
     def pids(self) -> list[int]:
