@@ -83,7 +83,7 @@ IPERF_METRICS: dict[str, Metric] = {
 """Every name an iperf3 job reports."""
 
 FIO_METRICS: dict[str, Metric] = {m.name: m for m in _fio_metrics()}
-"""Every name a fio job reports (:func:`vmlab.fio.parse.summarize`)."""
+"""Every name a fio job reports (:func:`vmlab.fio.summary.summarize`)."""
 
 METRICS: dict[str, Metric] = {**FIO_METRICS, **IPERF_METRICS}
 """Every metric name vmlab knows, fio's first."""

@@ -39,11 +39,11 @@ from vmlab.guest.ssh import GuestSSH, lab_key, public_line, wait_banner
 from vmlab.host import check_host
 from vmlab.launch.base import LaunchRequest
 from vmlab.launch.direct import free_port
-from vmlab.launch.libvirt import (
-    LibvirtLauncher,
+from vmlab.launch.libvirt import LibvirtLauncher
+from vmlab.launch.libvirt_api import libvirt_module
+from vmlab.launch.libvirt_owner import (
     current_owner,
     lab_secret,
-    libvirt_module,
     sweep_stale_domains,
     sweep_stale_secrets,
 )

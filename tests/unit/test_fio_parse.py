@@ -9,18 +9,10 @@ from pathlib import Path
 import pytest
 
 from vmlab.errors import ResultError
-from vmlab.fio.parse import (
-    ALL_CLIENTS,
-    FioOutput,
-    JobResult,
-    Latency,
-    combine_jobs,
-    parse_fio_file,
-    parse_fio_output,
-    percentiles_from_bins,
-    plat_idx_to_val,
-    summarize,
-)
+from vmlab.fio.combine import combine_jobs, percentiles_from_bins
+from vmlab.fio.model import FioOutput, JobResult, Latency
+from vmlab.fio.parse import ALL_CLIENTS, parse_fio_file, parse_fio_output, plat_idx_to_val
+from vmlab.fio.summary import summarize
 from vmlab.metrics import FIO_METRICS as METRICS
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "fio"

@@ -21,7 +21,8 @@ from golden_cases import fixed_sources, golden_cases
 
 from vmlab.errors import SpecError
 from vmlab.guest.boot import preview_boot
-from vmlab.launch.libvirt import is_local_uri, parse_owner
+from vmlab.launch.libvirt import is_local_uri
+from vmlab.launch.libvirt_owner import parse_owner
 from vmlab.net.lab import LabNic
 from vmlab.plan import Case, plan
 from vmlab.render.libvirt import (

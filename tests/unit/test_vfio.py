@@ -19,7 +19,6 @@ from vmlab.vfio import (
     check_passthrough,
     libvirt_hostdev,
     normalize_address,
-    qemu_vfio_args,
     recover_stale,
     restore,
     vfio_bound,
@@ -66,17 +65,6 @@ def test_normalize_address_accepts_short_form_and_rejects_garbage() -> None:
     for bad in ("01:00", "01:20.0", "0000:01:00.8", "nvme0", ""):
         with pytest.raises(SpecError):
             normalize_address(bad)
-
-
-def test_qemu_vfio_args_escape_commas() -> None:
-    assert qemu_vfio_args("01:00.0", id="hostdev0") == [
-        "-device",
-        "vfio-pci,host=0000:01:00.0,id=hostdev0",
-    ]
-    assert qemu_vfio_args(NVME, id="a,b", bus="pcie,1") == [
-        "-device",
-        "vfio-pci,host=0000:01:00.0,id=a,,b,bus=pcie,,1",
-    ]
 
 
 def test_libvirt_hostdev_hex_fields() -> None:

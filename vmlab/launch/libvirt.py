@@ -7,300 +7,53 @@ error, Ctrl-C) the domain is shut down (ACPI power button, then ``destroy``) and
 Every domain is named ``vmlab-<run>-<case>`` and carries a ``<vmlab:owner>`` metadata element
 (host, boot id, pid and pid start time of the vmlab that started it). Before each launch the
 launcher removes ``vmlab-`` domains whose owner ran on this host and is gone; a domain without
-that element, or owned by another host or by a live process, is never touched.
+that element, or owned by another host or by a live process, is never touched (ownership,
+the sweep and the RBD secrets: :mod:`vmlab.launch.libvirt_owner`).
 
 libvirt-python is an optional dependency (``pip install 'vmlab[libvirt]'``), imported on first
-use, so vmlab works without it.
+use, so vmlab works without it (:mod:`vmlab.launch.libvirt_api`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
 import shutil
-import socket
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
 from vmlab.ceph.info import read_key
-from vmlab.errors import HostError, LaunchError
+from vmlab.errors import LaunchError
 from vmlab.launch.base import LaunchRequest
 from vmlab.launch.direct import free_port, retry_port
-from vmlab.launch.watch import check_kvm, wait_marker
-from vmlab.render.libvirt import (
-    NAME_PREFIX,
-    OWNER_NS,
-    DomainRuntime,
-    Owner,
-    RenderedDomain,
-    domain_name,
-    render_libvirt,
-    render_secret,
+from vmlab.launch.libvirt_api import _error_code, libvirt_module, remove_domain
+from vmlab.launch.libvirt_owner import (
+    current_owner,
+    lab_secret,
+    sweep_stale_domains,
+    sweep_stale_secrets,
 )
+from vmlab.launch.watch import check_kvm, wait_marker
+from vmlab.render.libvirt import DomainRuntime, RenderedDomain, domain_name, render_libvirt
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "qemu:///system"
 LOCAL_HOSTS = ("", "localhost", "127.0.0.1", "::1")
 QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")  # where libvirtd (virtlogd) logs each domain
-SECRET_OWNER_TAG = "vmlab-owner"  # noqa: S105 - a label, not a password
 START_HINT = (
     "start libvirt: `virtlogd -d && libvirtd -d` as root (no systemd), or "
     "`systemctl start libvirtd`; check with `virsh -c qemu:///system version`"
 )
 
 
-# --- libvirt-python, imported on first use ---------------------------------------------------
-_MODULES: dict[str, ModuleType] = {}
-
-
-def _quiet_handler(_ctx: object, err: Any) -> None:
-    """libvirt prints every error to stderr unless a handler is registered: log it instead."""
-    log.debug("libvirt: %s", err[2] if isinstance(err, list | tuple) and len(err) > 2 else err)
-
-
-def libvirt_module(name: str = "libvirt") -> ModuleType:
-    """``libvirt`` or ``libvirt_qemu`` from libvirt-python; HostError if it is not installed."""
-    if name not in _MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
-            raise HostError(
-                f"the libvirt launcher needs libvirt-python ({name} is not importable)",
-                hint="apt-get install libvirt-dev pkg-config gcc python3-dev, then "
-                "pip install 'vmlab[libvirt]' (libvirt-python)",
-            ) from exc
-        if name == "libvirt":
-            module.registerErrorHandler(_quiet_handler, None)
-        _MODULES[name] = module
-    return _MODULES[name]
-
-
-def _error_code(exc: BaseException) -> int | None:
-    get = getattr(exc, "get_error_code", None)
-    return int(get()) if callable(get) and get() is not None else None
-
-
-# --- who owns a domain -----------------------------------------------------------------------
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-def start_ticks(pid: int) -> int | None:
-    """A process's start time in clock ticks since boot (/proc/PID/stat field 22); None if gone.
-
-    A zombie counts as gone (PID 1 here may never reap it).
-    """
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
-def current_owner(run_id: str, case_id: str) -> Owner:
-    pid = os.getpid()
-    return Owner(
-        host=socket.gethostname(),
-        boot_id=boot_id(),
-        pid=pid,
-        start_ticks=start_ticks(pid) or 0,
-        run_id=run_id,
-        case_id=case_id,
-    )
-
-
-def parse_owner(xml_text: str) -> Owner | None:
-    """The ``<vmlab:owner .../>`` element as :class:`Owner`; None if it is not one."""
-    try:
-        elem = ET.fromstring(xml_text)  # noqa: S314 - written by vmlab, read back from libvirtd
-        return Owner(
-            host=elem.attrib["host"],
-            boot_id=elem.attrib["boot_id"],
-            pid=int(elem.attrib["pid"]),
-            start_ticks=int(elem.attrib["start_ticks"]),
-            run_id=elem.attrib.get("run", ""),
-            case_id=elem.attrib.get("case", ""),
-        )
-    except (ET.ParseError, KeyError, ValueError):
-        return None
-
-
-def owner_gone(owner: Owner) -> bool:
-    """True only when the owner certainly ran on this host and is no longer running."""
-    if owner.host != socket.gethostname():
-        return False  # another machine's vmlab: we cannot tell, so it is not ours to remove
-    if owner.boot_id != boot_id():
-        return True  # this host rebooted since
-    return start_ticks(owner.pid) != owner.start_ticks
-
-
-def domain_owner(domain: Any) -> Owner | None:
-    lv = libvirt_module()
-    try:
-        text = domain.metadata(lv.VIR_DOMAIN_METADATA_ELEMENT, OWNER_NS, 0)
-    except lv.libvirtError as exc:
-        if _error_code(exc) == lv.VIR_ERR_NO_DOMAIN_METADATA:
-            return None
-        raise
-    return parse_owner(str(text))
-
-
-# --- stopping ------------------------------------------------------------------------------
-def _wait_inactive(domain: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while domain.isActive():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def remove_domain(domain: Any, *, powerdown_s: float) -> None:
-    """ACPI power button, wait, destroy; then undefine, on every path (Ctrl-C included)."""
-    lv = libvirt_module()
-    try:
-        if powerdown_s > 0 and domain.isActive():
-            domain.shutdownFlags(lv.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-            if not _wait_inactive(domain, powerdown_s):
-                log.info("domain %s did not power off within %.0f s", domain.name(), powerdown_s)
-    except lv.libvirtError as exc:
-        log.debug("shutting down %s: %s", domain.name(), exc)
-    finally:
-        try:
-            if domain.isActive():
-                domain.destroy()
-        except lv.libvirtError as exc:
-            if _error_code(exc) != lv.VIR_ERR_NO_DOMAIN:
-                log.warning("destroying %s: %s", domain.name(), exc)
-        finally:
-            try:
-                domain.undefineFlags(
-                    lv.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                    | lv.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                    | lv.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-                    | lv.VIR_DOMAIN_UNDEFINE_NVRAM
-                )
-            except lv.libvirtError as exc:
-                if _error_code(exc) != lv.VIR_ERR_NO_DOMAIN:  # transient: gone on destroy
-                    raise
-
-
-def sweep_stale_domains(conn: Any) -> list[str]:
-    """Remove ``vmlab-*`` domains whose owner ran on this host and is gone; returns names."""
-    removed: list[str] = []
-    for domain in conn.listAllDomains(0):
-        name = str(domain.name())
-        if not name.startswith(NAME_PREFIX):
-            continue
-        try:
-            owner = domain_owner(domain)
-        except libvirt_module().libvirtError as exc:  # it went away while we looked
-            log.debug("reading the owner of %s: %s", name, exc)
-            continue
-        if owner is None:
-            log.warning(
-                "libvirt domain %s has no vmlab owner record: left alone "
-                "(remove it with `virsh destroy %s; virsh undefine %s` if it is stale)",
-                name,
-                name,
-                name,
-            )
-            continue
-        if not owner_gone(owner):
-            continue
-        log.warning(
-            "removing stale libvirt domain %s (run %s, its vmlab pid %d is gone)",
-            name,
-            owner.run_id,
-            owner.pid,
-        )
-        remove_domain(domain, powerdown_s=0)
-        removed.append(name)
-    return removed
-
-
-# --- secrets -------------------------------------------------------------------------------
-def _owner_description(owner: Owner) -> str:
-    return f"{SECRET_OWNER_TAG} " + json.dumps(
-        {
-            "host": owner.host,
-            "boot_id": owner.boot_id,
-            "pid": owner.pid,
-            "start_ticks": owner.start_ticks,
-            "run": owner.run_id,
-            "case": owner.case_id,
-        },
-        sort_keys=True,
-    )
-
-
-def _secret_owner(secret: Any) -> Owner | None:
-    try:
-        root = ET.fromstring(secret.XMLDesc(0))  # noqa: S314 - from libvirtd, not a user
-        desc = root.findtext("description") or ""
-        data = json.loads(desc.removeprefix(f"{SECRET_OWNER_TAG} "))
-        return Owner(
-            host=str(data["host"]),
-            boot_id=str(data["boot_id"]),
-            pid=int(data["pid"]),
-            start_ticks=int(data["start_ticks"]),
-            run_id=str(data.get("run", "")),
-            case_id=str(data.get("case", "")),
-        )
-    except (ET.ParseError, ValueError, KeyError, TypeError):
-        return None
-
-
-@contextmanager
-def lab_secret(conn: Any, *, usage_name: str, value: bytes, owner: Owner) -> Iterator[str]:
-    """Define a private, ephemeral libvirt secret (e.g. a Ceph key); yields its UUID.
-
-    ``usage_name`` must start with ``vmlab-``, so a later run can sweep it if this one dies.
-    """
-    if not usage_name.startswith(NAME_PREFIX):
-        raise ValueError(f"secret usage names start with {NAME_PREFIX!r}: {usage_name!r}")
-    xml = render_secret(usage_name=usage_name, description=_owner_description(owner))
-    secret = conn.secretDefineXML(xml, 0)
-    try:
-        secret.setValue(value, 0)
-        yield str(secret.UUIDString())
-    finally:
-        secret.undefine()
-
-
-def sweep_stale_secrets(conn: Any) -> list[str]:
-    """Undefine ``vmlab-*`` secrets whose owner ran on this host and is gone."""
-    removed: list[str] = []
-    for secret in conn.listAllSecrets(0):
-        usage = str(secret.usageID() or "")
-        if not usage.startswith(NAME_PREFIX):
-            continue
-        owner = _secret_owner(secret)
-        if owner is None or not owner_gone(owner):
-            continue
-        log.warning("removing stale libvirt secret %s (run %s)", usage, owner.run_id)
-        secret.undefine()
-        removed.append(usage)
-    return removed
-
-
-# --- the launcher --------------------------------------------------------------------------
 def is_local_uri(uri: str) -> bool:
     """qemu:///system and qemu+ssh://localhost/system are local; qemu+ssh://hv1/ is not."""
     return (urlsplit(uri).hostname or "") in LOCAL_HOSTS

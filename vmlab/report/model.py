@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vmlab import __version__
 from vmlab.errors import ResultError
-from vmlab.fio.parse import FioOutput, combine_jobs
+from vmlab.fio.combine import combine_jobs
+from vmlab.fio.model import FioOutput
 from vmlab.metrics import BASELINE_ID, DIRECTIONS, METRICS, limit_cases
 from vmlab.report.compare import CompareResult
 from vmlab.report.stats import CellStats, StatOptions, describe

@@ -37,7 +37,10 @@ from pathlib import Path
 
 from vmlab import __version__
 from vmlab.errors import ResultError
-from vmlab.fio.parse import FioOutput, JobResult, combine_jobs, parse_fio_output, summarize
+from vmlab.fio.combine import combine_jobs
+from vmlab.fio.model import FioOutput, JobResult
+from vmlab.fio.parse import parse_fio_output
+from vmlab.fio.summary import summarize
 from vmlab.results.index import default_index_path, index_run
 from vmlab.results.rundir import RunDir, is_run_dir, now_iso
 from vmlab.spec import parse_size

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from vmlab.bench.workloads import JobContext
 from vmlab.errors import GuestError, ResultError
 from vmlab.fio.jobs import fio_command, fio_timeout_s, render_job
-from vmlab.fio.parse import parse_fio_output, summarize
+from vmlab.fio.parse import parse_fio_output
+from vmlab.fio.summary import summarize
 from vmlab.guest.ssh import GuestSSH
 from vmlab.results.rundir import ArtifactDir, now_iso
 from vmlab.storage.guest import GuestCeph

@@ -1,0 +1,80 @@
+"""The bench spec: YAML validated once, at the edge, into frozen pydantic models.
+
+A spec describes a matrix of guests. Any scalar field may be given as a list; each list is an
+axis, and the guests to run are the cross product of the axes (see :func:`expand_matrix`). Each
+combination is validated on its own, so an error names the exact field path that is wrong.
+
+    name: compare-devices
+    runtime_s: 10
+    guest:
+      memory_mib: 512
+      disks:
+        - model: [virtio-blk, virtio-scsi, nvme]     # an axis: three guests
+          backend: {type: file, format: raw, size: 1G}
+    jobs: reference                                   # the two jobs of the reference experiment
+
+The package holds the models (:mod:`vmlab.spec.models`), the matrix expansion
+(:mod:`vmlab.spec.matrix`) and the loading of a spec file (:mod:`vmlab.spec.load`); every public
+name is importable from ``vmlab.spec``.
+"""
+
+from __future__ import annotations
+
+from vmlab.spec.load import DEFAULT_LAB, default_lab, load_spec, parse_spec
+from vmlab.spec.matrix import expand_matrix
+from vmlab.spec.models import (
+    SLUG,
+    Backend,
+    BenchSpec,
+    BlockBackend,
+    CephCluster,
+    CloudImageSpec,
+    DeviceModel,
+    Disk,
+    FileBackend,
+    FioJob,
+    Guest,
+    ImageSpec,
+    IOThread,
+    IperfJob,
+    Model,
+    Nic,
+    RbdBackend,
+    RootfsImageSpec,
+    Spdk,
+    Throttle,
+    Variant,
+    parse_size,
+    reference_jobs,
+)
+
+__all__ = [
+    "DEFAULT_LAB",
+    "SLUG",
+    "Backend",
+    "BenchSpec",
+    "BlockBackend",
+    "CephCluster",
+    "CloudImageSpec",
+    "DeviceModel",
+    "Disk",
+    "FileBackend",
+    "FioJob",
+    "Guest",
+    "IOThread",
+    "ImageSpec",
+    "IperfJob",
+    "Model",
+    "Nic",
+    "RbdBackend",
+    "RootfsImageSpec",
+    "Spdk",
+    "Throttle",
+    "Variant",
+    "default_lab",
+    "expand_matrix",
+    "load_spec",
+    "parse_size",
+    "parse_spec",
+    "reference_jobs",
+]
