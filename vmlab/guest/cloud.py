@@ -28,7 +28,7 @@ from typing import Any
 from vmlab import paths
 from vmlab.errors import CommandError, GuestError, HostError, SpecError
 from vmlab.guest.ssh import GuestSSH
-from vmlab.resources import templates_dir
+from vmlab.resources import template_file
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ def parse_facts(text: str) -> GuestFacts:
 def collect_facts(ssh: GuestSSH, *, timeout_s: float = 60) -> GuestFacts:
     """Run templates/guest/facts.sh in the guest through ``sh -s`` (stdin: no SFTP needed, any
     POSIX sh: busybox ash, dash, bash) and parse it."""
-    script = (templates_dir() / "guest" / "facts.sh").read_bytes()
+    script = template_file("guest/facts.sh").read_bytes()
     result = ssh.run("sh -s", stdin=script, timeout_s=timeout_s, check=False)
     if result.exit_code != 0:
         err = result.stderr.decode(errors="replace").strip()[-400:]
