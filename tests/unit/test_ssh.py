@@ -1,4 +1,5 @@
-"""GuestSSH.run's deadline while the server never answers the exec request (a hung guest's sshd).
+"""GuestSSH.run's deadline while the server never answers the exec request (a hung guest's
+sshd), and the lab key.
 
 The server is paramiko's own SSH server in a thread: it accepts the login and the session
 channel, then holds the exec request, which paramiko's client waits for without a timeout.
@@ -10,15 +11,17 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import paramiko
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vmlab.errors import GuestError
-from vmlab.guest.ssh import GuestSSH
+from vmlab.errors import GuestError, HostError
+from vmlab.guest.ssh import GuestSSH, lab_key
 
 
 def _key() -> paramiko.Ed25519Key:
@@ -105,3 +108,48 @@ def test_run_has_a_deadline_while_the_exec_request_gets_no_answer(
     assert isinstance(error, GuestError)
     assert error.timed_out
     assert "'fio job.fio' did not finish within 1 s" in str(error)
+
+
+# --- the lab key -----------------------------------------------------------------------------
+
+
+def test_lab_key_is_made_once_and_then_read(tmp_path: Path) -> None:
+    path = tmp_path / "lab" / "id_ed25519"
+    first = lab_key(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert lab_key(path).get_base64() == first.get_base64()
+
+
+def _rsa_pem() -> bytes:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: p.write_text("not a key\n"),
+        lambda p: p.write_bytes(b""),
+        lambda p: p.write_bytes(_rsa_pem()),  # a key, but not the ed25519 vmlab made
+        lambda p: p.mkdir(),
+    ],
+    ids=["garbage", "empty", "rsa", "directory"],
+)
+def test_an_unusable_lab_key_is_a_host_error(
+    tmp_path: Path, make: Callable[[Path], object]
+) -> None:
+    path = tmp_path / "id_ed25519"
+    make(path)
+    with pytest.raises(HostError) as info:
+        lab_key(path)
+    assert str(path) in str(info.value)
+    assert info.value.hint and "delete" in info.value.hint
+
+
+def test_a_lab_key_that_cannot_be_created_is_a_host_error(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("a file where the state folder should be\n")
+    with pytest.raises(HostError, match="cannot create the lab SSH key"):
+        lab_key(tmp_path / "state" / "lab" / "id_ed25519")

@@ -22,7 +22,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vmlab.errors import GuestError
+from vmlab.errors import GuestError, HostError
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +32,35 @@ POLL_MAX_S = 0.02  # ... and at most this long after none
 
 
 def lab_key(path: Path) -> paramiko.Ed25519Key:
-    """The lab's client key, created (mode 0600) on first use."""
+    """The lab's client key, created (mode 0600) on first use; HostError if it cannot be made
+    or read as the unencrypted ed25519 key vmlab makes."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         )
         tmp = path.with_suffix(".tmp")
-        tmp.touch(mode=0o600)
-        tmp.write_bytes(pem)
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp.touch(mode=0o600)
+            tmp.write_bytes(pem)
+            tmp.replace(path)
+        except OSError as exc:
+            raise HostError(
+                f"cannot create the lab SSH key {path}: {exc}",
+                hint="vmlab keeps it under VMLAB_STATE (default ~/.local/state/vmlab): make "
+                "that folder writable, or point VMLAB_STATE elsewhere",
+            ) from exc
         log.info("created lab SSH key %s", path)
-    return paramiko.Ed25519Key.from_private_key_file(str(path))
+    try:
+        return paramiko.Ed25519Key.from_private_key_file(str(path))
+    except (OSError, paramiko.SSHException, ValueError) as exc:
+        raise HostError(
+            f"cannot read the lab SSH key {path}: {exc}",
+            hint="it must be the unencrypted ed25519 key vmlab made; delete it and vmlab makes "
+            "a new one (every guest is given the lab's key when it boots)",
+        ) from exc
 
 
 def public_line(key: paramiko.PKey, comment: str = "vmlab") -> str:
