@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def bare_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """vmlab as a wheel built without templates/ and playbooks/, outside any checkout."""
     package = tmp_path / "site-packages" / "vmlab"
     package.mkdir(parents=True)
-    monkeypatch.setattr(resources.resources, "files", lambda _name: package)
+    monkeypatch.setattr(importlib.resources, "files", lambda _name: package)
     monkeypatch.setattr(resources, "__file__", str(package / "resources.py"))
     return package
 
