@@ -233,20 +233,20 @@ def hedges_g(baseline: CellStats, candidate: CellStats) -> float | None:
 def bootstrap_ratio_ci(
     baseline: CellStats, candidate: CellStats, options: StatOptions | None = None
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of mean(candidate) / mean(baseline), seeded."""
+    """Percentile bootstrap interval of mean(candidate) / mean(baseline), seeded; None when a
+    side has one sample or the ratios leave float range."""
     opts = options or StatOptions()
     if baseline.single or candidate.single:
         return None
     rng = np.random.default_rng(opts.seed)
     base = np.asarray(baseline.values, dtype=float)
     cand = np.asarray(candidate.values, dtype=float)
-    with _quiet_numerics():  # tiny means: ratios beyond float range, dropped below
+    with _quiet_numerics():  # tiny means: ratios beyond float range (no interval then)
         base_means = rng.choice(base, size=(opts.bootstrap, base.size), replace=True).mean(axis=1)
         cand_means = rng.choice(cand, size=(opts.bootstrap, cand.size), replace=True).mean(axis=1)
         usable = base_means != 0
         ratios = cand_means[usable] / base_means[usable]
-    ratios = ratios[np.isfinite(ratios)]
-    if not ratios.size:
+    if not ratios.size or not np.isfinite(ratios).all():
         return None
     tail = (1 - opts.confidence) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
