@@ -35,8 +35,11 @@ def _key() -> paramiko.Ed25519Key:
 
 
 class HungExec(paramiko.ServerInterface):
-    def __init__(self, release: threading.Event) -> None:
+    """Holds the exec request (``answer``: accepts it, then the command never prints or ends)."""
+
+    def __init__(self, release: threading.Event, *, answer: bool) -> None:
         self.release = release
+        self.answer = answer
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -48,12 +51,15 @@ class HungExec(paramiko.ServerInterface):
         return OPEN_SUCCEEDED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        if self.answer:
+            return True  # ... and nothing more: no output, no exit status
         self.release.wait(timeout=30)  # the guest hangs: no answer
         return False
 
 
 @pytest.fixture
-def hung_server() -> Iterator[tuple[int, str]]:
+def hung_server(request: pytest.FixtureRequest) -> Iterator[tuple[int, str]]:
+    answer = bool(getattr(request, "param", False))
     host_key = _key()
     release = threading.Event()
     listener = socket.create_server(("127.0.0.1", 0))
@@ -68,7 +74,7 @@ def hung_server() -> Iterator[tuple[int, str]]:
         transport = paramiko.Transport(sock)
         transports.append(transport)
         transport.add_server_key(host_key)
-        transport.start_server(server=HungExec(release))
+        transport.start_server(server=HungExec(release, answer=answer))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -109,6 +115,35 @@ def test_run_has_a_deadline_while_the_exec_request_gets_no_answer(
     assert isinstance(error, GuestError)
     assert error.timed_out
     assert "'fio job.fio' did not finish within 1 s" in str(error)
+
+
+@pytest.mark.parametrize(
+    "hung_server", [False, True], ids=["exec-unanswered", "command-silent"], indirect=True
+)
+def test_a_failing_close_neither_hides_the_timeout_nor_escapes_the_watchdog(
+    hung_server: tuple[int, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing sends a message: when the connection goes down meanwhile, close() raises. That
+    must not replace the timeout, nor end the watchdog's thread with a traceback."""
+    port, host_key = hung_server
+    original = paramiko.Channel.close
+
+    def failing_close(chan: paramiko.Channel) -> None:
+        original(chan)
+        raise OSError("the connection went down")
+
+    escaped: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
+    with GuestSSH.connect(
+        "127.0.0.1", port, user="vmlab", key=_key(), host_key=host_key, timeout_s=10
+    ) as ssh:
+        monkeypatch.setattr(paramiko.Channel, "close", failing_close)
+        with pytest.raises(GuestError) as info:
+            ssh.run("fio job.fio", timeout_s=1)
+        monkeypatch.setattr(paramiko.Channel, "close", original)
+    assert info.value.timed_out
+    time.sleep(0.2)  # let the watchdog's thread finish
+    assert escaped == []
 
 
 # --- the lab key -----------------------------------------------------------------------------

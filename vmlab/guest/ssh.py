@@ -105,6 +105,15 @@ class CommandResult:
         return self.stdout.decode(errors="replace")
 
 
+def _close(chan: paramiko.Channel) -> None:
+    """Close a channel whose connection may be going down (closing sends a message): a failure
+    there must not hide the command's own outcome, nor escape the watchdog's thread."""
+    try:
+        chan.close()
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        log.debug("closing an SSH channel: %s", exc)
+
+
 class GuestSSH:
     """An open SSH session to a guest; use as a context manager."""
 
@@ -217,7 +226,7 @@ class GuestSSH:
             raise failure(f"failed over SSH ({exc})") from exc
         finally:
             if chan is not None:
-                chan.close()
+                _close(chan)
         if code is None:
             raise timed_out()
         result = CommandResult(command, code, bytes(out), bytes(err))
@@ -237,7 +246,7 @@ class GuestSSH:
 
         def expire() -> None:
             fired.set()
-            chan.close()  # wakes exec_command, which then raises
+            _close(chan)  # wakes exec_command, which then raises
 
         watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), expire)
         watchdog.daemon = True
@@ -245,7 +254,7 @@ class GuestSSH:
         try:
             chan.exec_command(command)
         except BaseException:
-            chan.close()
+            _close(chan)
             raise
         finally:
             watchdog.cancel()
