@@ -2,9 +2,10 @@
 same run (a ratio is meaningful; seconds depend on the machine), and the same spec run by
 `vmlab bench` directly (what Ansible adds).
 
-The hosts are network namespaces with their own sshd on this machine (vmlab.fleet.testhosts):
-both run their guests here, so on 2 cores two TCG guests compete and the two-host ratio shows
-how much of the fleet run is really parallel (1.00 = perfectly, 2.00 = not at all).
+The hosts are network namespaces with their own sshd on this machine
+(tests/integration/testhosts.py): both run their guests here, so on 2 cores two TCG guests
+compete and the two-host ratio shows how much of the fleet run is really parallel (1.00 =
+perfectly, 2.00 = not at all).
 
     .venv/bin/python benchmarks/fleet.py [--runs 1] [--runtime 2]
 
@@ -24,8 +25,10 @@ import time
 from pathlib import Path
 
 from vmlab.fleet.run import FleetOptions, run_fleet
-from vmlab.fleet.testhosts import TestHosts
 from vmlab.guest.image import build_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
+from testhosts import TestHosts  # test infrastructure, not in the vmlab package
 
 BIN = Path(sys.executable).parent
 SPEC = """\

@@ -102,7 +102,30 @@ class AccelError(LaunchError):
 
 
 class GuestError(VmlabError):
-    """Something inside a running guest failed (SSH, a command, a missing disk)."""
+    """Something inside a running guest failed (SSH, a command, a missing disk).
+
+    A command that failed or ran past its deadline keeps what it printed so far: ``stdout`` and
+    ``stderr`` as bytes (save them before reading anything into them), its ``command``, its
+    ``exit_code`` (None if it never exited) and ``timed_out``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        command: str | None = None,
+        exit_code: int | None = None,
+        stdout: bytes = b"",
+        stderr: bytes = b"",
+        timed_out: bool = False,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.command = command
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        self.timed_out = timed_out
 
 
 class ResultError(VmlabError):

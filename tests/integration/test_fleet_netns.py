@@ -1,7 +1,7 @@
 """`vmlab fleet run` for real: Ansible over SSH to two hosts in network namespaces.
 
-Each host is a namespace with its own sshd (vmlab.fleet.testhosts); behind SSH it is this
-machine, so the vmlab the playbook runs is this environment's and both hosts boot real TCG
+Each host is a namespace with its own sshd (testhosts.py, beside this file); behind SSH it is
+this machine, so the vmlab the playbook runs is this environment's and both hosts boot real TCG
 guests at once: the spec is tiny and every deadline doubled.
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from testhosts import SSHD, TestHosts
 
-from vmlab.fleet.testhosts import SSHD, TestHosts
 from vmlab.guest.image import GuestImage
 from vmlab.results.index import list_runs
 from vmlab.results.rundir import scan_run

@@ -11,9 +11,10 @@ import paramiko
 import pytest
 import yaml
 
-from vmlab.errors import GuestError
+from vmlab.errors import GuestError, HostError, SpecError
 from vmlab.guest import cloudinit as ci
 from vmlab.guest.ssh import CommandResult
+from vmlab.spec import CloudImageSpec, parse_spec
 
 CLIENT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxNL1f6R7n4Y2ZAt6wQ1O8Xg1xJmLq0pQ3FqCq1Lq7K lab"
 MAC = "52:54:00:12:34:56"
@@ -110,7 +111,7 @@ def test_user_data_packages_runcmd_power_state_and_extra(config: ci.SeedConfig) 
 
 
 def test_extra_keys_cannot_override_rendered_ones(config: ci.SeedConfig) -> None:
-    with pytest.raises(ValueError, match="clash"):
+    with pytest.raises(SpecError, match="clash"):
         ci.render_seed(replace(config, extra={"ssh_keys": {}}))
 
 
@@ -122,29 +123,88 @@ def test_extra_keys_cannot_override_rendered_ones(config: ci.SeedConfig) -> None
         ({"instance_id": "a b"}, "instance-id"),
         ({"authorized_keys": ()}, "no authorized key"),
         ({"authorized_keys": ("ssh-ed25519 AAAA\nruncmd: [reboot]",)}, "OpenSSH public key"),
-        ({"network": ci.NetworkConfig(mac="52:54:00:12:34")}, "MAC"),
-        ({"ready_marker": "a b"}, "ready marker"),
+        ({"network": ci.NetworkConfig(mac="52:54:00:12:34")}, "network.mac"),
+        ({"ready_marker": "a b"}, "ready_marker"),
     ],
 )
 def test_invalid_seed_config_is_refused(
     config: ci.SeedConfig, change: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SpecError, match=message):
         ci.render_seed(replace(config, **change))  # type: ignore[arg-type]
 
 
 def test_validate_seed_rejects_broken_files(config: ci.SeedConfig) -> None:
     files = ci.render_seed(config)
-    with pytest.raises(ValueError, match="#cloud-config"):
+    with pytest.raises(SpecError, match="#cloud-config"):
         ci.validate_seed(replace(files, user_data=files.user_data.replace("#cloud-config", "#")))
-    with pytest.raises(ValueError, match="mapping"):
+    with pytest.raises(SpecError, match="mapping"):
         ci.validate_seed(replace(files, user_data="#cloud-config\n- a list\n"))
-    with pytest.raises(ValueError, match="not valid YAML"):
+    with pytest.raises(SpecError, match="not valid YAML"):
         ci.validate_seed(replace(files, meta_data="instance-id: [unclosed\n"))
-    with pytest.raises(ValueError, match="instance-id"):
+    with pytest.raises(SpecError, match="instance-id"):
         ci.validate_seed(replace(files, meta_data="local-hostname: x\n"))
-    with pytest.raises(ValueError, match="version 2"):
+    with pytest.raises(SpecError, match="version 2"):
         ci.validate_seed(replace(files, network_config="version: 1\nconfig: []\n"))
+
+
+# --- a seed that cannot be made: SpecError naming the field ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        # characters YAML cannot carry even quoted (a spec's "\x7f" or "\ud800" escapes)
+        ({"packages": ("fio\x7f",)}, "packages[0]"),
+        ({"runcmd": ("echo ok", "echo \ud800")}, "runcmd[1]"),
+        ({"runcmd": (["sh", "-c", "echo \x9f"],)}, "runcmd[0][2]"),
+        ({"power_state": ci.PowerState(message="done\ufffe")}, "power_state.message"),
+        ({"extra": {"write_files": [{"content": "\x80"}]}}, "extra['write_files']"),
+        ({"network": ci.NetworkConfig(mac=MAC, dns=("10.0.2.3\udc80",))}, "network.dns[0]"),
+        # the wrong types
+        ({"packages": "fio"}, "packages"),  # one string, not a list of them
+        ({"packages": None}, "packages"),
+        ({"packages": ("fio", 5)}, "packages[1]"),
+        ({"runcmd": (5,)}, "runcmd[0]"),
+        ({"runcmd": (["fio", 5],)}, "runcmd[0][1]"),
+        ({"authorized_keys": CLIENT_KEY}, "authorized_keys"),
+        ({"extra": {"write_files": object()}}, "extra['write_files']"),
+        ({"extra": {5: "x"}}, "extra[5]"),
+    ],
+)
+def test_a_seed_that_cannot_be_rendered_is_a_spec_error(
+    config: ci.SeedConfig, change: dict[str, object], field: str
+) -> None:
+    with pytest.raises(SpecError) as info:
+        ci.render_seed(replace(config, **change))  # type: ignore[arg-type]
+    problems = info.value.problems
+    assert any(p.startswith(f"{field}: ") for p in problems), problems
+    assert info.value.hint
+
+
+def test_a_spec_can_reach_the_seed_with_characters_yaml_cannot_carry(
+    config: ci.SeedConfig, tmp_path: Path
+) -> None:
+    spec = parse_spec(
+        yaml.safe_load(
+            "name: t\njobs: reference\nguest:\n  image: {kind: cloud, source: /x.qcow2, "
+            'packages: ["fio\\x7f"]}\n  disks: [{name: data, backend: {type: file}}]\n'
+        )
+    )
+    image = spec.variants[0].guest.image
+    assert isinstance(image, CloudImageSpec)
+    with pytest.raises(SpecError, match=r"packages\[0\]: 'fio\\x7f' holds U\+007F"):
+        ci.make_seed(replace(config, packages=tuple(image.packages)), tmp_path / "seed.iso")
+    assert not (tmp_path / "seed.iso").exists()
+
+
+def test_a_missing_seed_template_is_a_host_error(
+    config: ci.SeedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(ci.TEMPLATES, "meta-data", "cloudinit/no-such.j2")
+    with pytest.raises(HostError, match=r"cloudinit/no-such\.j2") as info:
+        ci.render_seed(config)
+    assert info.value.hint
 
 
 # --- meta-data and network-config --------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vmlab.errors import CommandError, HostError, ResultError
+from vmlab.errors import CommandError, GuestError, HostError, ResultError
 from vmlab.metrics import IPERF_METRICS
 from vmlab.net import iperf, lab, links, netns
 from vmlab.net.lab import LabAddresses, LabNetwork, LabNic
@@ -94,7 +94,7 @@ def test_failed_command_keeps_argv_and_output() -> None:
 # --- links -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["", "a" * 16, "a/b", " br0", "br 0"])
+@pytest.mark.parametrize("bad", ["", "a" * 16, "a/b", " br0", "br 0", "br0:1", ".."])
 def test_interface_names_are_checked(bad: str) -> None:
     with pytest.raises(ValueError, match="interface name"):
         links.check_ifname(bad)
@@ -184,6 +184,39 @@ def test_guest_commands() -> None:
     assert "52:54:00:ab:cd:ef" in cmd and "/sys/class/net/" in cmd
 
 
+@pytest.mark.parametrize(
+    "bad",
+    ["", "eth0; reboot", "eth 1", "eth1\neth2", "a" * 16, "../eth0", "eth0:1", ".", "..", "e\0"],
+)
+def test_guest_commands_refuse_a_name_that_is_no_interface_name(bad: str) -> None:
+    # The name comes from the guest: it must never reach a shell as anything but one word.
+    with pytest.raises(GuestError, match="interface name") as info:
+        _nic().guest_commands(bad)
+    assert repr(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["eth1", "enp0s3", "a" * 15, "br-lab.10", "$(reboot)", "x'y"])
+def test_guest_commands_quote_the_name(name: str, tmp_path: Path) -> None:
+    # Run the commands with a fake `ip` that prints its argv: the name arrives as one argument.
+    fake = tmp_path / "ip"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s|" "$a"; done; echo\n')
+    fake.chmod(0o755)
+    for command, expected in zip(
+        _nic().guest_commands(name),
+        (["link", "set", "dev", name, "up"], ["addr", "add", "10.50.60.10/24", "dev", name]),
+        strict=True,
+    ):
+        out = subprocess.run(
+            ["sh", "-c", command],
+            env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert out.stdout.rstrip("\n").split("|")[:-1] == expected
+
+
 def test_guest_ifname_command_runs_in_a_shell(tmp_path: Path) -> None:
     # The same script the guest runs, against a fake sysfs: only the matching NIC is printed.
     for name, mac in (("eth0", "52:54:00:00:00:01"), ("eth1", "52:54:00:ab:cd:ef")):
@@ -195,6 +228,19 @@ def test_guest_ifname_command_runs_in_a_shell(tmp_path: Path) -> None:
     )
     assert out.returncode == 0
     assert out.stdout.split() == ["eth1"]
+
+
+def test_guest_ifname_command_takes_the_mac_as_data(tmp_path: Path) -> None:
+    (tmp_path / "eth0").mkdir()
+    (tmp_path / "eth0" / "address").write_text("52:54:00:00:00:01\n")
+    script = lab.guest_ifname_command('52:54:00:00:00:01" ] ; echo injected ; [ "').replace(
+        "/sys/class/net", str(tmp_path)
+    )
+    out = subprocess.run(
+        ["sh", "-c", script], check=False, capture_output=True, text=True, timeout=10
+    )
+    assert "injected" not in out.stdout
+    assert out.stdout.split() == []
 
 
 def test_vhost_preflight(tmp_path: Path) -> None:

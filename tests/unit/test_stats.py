@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
+from pathlib import Path
 
 import pytest
-from runs_fixture import normal
+from runs_fixture import make_run, normal
 from scipy import stats as sps
 
+from vmlab.errors import ResultError
+from vmlab.report.compare import compare_runs
+from vmlab.report.model import build_run
 from vmlab.report.stats import (
     IMPROVEMENT,
     INSUFFICIENT,
@@ -21,6 +26,7 @@ from vmlab.report.stats import (
     hedges_g,
     welch_p,
 )
+from vmlab.results.index import scan_run
 
 
 def test_describe_by_hand() -> None:
@@ -61,11 +67,52 @@ def test_noisy_threshold_is_configurable() -> None:
     assert not describe([100.0, 101.0, 99.0]).noisy
 
 
-def test_describe_rejects_empty_and_nan() -> None:
-    with pytest.raises(ValueError):
-        describe([])
-    with pytest.raises(ValueError):
-        describe([1.0, float("nan")])
+def test_describe_rejects_empty_and_non_finite_input_as_result_errors() -> None:
+    with pytest.raises(ResultError, match="no samples") as info:
+        describe([], what="read_iops of virtio-blk/latency")
+    assert "read_iops of virtio-blk/latency" in str(info.value) and info.value.hint
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ResultError, match="non-finite") as info:
+            describe([1.0, bad])
+        assert info.value.hint
+
+
+def test_values_beyond_float_range_are_a_result_error_not_an_overflow() -> None:
+    with pytest.raises(ResultError, match="float range"):
+        describe([1.7e308, 1.7e308])
+    with pytest.raises(ResultError, match="float range"):
+        describe([1.7e308, -1.7e308, 1.7e308])
+
+
+@pytest.mark.parametrize(
+    ("baseline", "candidate"),
+    [
+        ([100.0, 100.0, 100.00000000001], [100.0, 100.0, 100.0]),  # catastrophic cancellation
+        ([1e-320, 2e-320, 3e-320], [1.0, 2.0, 3.0]),  # a ratio of means beyond float range
+        ([1.0, 2.0, 3.0], [1e-320, 2e-320, 3e-320]),
+        ([1e200, -1e200, 1e200], [2e200, -2e200, 2e200]),  # squares beyond float range
+    ],
+)
+def test_comparisons_of_extreme_samples_neither_warn_nor_raise(
+    baseline: list[float], candidate: list[float]
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy/scipy RuntimeWarning fails the test
+        result = compare_cells(describe(baseline), describe(candidate), metric="read_iops")
+    for value in (result.p_value, result.hedges_g, *(result.ratio_ci or ())):
+        assert value is None or math.isfinite(value)
+
+
+def test_a_stored_nan_fails_report_and_compare_with_the_cell_named(tmp_path: Path) -> None:
+    make_run(tmp_path, "good", {("virtio-blk", "latency"): {"read_iops": [1.0, 2.0]}})
+    bad = make_run(tmp_path, "bad", {("virtio-blk", "latency"): {"read_iops": [math.nan, 2.0]}})
+    record = scan_run(bad)
+    with pytest.raises(ResultError) as info:
+        build_run(record, StatOptions())
+    assert "read_iops" in str(info.value) and "virtio-blk/latency" in str(info.value)
+    assert info.value.path == record.path
+    with pytest.raises(ResultError, match="virtio-blk/latency"):
+        compare_runs(scan_run(tmp_path / "good"), [record])
 
 
 def test_welch_matches_the_formula() -> None:

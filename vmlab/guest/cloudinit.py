@@ -36,9 +36,10 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vmlab.errors import GuestError
+from vmlab.errors import GuestError, HostError, SpecError
 from vmlab.guest.ssh import GuestSSH
 from vmlab.render import environment
+from vmlab.resources import REINSTALL_HINT
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,13 @@ _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _KEY_RE = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,2}( \S.*)?$"
+)
+# What YAML cannot carry even in a quoted string (PyYAML's reader refuses it). Values go in
+# JSON-quoted (|y), which escapes the C0 controls but leaves these raw.
+_NOT_YAML = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+SEED_HINT = (
+    "the seed holds the cloud image's packages and runcmd from the spec and vmlab's own "
+    "settings: give them as lists of plain strings (no DEL, C1 controls or lone surrogates)"
 )
 
 
@@ -159,31 +167,112 @@ def _environment() -> jinja2.Environment:
     return environment(filters=(("y", _yaml_value),))
 
 
+def _text_problems(where: str, value: object) -> list[str]:
+    """Why a string the seed renders as YAML cannot go in (nothing if it can)."""
+    if not isinstance(value, str):
+        return [f"{where}: want a string, not {type(value).__name__} {value!r:.60}"]
+    bad = _NOT_YAML.search(_yaml_value(value))
+    if bad is None:
+        return []
+    return [f"{where}: {value!r:.60} holds U+{ord(bad.group()):04X}, which YAML cannot carry"]
+
+
+def _list_problems(where: str, value: object) -> list[str]:
+    """Why a list of strings cannot go in (one string is not a list of them)."""
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        return [f"{where}: want a list of strings, not {type(value).__name__} {value!r:.60}"]
+    return [p for i, item in enumerate(value) for p in _text_problems(f"{where}[{i}]", item)]
+
+
+def _data_problems(where: str, value: object) -> list[str]:
+    """Why a value of extra user-data cannot go in: not JSON data, or text YAML cannot carry."""
+    try:
+        rendered = _yaml_value(value)
+    except (TypeError, ValueError) as exc:
+        return [f"{where}: not YAML data ({exc})"]
+    bad = _NOT_YAML.search(rendered)
+    if bad is None:
+        return []
+    return [f"{where}: holds U+{ord(bad.group()):04X}, which YAML cannot carry"]
+
+
+def _match(pattern: str, value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(pattern, value) is not None
+
+
+def _type_problems(config: SeedConfig) -> list[str]:
+    """What keeps the seed from rendering: wrong types, and text YAML cannot carry."""
+    problems = _list_problems("packages", config.packages)
+    runcmd: object = config.runcmd
+    if isinstance(runcmd, list | tuple):
+        for i, cmd in enumerate(runcmd):
+            if isinstance(cmd, str):
+                problems += _text_problems(f"runcmd[{i}]", cmd)
+            elif isinstance(cmd, list | tuple):
+                problems += _list_problems(f"runcmd[{i}]", cmd)
+            else:
+                problems.append(
+                    f"runcmd[{i}]: want a shell string or an argv list, not "
+                    f"{type(cmd).__name__} {cmd!r:.60}"
+                )
+    else:
+        problems += _list_problems("runcmd", runcmd)
+    problems += _list_problems("authorized_keys", config.authorized_keys)
+    net = config.network
+    problems += _text_problems("network.address", net.address)
+    problems += _text_problems("network.name", net.name)
+    if net.gateway is not None:
+        problems += _text_problems("network.gateway", net.gateway)
+    problems += _list_problems("network.dns", net.dns)
+    if config.power_state is not None:
+        problems += _text_problems("power_state.delay", config.power_state.delay)
+        problems += _text_problems("power_state.message", config.power_state.message)
+    extra: object = config.extra
+    if not isinstance(extra, Mapping):
+        return [*problems, f"extra: want a mapping, not {type(extra).__name__}"]
+    for key, value in extra.items():
+        if not isinstance(key, str):
+            problems.append(f"extra[{key!r}]: user-data keys are strings")
+        else:
+            problems += _data_problems(f"extra[{key!r}]", value)
+    return problems
+
+
 def _check_config(config: SeedConfig) -> None:
-    problems = []
-    if not _HOSTNAME_RE.match(config.hostname):
-        problems.append(f"hostname {config.hostname!r} is not a DNS label")
-    if not _USER_RE.match(config.user):
-        problems.append(f"user {config.user!r} is not a valid login name")
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", config.instance_id):
-        problems.append(f"instance-id {config.instance_id!r}: use letters, digits, '._-'")
-    if not config.authorized_keys:
-        problems.append("no authorized key: nobody could log in")
-    problems += [
-        f"not an OpenSSH public key line: {key[:40]!r}"
-        for key in config.authorized_keys
-        if not _KEY_RE.match(key.strip())
-    ]
-    if not config.host_key.public_line.startswith("ssh-ed25519 "):
-        problems.append("the host key must be ed25519")
-    if not _MAC_RE.match(config.network.mac):
-        problems.append(f"MAC {config.network.mac!r}: want lower-case aa:bb:cc:dd:ee:ff")
-    if config.ready_marker is not None and not re.fullmatch(
-        r"[A-Za-z0-9_.-]+", config.ready_marker
-    ):
-        problems.append(f"ready marker {config.ready_marker!r}: use letters, digits, '_.-'")
+    """SpecError listing every field of ``config`` the seed cannot be made from."""
+    problems = _type_problems(config)
+    if not _match(_HOSTNAME_RE.pattern, config.hostname):
+        problems.append(f"hostname: {config.hostname!r} is not a DNS label")
+    if not _match(_USER_RE.pattern, config.user):
+        problems.append(f"user: {config.user!r} is not a valid login name")
+    if not _match(r"[A-Za-z0-9._-]{1,64}", config.instance_id):
+        problems.append(f"instance-id: {config.instance_id!r}: use letters, digits, '._-'")
+    keys: object = config.authorized_keys
+    if isinstance(keys, list | tuple):
+        if not keys:
+            problems.append("authorized_keys: no authorized key: nobody could log in")
+        problems += [
+            f"authorized_keys[{i}]: not an OpenSSH public key line: {key[:40]!r}"
+            for i, key in enumerate(keys)
+            if isinstance(key, str) and not _KEY_RE.match(key.strip())
+        ]
+    if not _match(r"ssh-ed25519 .+", config.host_key.public_line):
+        problems.append("host_key: the host key must be ed25519")
+    if not _match(_MAC_RE.pattern, config.network.mac):
+        problems.append(f"network.mac: {config.network.mac!r}: want lower-case aa:bb:cc:dd:ee:ff")
+    if config.ready_marker is not None and not _match(r"[A-Za-z0-9_.-]+", config.ready_marker):
+        problems.append(f"ready_marker: {config.ready_marker!r}: use letters, digits, '_.-'")
+    user_keys = {
+        "hostname", "preserve_hostname", "manage_etc_hosts", "locale", "disable_root", "users",
+        "ssh_authorized_keys", "ssh_pwauth", "ssh_deletekeys", "ssh_keys",
+        "bootcmd", "package_update", "packages", "runcmd", "power_state",
+    }  # fmt: skip
+    if isinstance(config.extra, Mapping):
+        clash = sorted(set(config.extra) & user_keys)
+        if clash:
+            problems.append(f"extra: user-data keys {clash} clash with keys vmlab renders")
     if problems:
-        raise ValueError("invalid cloud-init seed: " + "; ".join(problems))
+        raise SpecError("invalid cloud-init seed", problems=problems, hint=SEED_HINT)
 
 
 def _power_state(power: PowerState | None) -> dict[str, Any] | None:
@@ -198,20 +287,30 @@ def _power_state(power: PowerState | None) -> dict[str, Any] | None:
     }
 
 
+def _render(seed_file: str, /, **values: Any) -> str:
+    template = TEMPLATES[seed_file]
+    try:
+        return _environment().get_template(template).render(**values)
+    except jinja2.TemplateNotFound as exc:
+        raise HostError(
+            f"vmlab is installed without its template {template} (cloud-init {seed_file})",
+            hint=REINSTALL_HINT,
+        ) from exc
+    except jinja2.TemplateError as exc:
+        raise HostError(
+            f"the template {template} (cloud-init {seed_file}) does not render: {exc}",
+            hint="templates/cloudinit/ ships with vmlab: restore it (git checkout templates/ "
+            "in a checkout, or reinstall vmlab)",
+        ) from exc
+
+
 def render_seed(config: SeedConfig) -> SeedFiles:
-    """Render the three seed files and check that each is the YAML it should be."""
+    """Render the three seed files and check that each is the YAML it should be. SpecError
+    names every field the seed cannot be made from; HostError if a template is missing."""
     _check_config(config)
-    user_keys = {
-        "hostname", "preserve_hostname", "manage_etc_hosts", "locale", "disable_root", "users",
-        "ssh_authorized_keys", "ssh_pwauth", "ssh_deletekeys", "ssh_keys",
-        "bootcmd", "package_update", "packages", "runcmd", "power_state",
-    }  # fmt: skip
-    clash = sorted(set(config.extra) & user_keys)
-    if clash:
-        raise ValueError(f"extra user-data keys {clash} clash with keys vmlab renders")
-    env = _environment()
     runcmd = [cmd if isinstance(cmd, str) else list(cmd) for cmd in config.runcmd]
-    user_data = env.get_template(TEMPLATES["user-data"]).render(
+    user_data = _render(
+        "user-data",
         instance_id=config.instance_id,
         hostname=config.hostname,
         user=config.user,
@@ -224,11 +323,10 @@ def render_seed(config: SeedConfig) -> SeedFiles:
         power_state=_power_state(config.power_state),
         extra=sorted(config.extra.items()),
     )
-    meta_data = env.get_template(TEMPLATES["meta-data"]).render(
-        instance_id=config.instance_id, hostname=config.hostname
-    )
+    meta_data = _render("meta-data", instance_id=config.instance_id, hostname=config.hostname)
     net = config.network
-    network_config = env.get_template(TEMPLATES["network-config"]).render(
+    network_config = _render(
+        "network-config",
         name=net.name,
         mac=net.mac,
         dhcp=net.dhcp,
@@ -241,30 +339,34 @@ def render_seed(config: SeedConfig) -> SeedFiles:
     return files
 
 
+def _invalid(problem: str) -> SpecError:
+    return SpecError(f"invalid cloud-init seed: {problem}", hint=SEED_HINT)
+
+
 def _load_mapping(name: str, text: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{name} is not valid YAML: {exc}") from exc
+        raise _invalid(f"{name} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{name} must be a YAML mapping, not {type(data).__name__}")
+        raise _invalid(f"{name} must be a YAML mapping, not {type(data).__name__}")
     return data
 
 
 def validate_seed(files: SeedFiles) -> dict[str, dict[str, Any]]:
-    """Parse the seed files; ValueError names what is wrong. Returns the parsed documents."""
+    """Parse the seed files; SpecError names what is wrong. Returns the parsed documents."""
     if not files.user_data.startswith("#cloud-config\n"):
-        raise ValueError("user-data must start with the line '#cloud-config'")
+        raise _invalid("user-data must start with the line '#cloud-config'")
     user = _load_mapping("user-data", files.user_data)
     meta = _load_mapping("meta-data", files.meta_data)
     net = _load_mapping("network-config", files.network_config)
     if not meta.get("instance-id"):
-        raise ValueError("meta-data has no instance-id")
+        raise _invalid("meta-data has no instance-id")
     if net.get("version") != 2 or not isinstance(net.get("ethernets"), dict):
-        raise ValueError("network-config must be version 2 with an 'ethernets' mapping")
+        raise _invalid("network-config must be version 2 with an 'ethernets' mapping")
     keys = user.get("ssh_keys", {})
     if not isinstance(keys, dict) or set(keys) != {"ed25519_private", "ed25519_public"}:
-        raise ValueError("user-data ssh_keys must hold ed25519_private and ed25519_public")
+        raise _invalid("user-data ssh_keys must hold ed25519_private and ed25519_public")
     return {"user-data": user, "meta-data": meta, "network-config": net}
 
 

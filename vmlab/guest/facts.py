@@ -9,7 +9,7 @@ from typing import Any
 
 from vmlab.errors import GuestError
 from vmlab.guest.ssh import GuestSSH
-from vmlab.resources import templates_dir
+from vmlab.resources import template_file
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def collect_facts(
 ) -> GuestFacts:
     """Run templates/guest/facts.sh in the guest through ``sh -s`` (stdin: no SFTP needed, any
     POSIX sh: busybox ash, dash, bash) and parse it; ``save`` gets the raw output first."""
-    script = (templates_dir() / "guest" / "facts.sh").read_bytes()
+    script = template_file("guest/facts.sh").read_bytes()
     result = ssh.run("sh -s", stdin=script, timeout_s=timeout_s, check=False)
     if save is not None:
         save(result.stdout)

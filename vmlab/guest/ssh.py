@@ -11,36 +11,56 @@ import io
 import logging
 import shlex
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vmlab.errors import GuestError
+from vmlab.errors import GuestError, HostError
 
 log = logging.getLogger(__name__)
 
+CHUNK = 1 << 16  # bytes read or sent at a time
+POLL_MIN_S = 0.001  # GuestSSH.run polls its channel: soon after progress ...
+POLL_MAX_S = 0.02  # ... and at most this long after none
+
 
 def lab_key(path: Path) -> paramiko.Ed25519Key:
-    """The lab's client key, created (mode 0600) on first use."""
+    """The lab's client key, created (mode 0600) on first use; HostError if it cannot be made
+    or read as the unencrypted ed25519 key vmlab makes."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         )
         tmp = path.with_suffix(".tmp")
-        tmp.touch(mode=0o600)
-        tmp.write_bytes(pem)
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp.touch(mode=0o600)
+            tmp.write_bytes(pem)
+            tmp.replace(path)
+        except OSError as exc:
+            raise HostError(
+                f"cannot create the lab SSH key {path}: {exc}",
+                hint="vmlab keeps it under VMLAB_STATE (default ~/.local/state/vmlab): make "
+                "that folder writable, or point VMLAB_STATE elsewhere",
+            ) from exc
         log.info("created lab SSH key %s", path)
-    return paramiko.Ed25519Key.from_private_key_file(str(path))
+    try:
+        return paramiko.Ed25519Key.from_private_key_file(str(path))
+    except (OSError, paramiko.SSHException, ValueError) as exc:
+        raise HostError(
+            f"cannot read the lab SSH key {path}: {exc}",
+            hint="it must be the unencrypted ed25519 key vmlab made; delete it and vmlab makes "
+            "a new one (every guest is given the lab's key when it boots)",
+        ) from exc
 
 
 def public_line(key: paramiko.PKey, comment: str = "vmlab") -> str:
@@ -83,6 +103,15 @@ class CommandResult:
     @property
     def text(self) -> str:
         return self.stdout.decode(errors="replace")
+
+
+def _close(chan: paramiko.Channel) -> None:
+    """Close a channel whose connection may be going down (closing sends a message): a failure
+    there must not hide the command's own outcome, nor escape the watchdog's thread."""
+    try:
+        chan.close()
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        log.debug("closing an SSH channel: %s", exc)
 
 
 class GuestSSH:
@@ -157,25 +186,121 @@ class GuestSSH:
     def run(
         self, command: str, *, timeout_s: float, check: bool = True, stdin: bytes | None = None
     ) -> CommandResult:
-        """Run a command in the guest's shell; the caller quotes (shlex.join) what it builds."""
+        """Run a command in the guest's shell; the caller quotes (shlex.join) what it builds.
+
+        ``timeout_s`` bounds the whole command, from opening its channel to its exit status.
+        At the deadline the channel is closed and GuestError (``timed_out``) carries what the
+        command printed so far in ``stdout``/``stderr``. The command's stdin is ``stdin``, then
+        end-of-file (never a pipe nobody writes to). A non-zero exit raises GuestError with the
+        output if ``check``; without it the result holds the exit code: -1 when the channel
+        closed without one (the guest rebooted, the connection dropped).
+        """
         log.debug("%s$ %s", self.where, command)
+        deadline = time.monotonic() + timeout_s
+        out = bytearray()
+        err = bytearray()
+
+        def failure(message: str, **data: Any) -> GuestError:
+            return GuestError(
+                f"{self.where}: {command!r} {message}",
+                command=command,
+                stdout=bytes(out),
+                stderr=bytes(err),
+                **data,
+            )
+
+        def timed_out() -> GuestError:
+            return failure(
+                f"did not finish within {timeout_s:g} s ({len(out)} bytes of output so far)",
+                timed_out=True,
+                hint="the guest may hang (read its serial.log), or the command needs more time",
+            )
+
+        chan: paramiko.Channel | None = None
         try:
-            chan_in, chan_out, chan_err = self.client.exec_command(command, timeout=timeout_s)
-            if stdin is not None:
-                chan_in.write(stdin)
-                chan_in.channel.shutdown_write()
-            stdout = chan_out.read()
-            stderr = chan_err.read()
-            code = chan_out.channel.recv_exit_status()
-        except (TimeoutError, paramiko.SSHException, OSError) as exc:
-            raise GuestError(
-                f"{self.where}: {command!r} did not finish within {timeout_s:.0f} s ({exc})"
-            ) from exc
-        result = CommandResult(command, code, stdout, stderr)
+            chan = self._start(command, deadline)
+            code = self._exchange(chan, stdin or b"", deadline, out, err)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            if time.monotonic() >= deadline:
+                raise timed_out() from exc
+            raise failure(f"failed over SSH ({exc})") from exc
+        finally:
+            if chan is not None:
+                _close(chan)
+        if code is None:
+            raise timed_out()
+        result = CommandResult(command, code, bytes(out), bytes(err))
         if check and code != 0:
-            err = stderr.decode(errors="replace").strip()[-500:]
-            raise GuestError(f"{self.where}: {command!r} exited {code}: {err}")
+            tail = result.stderr.decode(errors="replace").strip()[-500:]
+            raise failure(f"exited {code}: {tail}", exit_code=code)
         return result
+
+    def _start(self, command: str, deadline: float) -> paramiko.Channel:
+        """A session channel running ``command``; closed by a watchdog at the deadline, since
+        paramiko waits for the server's answer to the exec request without a timeout."""
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise paramiko.SSHException("the SSH connection is closed")
+        chan = transport.open_session(timeout=max(deadline - time.monotonic(), 0.001))
+        fired = threading.Event()
+
+        def expire() -> None:
+            fired.set()
+            _close(chan)  # wakes exec_command, which then raises
+
+        watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            chan.exec_command(command)
+        except BaseException:
+            _close(chan)
+            raise
+        finally:
+            watchdog.cancel()
+        if fired.is_set():  # it went off as the answer came: the channel is closed all the same
+            raise paramiko.SSHException("no answer to the exec request before the deadline")
+        return chan
+
+    @staticmethod
+    def _exchange(
+        chan: paramiko.Channel, stdin: bytes, deadline: float, out: bytearray, err: bytearray
+    ) -> int | None:
+        """Feed stdin and collect stdout/stderr without ever blocking, until the command's
+        exit status and the end of both streams; None at the deadline."""
+        sent = 0
+        if not stdin:
+            chan.shutdown_write()
+        pause_s = POLL_MIN_S
+        while True:
+            moved = False
+            if chan.recv_ready():
+                out += chan.recv(CHUNK)
+                moved = True
+            if chan.recv_stderr_ready():
+                err += chan.recv_stderr(CHUNK)
+                moved = True
+            if sent < len(stdin) and chan.send_ready():
+                try:
+                    n = chan.send(stdin[sent : sent + CHUNK])
+                except OSError:
+                    n = 0
+                # 0: the command closed its stdin or exited; its exit status tells the rest
+                sent = sent + n if n else len(stdin)
+                if sent >= len(stdin):
+                    chan.shutdown_write()
+                moved = True
+            drained = not (chan.recv_ready() or chan.recv_stderr_ready())
+            if drained and (chan.eof_received or chan.closed) and chan.exit_status_ready():
+                return chan.recv_exit_status()  # ready: does not wait
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                return None
+            if moved:
+                pause_s = POLL_MIN_S
+            else:
+                time.sleep(min(pause_s, left_s))
+                pause_s = min(pause_s * 2, POLL_MAX_S)
 
     def put(self, data: bytes, remote: str, *, mode: int = 0o644, timeout_s: float = 60) -> None:
         """Write a file in the guest through a shell's stdin, not SFTP: Debian 12's dropbear

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shlex
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
-from vmlab.errors import HostError
+from vmlab.errors import GuestError, HostError
 from vmlab.net import links
 from vmlab.net.netns import Netns, host_side_name, ip_argv, run
 from vmlab.render.model import mac_address
@@ -160,18 +161,32 @@ class LabNic:
         return len(self.fds) if self.fds else self.host_queues
 
     def guest_commands(self, ifname: str) -> list[str]:
-        """Shell commands (busybox ``ip``) that give the guest's NIC ``ifname`` its address."""
+        """Shell commands (busybox ``ip``) that give the guest's NIC ``ifname`` its address.
+        The name comes from the guest: GuestError unless it is an interface name."""
+        dev = shlex.quote(check_guest_ifname(ifname))
         return [
-            f"ip link set dev {ifname} up",
-            f"ip addr add {self.address.with_prefixlen} dev {ifname}",
+            f"ip link set dev {dev} up",
+            f"ip addr add {self.address.with_prefixlen} dev {dev}",
         ]
+
+
+def check_guest_ifname(name: str) -> str:
+    """``name`` if it is what Linux takes for an interface name, else GuestError."""
+    if not links.is_ifname(name):
+        raise GuestError(
+            f"the guest named a NIC {name!r}: not an interface name "
+            "(1-15 characters, no '/', ':' or whitespace)",
+            hint="more than one NIC with the lab MAC, or a guest that is not the one vmlab "
+            "booted: read guest-facts.txt in the case directory",
+        )
+    return name
 
 
 def guest_ifname_command(mac: str) -> str:
     """A guest shell command printing the name of the NIC with ``mac`` (sysfs, busybox sh)."""
     return (
         "for d in /sys/class/net/*; do "
-        f'[ "$(cat $d/address)" = "{mac.lower()}" ] && echo "${{d##*/}}"; '
+        f'[ "$(cat "$d/address")" = {shlex.quote(mac.lower())} ] && echo "${{d##*/}}"; '
         "done; true"
     )
 

@@ -78,9 +78,21 @@ class Macvtap(Link):
         return Path(f"/dev/tap{self.ifindex}")
 
 
+def is_ifname(name: str) -> bool:
+    """Whether the kernel takes ``name`` for an interface (its dev_valid_name): 1-15 bytes,
+    not '.' or '..', no '/', ':', NUL or whitespace."""
+    return (
+        0 < len(name.encode(errors="surrogateescape")) < IFNAMSIZ
+        and name not in (".", "..")
+        and not any(c in "/:\0" or c.isspace() for c in name)
+    )
+
+
 def check_ifname(name: str) -> str:
-    if not name or len(name) >= IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
-        raise ValueError(f"invalid interface name {name!r} (1-15 characters, no '/' or spaces)")
+    if not is_ifname(name):
+        raise ValueError(
+            f"invalid interface name {name!r} (1-15 characters, no '/', ':' or whitespace)"
+        )
     return name
 
 

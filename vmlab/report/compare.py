@@ -276,8 +276,18 @@ def compare_runs(
             found: dict[str, Comparison] = {}
             for metric in _metrics_for(metrics, rules, base_values, cand_values):
                 comparison = compare_cells(
-                    describe(base_values[metric], opts),
-                    describe(cand_values[metric], opts),
+                    describe(
+                        base_values[metric],
+                        opts,
+                        what=f"{metric} of {base_key[0]}/{base_key[1]}",
+                        path=baseline.path,
+                    ),
+                    describe(
+                        cand_values[metric],
+                        opts,
+                        what=f"{metric} of {case_id}/{job}",
+                        path=candidate.path,
+                    ),
                     metric=metric,
                     options=opts,
                 )

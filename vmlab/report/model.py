@@ -240,7 +240,11 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
     limits = limit_cases([c.case_id for c in run.cases])
     limit = BASELINE_ID if BASELINE_ID in limits else None  # a one-host run's limit
     stats: dict[tuple[str, str], dict[str, CellStats]] = {
-        key: {m: describe(v, options) for m, v in values.items() if v}
+        key: {
+            m: describe(v, options, what=f"{m} of {key[0]}/{key[1]}", path=run.path)
+            for m, v in values.items()
+            if v
+        }
         for key, values in cells.items()
     }
     samples: dict[tuple[str, str], list[Sample]] = {}

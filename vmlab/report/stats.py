@@ -8,19 +8,27 @@
   of the ratio of means, Hedges' g, and a verdict signed by the metric's direction
   (``METRICS[metric].higher_is_better``). With fewer than two samples on either side no
   significance claim is possible: the verdict says ``insufficient samples``.
+
+Input that has no statistics (no samples, NaN or infinity, values whose sums or squares leave
+float range) is a ResultError naming the cell; numpy and scipy never warn through to the user:
+a figure they cannot compute is ``None``.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from scipy import stats as sps
 
+from vmlab.errors import ResultError
 from vmlab.metrics import METRICS
 
 DEFAULT_CONFIDENCE = 0.95
@@ -101,24 +109,63 @@ class CellStats:
         return (self.ci_high - self.ci_low) / 2
 
 
-def describe(values: Sequence[float], options: StatOptions | None = None) -> CellStats:
-    """Summarise the repetitions of one cell. Raises ValueError for no values or a NaN."""
+def describe(
+    values: Sequence[float],
+    options: StatOptions | None = None,
+    *,
+    what: str = "a cell",
+    path: Path | None = None,
+) -> CellStats:
+    """Summarise the repetitions of one cell. ResultError (naming ``what``, stored under
+    ``path``) for no values, a non-finite one, or values beyond float range."""
     opts = options or StatOptions()
     xs = tuple(float(v) for v in values)
+    hint = (
+        "the values are the repetitions' summary.json metrics: fix or remove the repetition "
+        "that holds the bad one (cases/<case>/jobs/<job>/r<N>/summary.json)"
+    )
     if not xs:
-        raise ValueError("a cell needs at least one value")
-    if any(not math.isfinite(x) for x in xs):
-        raise ValueError(f"a cell holds a non-finite value: {xs}")
+        raise ResultError(f"{what}: no samples to summarise", path=path, hint=hint)
+    bad = next((i for i, x in enumerate(xs) if not math.isfinite(x)), None)
+    if bad is not None:
+        raise ResultError(
+            f"{what}: non-finite value {xs[bad]} (sample {bad + 1} of {len(xs)})",
+            path=path,
+            hint=hint,
+        )
     n = len(xs)
-    mean = math.fsum(xs) / n
-    if n == 1:
-        return CellStats(1, mean, None, None, None, None, opts.confidence, False, xs)
-    stdev = statistics.stdev(xs)
-    cv = stdev / abs(mean) if mean != 0 else None
-    noisy = (cv is None and stdev > 0) or (cv is not None and cv > opts.noisy_cv)
+    out_of_range = ResultError(
+        f"{what}: its mean or interval leaves float range (values up to "
+        f"{max(abs(x) for x in xs):.3g})",
+        path=path,
+        hint=hint,
+    )
+    try:
+        mean = math.fsum(xs) / n
+        if n == 1:
+            return CellStats(1, mean, None, None, None, None, opts.confidence, False, xs)
+        stdev = statistics.stdev(xs)
+    except OverflowError as exc:
+        raise out_of_range from exc
     t = float(sps.t.ppf((1 + opts.confidence) / 2, n - 1))
     half = t * stdev / math.sqrt(n)
+    if not math.isfinite(mean - half) or not math.isfinite(mean + half):
+        raise out_of_range
+    cv = stdev / abs(mean) if mean != 0 else None
+    noisy = (cv is None and stdev > 0) or (cv is not None and cv > opts.noisy_cv)
     return CellStats(n, mean, stdev, cv, mean - half, mean + half, opts.confidence, noisy, xs)
+
+
+@contextmanager
+def _quiet_numerics() -> Iterator[None]:
+    """No floating-point warnings from numpy or scipy: results are checked for finiteness."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -166,40 +213,41 @@ def welch_p(baseline: CellStats, candidate: CellStats) -> float | None:
     if not baseline.stdev and not candidate.stdev:
         # No spread on either side: the means are either exactly equal or certainly different.
         return 1.0 if baseline.mean == candidate.mean else 0.0
-    result = sps.ttest_ind(candidate.values, baseline.values, equal_var=False)
-    p = float(result.pvalue)
-    return None if math.isnan(p) else p
+    with _quiet_numerics():  # nearly equal samples: scipy warns of precision loss
+        result = sps.ttest_ind(candidate.values, baseline.values, equal_var=False)
+    return _finite(float(result.pvalue))
 
 
 def hedges_g(baseline: CellStats, candidate: CellStats) -> float | None:
     n1, n2 = baseline.n, candidate.n
     if n1 < 2 or n2 < 2 or baseline.stdev is None or candidate.stdev is None:
         return None
-    pooled = math.sqrt(
-        ((n1 - 1) * baseline.stdev**2 + (n2 - 1) * candidate.stdev**2) / (n1 + n2 - 2)
-    )
-    if pooled == 0:
+    s1, s2 = baseline.stdev, candidate.stdev  # products, not **: those raise on overflow
+    pooled = math.sqrt(((n1 - 1) * s1 * s1 + (n2 - 1) * s2 * s2) / (n1 + n2 - 2))
+    if pooled == 0 or not math.isfinite(pooled):
         return None
     correction = 1 - 3 / (4 * (n1 + n2) - 9)
-    return (candidate.mean - baseline.mean) / pooled * correction
+    return _finite((candidate.mean - baseline.mean) / pooled * correction)
 
 
 def bootstrap_ratio_ci(
     baseline: CellStats, candidate: CellStats, options: StatOptions | None = None
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of mean(candidate) / mean(baseline), seeded."""
+    """Percentile bootstrap interval of mean(candidate) / mean(baseline), seeded; None when a
+    side has one sample or the ratios leave float range."""
     opts = options or StatOptions()
     if baseline.single or candidate.single:
         return None
     rng = np.random.default_rng(opts.seed)
     base = np.asarray(baseline.values, dtype=float)
     cand = np.asarray(candidate.values, dtype=float)
-    base_means = rng.choice(base, size=(opts.bootstrap, base.size), replace=True).mean(axis=1)
-    cand_means = rng.choice(cand, size=(opts.bootstrap, cand.size), replace=True).mean(axis=1)
-    usable = base_means != 0
-    if not usable.any():
+    with _quiet_numerics():  # tiny means: ratios beyond float range (no interval then)
+        base_means = rng.choice(base, size=(opts.bootstrap, base.size), replace=True).mean(axis=1)
+        cand_means = rng.choice(cand, size=(opts.bootstrap, cand.size), replace=True).mean(axis=1)
+        usable = base_means != 0
+        ratios = cand_means[usable] / base_means[usable]
+    if not ratios.size or not np.isfinite(ratios).all():
         return None
-    ratios = cand_means[usable] / base_means[usable]
     tail = (1 - opts.confidence) / 2 * 100
     low, high = np.percentile(ratios, [tail, 100 - tail])
     return float(low), float(high)
@@ -217,6 +265,7 @@ def compare_cells(
     opts = options or StatOptions()
     up = higher_is_better(metric) if better_when_higher is None else better_when_higher
     delta = (candidate.mean - baseline.mean) / abs(baseline.mean) * 100 if baseline.mean else None
+    delta = None if delta is None else _finite(delta)
     p = welch_p(baseline, candidate)
     verdict: Verdict
     if p is None:

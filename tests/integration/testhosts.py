@@ -8,9 +8,10 @@ reaches each over real SSH through a ProxyCommand that enters the namespace
 known_hosts file: no address or route is ever added outside the namespaces. Behind SSH they
 share this machine's filesystem, so the ``vmlab`` they run is one installed here.
 
-Used by the fleet integration tests and ``benchmarks/fleet.py``; also a way to try
-``vmlab fleet run`` without a fleet (see ``inventory()``). Needs root, iproute2, socat and
-openssh-server (only the sshd binary: no system sshd is started).
+Test infrastructure, not part of the vmlab package: used by the fleet integration tests
+(imported as ``testhosts``, pytest puts this folder on sys.path) and ``benchmarks/fleet.py``;
+also a way to try ``vmlab fleet run`` without a fleet (see ``inventory()``). Needs root,
+iproute2, socat and openssh-server (only the sshd binary: no system sshd is started).
 
 Everything made here is undone on exit, also on errors and Ctrl-C: processes still inside a
 namespace (sshd, its sessions, whatever they started) get SIGINT, then SIGKILL; SSH control
