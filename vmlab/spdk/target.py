@@ -119,6 +119,7 @@ class SpdkTarget:
         self._private_dir: Path | None = None
         self._host = ExitStack()  # the hugetlbfs mount
         self._started_at = 0.0
+        self._died: str | None = None  # how a started target ended, once vmlab saw it
 
     @property
     def rpc_socket(self) -> Path:
@@ -360,9 +361,14 @@ class SpdkTarget:
                 if code < 0
                 else f"exited with status {code}"
             )
+            if self._died is None:  # first seen now: the log says so from here on
+                self._died = (
+                    f"{self.process.what} (pid {proc.pid}) {how}, "
+                    f"{time.monotonic() - self._started_at:.1f} s after it started"
+                )
+                self.note(self._died)
             return LaunchError(
-                f"{self.process.what} (pid {proc.pid}) {how}, "
-                f"{time.monotonic() - self._started_at:.1f} s after it started",
+                self._died,
                 log=self.log_path,
                 hint="read the target's log; the run's other cases go on with a new target",
             )
@@ -390,9 +396,7 @@ class SpdkTarget:
         finally:
             try:
                 if self.process is not None:
-                    failure = self.failure()
-                    if failure is not None:
-                        self.note(failure.message)
+                    self.failure()  # a target that died says so in its log
                     self.process.stop()
                     proc = self.process.proc
                     self.note(f"stopped (status {proc.returncode if proc else None})")
