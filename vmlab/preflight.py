@@ -253,10 +253,8 @@ def check_plan(
     """Raise one HostError listing every problem of every case, or return quietly."""
     problems = plan_problems(cases, facts, sysroot=sysroot, accel_override=accel_override)
     need = 0 if problems else hugepages_needed(cases, facts)
-    if need and (
-        found := _hugepage_problems("the run (SPDK targets, guests)", need, facts, sysroot)
-    ):
-        problems["run"] = found
+    if need and (found := _hugepage_problems("the run", need, facts, sysroot)):
+        problems["run"] = found  # its SPDK targets and its largest guest together
     if baseline and facts.fio_version is None:
         problems[BASELINE_ID] = ["the host baseline runs fio on the host: apt-get install fio"]
     if problems:

@@ -365,3 +365,27 @@ def test_spawn_missing_binary(short_dir: Path) -> None:
     target = _spawn(str(short_dir / "nope"), short_dir)
     with pytest.raises(LaunchError, match="cannot run"):
         target.__enter__()
+
+
+def test_find_spdk_prefers_vmlab_spdk_and_checks_it_is_spdk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmlab.host import check_host
+    from vmlab.spdk import find
+
+    prefix = tmp_path / "spdk"
+    (prefix / "bin").mkdir(parents=True)
+    _script(prefix / "bin", "vhost", 'echo "SPDK v23.01.1"')
+    monkeypatch.setenv("VMLAB_SPDK", str(prefix))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(find, "BUILD_ROOT", tmp_path / "none")
+    found = find.find_spdk()
+    assert found == find.FoundSpdk(prefix / "bin" / "vhost", "SPDK v23.01.1", "VMLAB_SPDK")
+    facts = check_host(probe=False)
+    assert (facts.spdk_vhost, facts.spdk_version) == (str(prefix / "bin/vhost"), "SPDK v23.01.1")
+    assert "SPDK vhost" not in [m.what for m in facts.missing]
+    _script(prefix / "bin", "vhost", "echo 'some other vhost'")
+    assert find.find_spdk() is None
+    facts = check_host(probe=False)
+    (missing,) = [m for m in facts.missing if m.what == "SPDK vhost"]
+    assert "build-spdk" in missing.fix and facts.spdk_vhost is None
