@@ -245,3 +245,38 @@ def test_a_target_the_user_runs_keeps_running_and_keeps_nothing_of_vmlab(
         assert target.rpc.call("bdev_get_bdevs") == []
         assert target.rpc.call("vhost_get_controllers") == []
         assert user.failure() is None  # the user's target runs on
+
+
+def test_ctrl_c_during_fio_gives_everything_back(
+    guest_image: GuestImage, lab_env: dict[str, str], spdk_leaves_nothing: None, tmp_path: Path
+) -> None:
+    """SIGINT to `vmlab bench` while fio runs on an SPDK disk in a hugepage guest: the run is
+    marked interrupted, and the target, its mount and the run's hugepages are gone."""
+    spec = tmp_path / "int.yaml"
+    spec.write_text(
+        "name: int\nguest:\n  memory_mib: 320\n  memory_backend: hugepages\n  cpus: 1\n"
+        "  disks: [{name: data, model: vhost-user-blk, target: spdk, spdk: {mem_mib: 512},"
+        " backend: {type: malloc, size: 64M}}]\n"
+        "jobs: [{name: long, rw: randread, iodepth: 4, runtime_s: 60, size: 32M}]\n"
+    )
+    results = Path(lab_env["RESULTS"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmlab.cli", "bench", str(spec), "--ci", "--results", str(results)],
+        env=lab_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "fio long r1" in line:
+            time.sleep(2.0)
+            proc.send_signal(signal.SIGINT)
+            break
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "".join(seen) + out
+    (run,) = [p for p in results.iterdir() if p.is_dir()]
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    assert "vmlab: stopped (status 0)" in (run / "spdk" / "vhost-1.log").read_text()  # SIGINT
