@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from vmlab.accel import Accel, detect_accel, kvm_module, kvm_note
 from vmlab.errors import VmlabError
 from vmlab.proc import run
+from vmlab.spdk.find import HOW_TO_GET as SPDK_HOW_TO_GET
+from vmlab.spdk.find import find_spdk
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,9 @@ class HostFacts(BaseModel):
     hugepages_2m_total: int
     hugepages_2m_free: int
     missing: list[Missing]
+    spdk_vhost: str | None = None  # SPDK's vhost target (vmlab.spdk.find), for target: spdk
+    spdk_version: str | None = None
+    spdk_found_by: str | None = None  # VMLAB_SPDK, PATH or the build-spdk prefix
 
 
 def _version(argv: list[str], pattern: str) -> str | None:
@@ -148,6 +153,9 @@ def check_host(
             )
         )
     total, free = _hugepages()
+    spdk = find_spdk()
+    if spdk is None:
+        missing.append(Missing(what="SPDK vhost", fix=SPDK_HOW_TO_GET, needed_for="target: spdk"))
     module = kvm_module()
     kvm_device = Path("/dev/kvm").exists()
     return HostFacts(
@@ -170,6 +178,9 @@ def check_host(
         hugepages_2m_total=total,
         hugepages_2m_free=free,
         missing=missing,
+        spdk_vhost=str(spdk.vhost) if spdk else None,
+        spdk_version=spdk.version if spdk else None,
+        spdk_found_by=spdk.how if spdk else None,
     )
 
 

@@ -14,16 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from vmlab import vfio
+from vmlab import hugepages, vfio
 from vmlab.errors import HostError, VmlabError
 from vmlab.host import HostFacts, pick_accel
 from vmlab.metrics import BASELINE_ID
 from vmlab.plan import Case
 from vmlab.proc import run
-from vmlab.spec import BlockBackend, Disk, FileBackend, Guest, RbdBackend
+from vmlab.spdk.cpumask import describe_mask, host_mask, parse_cpumask
+from vmlab.spdk.find import HOW_TO_GET as SPDK_HOW_TO_GET
+from vmlab.spdk.targets import spawned_masks, spdk_configs
+from vmlab.spec import BlockBackend, Disk, FileBackend, Guest, RbdBackend, Spdk
 from vmlab.storage import lio as vhost_scsi
-
-HUGEPAGE_MIB = 2
 
 
 def _disk_problems(disk: Disk, facts: HostFacts, sysroot: Path) -> list[str]:
@@ -45,20 +46,14 @@ def _disk_problems(disk: Disk, facts: HostFacts, sysroot: Path) -> list[str]:
             "(leave path out for a scratch file vmlab makes)"
         )
     elif isinstance(backend, RbdBackend):
-        problems += _rbd_problems(where, backend)
+        problems += _rbd_problems(where, backend, qemu_driver=disk.served_by in ("qemu", "qsd"))
     served = disk.served_by
     if served == "qsd" and facts.qemu_storage_daemon is None:
         problems.append(
             f"{where}: vhost-user-blk needs qemu-storage-daemon: apt-get install qemu-utils"
         )
-    elif served == "spdk" and disk.spdk is not None:
-        if disk.spdk.binary is not None and not os.access(disk.spdk.binary, os.X_OK):
-            problems.append(f"{where}: SPDK binary {disk.spdk.binary} is not executable")
-        if disk.spdk.rpc_socket is not None and not disk.spdk.rpc_socket.exists():
-            problems.append(
-                f"{where}: no SPDK RPC socket at {disk.spdk.rpc_socket} "
-                "(start spdk_tgt/vhost first, or give spdk.binary)"
-            )
+    elif served == "spdk":
+        problems += [f"{where}: {p}" for p in _spdk_problems(disk.spdk_target, facts, sysroot)]
     elif served == "lio":
         backstore: Literal["block", "fileio"] = (
             "block" if isinstance(backend, BlockBackend) else "fileio"
@@ -81,9 +76,37 @@ def qemu_block_drivers() -> frozenset[str]:
     return frozenset()
 
 
-def _rbd_problems(where: str, backend: RbdBackend) -> list[str]:
+def _spdk_problems(spdk: Spdk, facts: HostFacts, sysroot: Path) -> list[str]:
+    if spdk.rpc_socket is not None:
+        if not spdk.rpc_socket.exists():
+            return [
+                f"no SPDK RPC socket at {spdk.rpc_socket} (start SPDK's vhost first, or leave "
+                "rpc_socket out and vmlab starts it)"
+            ]
+        return []
     problems = []
-    if "rbd" not in qemu_block_drivers():
+    binary = str(spdk.binary) if spdk.binary is not None else facts.spdk_vhost
+    if binary is None:
+        problems.append(f"no SPDK vhost target found: {SPDK_HOW_TO_GET}")
+    elif not os.access(binary, os.X_OK):
+        problems.append(f"SPDK binary {binary} is not executable")
+    mask = parse_cpumask(spdk.cpumask)
+    if mask & ~host_mask():
+        problems.append(
+            f"SPDK cpumask {describe_mask(mask)} names cores vmlab may not use "
+            f"(it may use {describe_mask(host_mask())})"
+        )
+    if not hugepages.can_mount() and not hugepages.hugetlbfs_mounts(sysroot / "proc/mounts"):
+        problems.append(
+            "SPDK maps its memory from a hugetlbfs mount and none is mounted: as root, "
+            "mount -t hugetlbfs nodev /dev/hugepages (vmlab run as root mounts its own)"
+        )
+    return problems
+
+
+def _rbd_problems(where: str, backend: RbdBackend, *, qemu_driver: bool) -> list[str]:
+    problems = []
+    if qemu_driver and "rbd" not in qemu_block_drivers():
         problems.append(f"{where}: QEMU has no rbd block driver: apt-get install qemu-block-extra")
     if backend.krbd and not Path("/sys/bus/rbd").is_dir():
         problems.append(
@@ -110,14 +133,8 @@ def _guest_problems(
 ) -> list[str]:
     problems: list[str] = []
     if guest.effective_memory_backend == "hugepages":
-        need = -(-guest.memory_mib // HUGEPAGE_MIB)
-        if facts.hugepages_2m_free < need:
-            problems.append(
-                f"memory_backend hugepages needs {need} free 2 MiB hugepages, the host has "
-                f"{facts.hugepages_2m_free} free of {facts.hugepages_2m_total}: "
-                f"echo {facts.hugepages_2m_total + need - facts.hugepages_2m_free} "
-                "> /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
-            )
+        need = hugepages.pages_for(guest.memory_mib)
+        problems += _hugepage_problems("memory_backend hugepages", need, facts, sysroot)
     if guest.hostdevs:
         report = vfio.check_passthrough(guest.hostdevs, root=sysroot, memory_mib=guest.memory_mib)
         problems += [f"VFIO: {p.message} ({p.hint})" for p in report.all_problems]
@@ -148,6 +165,54 @@ def _guest_problems(
             f"pinning names host CPUs {missing}, but vmlab may only use {sorted(host_cpus)}"
         )
     return problems
+
+
+def _hugepage_problems(what: str, need: int, facts: HostFacts, sysroot: Path) -> list[str]:
+    """Whether ``need`` more hugepages can be had: vmlab reserves them itself where it may
+    (and the memory is there), else they must be free already."""
+    sysfs = sysroot / hugepages.SYSFS.relative_to("/")
+    if hugepages.can_reserve(sysfs):
+        available_mib = _mem_available_mib(sysroot)
+        if available_mib is not None and need * hugepages.PAGE_MIB > available_mib:
+            return [
+                f"{what} needs {need} 2 MiB hugepages ({need * hugepages.PAGE_MIB} MiB), the "
+                f"host has {available_mib} MiB of memory available"
+            ]
+        return []
+    if facts.hugepages_2m_free >= need:
+        return []
+    return [
+        f"{what} needs {need} free 2 MiB hugepages, the host has "
+        f"{facts.hugepages_2m_free} free of {facts.hugepages_2m_total}: "
+        f"echo {facts.hugepages_2m_total + need - facts.hugepages_2m_free} "
+        f"> {hugepages.SYSFS / 'nr_hugepages'} (or run vmlab as root: it reserves them)"
+    ]
+
+
+def _mem_available_mib(sysroot: Path) -> int | None:
+    try:
+        for line in (sysroot / "proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def hugepages_needed(cases: Sequence[Case], facts: HostFacts) -> int:
+    """The 2 MiB hugepages a run needs at most at once: every SPDK target vmlab starts (they
+    live for the whole run) plus the largest hugepage-backed guest (cases run one at a time)."""
+    try:
+        targets = spawned_masks(spdk_configs(cases), facts.spdk_vhost)
+    except VmlabError:  # no SPDK found: preflight says so
+        targets = {}
+    spdk = sum(hugepages.pages_for(key.mem_mib) for key in targets)
+    guests = [
+        hugepages.pages_for(case.variant.guest.memory_mib)
+        for case in cases
+        if case.variant.guest.effective_memory_backend == "hugepages"
+    ]
+    return spdk + max(guests, default=0)
 
 
 def plan_problems(
@@ -185,6 +250,9 @@ def check_plan(
 ) -> None:
     """Raise one HostError listing every problem of every case, or return quietly."""
     problems = plan_problems(cases, facts, sysroot=sysroot, accel_override=accel_override)
+    need = 0 if problems else hugepages_needed(cases, facts)
+    if need and (found := _hugepage_problems("the run", need, facts, sysroot)):
+        problems["run"] = found  # its SPDK targets and its largest guest together
     if baseline and facts.fio_version is None:
         problems[BASELINE_ID] = ["the host baseline runs fio on the host: apt-get install fio"]
     if problems:

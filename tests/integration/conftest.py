@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,68 @@ def qemu_pids_mentioning(text: str) -> list[int]:
         if is_qemu and text.encode() in cmdline and state != "Z":
             pids.append(int(proc.name))
     return pids
+
+
+@pytest.fixture(scope="session")
+def spdk_vhost() -> Path:
+    """SPDK's vhost target: VMLAB_SPDK, PATH or the prefix ../shared/tools/build-spdk fills."""
+    from vmlab.spdk.find import find_spdk
+
+    found = find_spdk()
+    if found is None:
+        pytest.skip(
+            "SPDK is not built here: run ../shared/tools/build-spdk (.ci/run does), or set "
+            "VMLAB_SPDK to an SPDK install prefix"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("SPDK's vhost needs root here (hugepages, a hugetlbfs mount)")
+    return found.vhost
+
+
+@dataclass(frozen=True)
+class HostState:
+    nr_hugepages: int
+    hugetlbfs: tuple[str, ...]
+
+
+def host_state() -> HostState:
+    from vmlab.hugepages import SYSFS
+
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    kinds = [line.split()[2] for line in Path("/proc/mounts").read_text().splitlines()]
+    return HostState(
+        nr_hugepages=int((SYSFS / "nr_hugepages").read_text()),
+        hugetlbfs=tuple(m for m, k in zip(mounts, kinds, strict=True) if k == "hugetlbfs"),
+    )
+
+
+def spdk_pids(binary: Path) -> list[int]:
+    """Live (not zombie) processes running ``binary``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv0 = (proc / "cmdline").read_bytes().split(b"\0")[0]
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if argv0 == str(binary).encode() and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture
+def spdk_processes() -> Callable[[Path], list[int]]:
+    return spdk_pids
+
+
+@pytest.fixture
+def spdk_leaves_nothing(spdk_vhost: Path, lab_env: dict[str, str]) -> Iterator[None]:
+    """After the test: no SPDK process, the hugepage pool and hugetlbfs mounts as before, and
+    no socket or folder left in vmlab's runtime dir."""
+    before = host_state()
+    yield
+    assert spdk_pids(spdk_vhost) == []
+    assert host_state() == before
+    assert list(Path(lab_env["VMLAB_RUNTIME"]).iterdir()) == []

@@ -1,29 +1,30 @@
-"""A stand-in for an SPDK target's JSON-RPC server: SPDK cannot run on this host.
+"""A stand-in for an SPDK target's JSON-RPC server, for what a real target does not show:
+error answers on demand, a silent target, releases older or newer than the v23.01.1 the
+integration tests run (tests/integration/test_spdk.py covers everything else, for real).
 
 It mimics what vmlab depends on, as SPDK's lib/jsonrpc and doc/jsonrpc.md describe it:
 - framing: one JSON object per request on a unix stream socket; answers are JSON objects,
-  here optionally sent in tiny chunks (``split=True``), cut inside multi-byte characters;
-- strict parameter decoding: an unknown or missing parameter name is ``-32602 Invalid
-  parameters``, an unknown method ``-32601 Method not found``;
+  here optionally sent in tiny chunks (``split=True``);
+- strict parameter decoding: an unknown or missing parameter name is ``-32603
+  spdk_json_decode_object failed`` (what v23.01.1 answers), an unknown method ``-32601 Method
+  not found``;
 - errors as negative errno with strerror text (``-17 File exists``, ``-19 No such device``);
 - state: bdevs, registered RBD clusters, vhost-blk controllers (socket ``<-S dir>/<ctrlr>``),
   reactors on the cores of its mask. Stricter than SPDK in one way: deleting a bdev or a
   cluster that is still in use is ``-16 Device or resource busy``, so cleanup order shows.
 
-Use it in-process (``with FakeSpdk(path) as fake``), or as an SPDK app binary:
-``python fake_spdk.py -r SOCK -S DIR -m MASK [-s MB] [--journal FILE]`` serves until SIGINT.
+Use it in-process: ``with FakeSpdk(path) as fake``. ``socket_field=False`` answers
+vhost_get_controllers as releases before its ``socket`` field did; ``no_wait_init`` is a
+release without framework_wait_init.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import os
 import select
-import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -92,7 +93,8 @@ class FakeSpdk:
         split: bool = False,
         silent: bool = False,
         fail: dict[str, tuple[int, str]] | None = None,
-        journal: Path | None = None,
+        socket_field: bool = True,
+        no_wait_init: bool = False,
     ) -> None:
         self.socket_path = socket_path
         self.cores = sorted(cores)
@@ -100,7 +102,9 @@ class FakeSpdk:
         self.split = split
         self.silent = silent
         self.fail = dict(fail or {})
-        self.journal = journal
+        if no_wait_init:
+            self.fail["framework_wait_init"] = (-32601, "Method not found")
+        self.socket_field = socket_field
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.bdevs: dict[str, str] = {}  # name -> kind
         self.clusters: set[str] = set()
@@ -199,9 +203,6 @@ class FakeSpdk:
         params = request.get("params") or {}
         with self._lock:
             self.calls.append((method, params))
-            if self.journal is not None:
-                with self.journal.open("a") as fh:
-                    fh.write(json.dumps([method, params]) + "\n")
             try:
                 result = self._dispatch(method, params)
             except RpcFailure as exc:
@@ -217,7 +218,7 @@ class FakeSpdk:
         required, optional = METHODS[method]
         names = set(params)
         if not required <= names or names - required - optional:
-            raise RpcFailure(-32602, "Invalid parameters")
+            raise RpcFailure(-32603, "spdk_json_decode_object failed")  # as v23.01 answers
         if method in self.fail:
             code, message = self.fail[method]
             raise RpcFailure(code, message)
@@ -324,7 +325,7 @@ class FakeSpdk:
     def _vhost_get_controllers(self, name: str | None = None) -> list[dict[str, Any]]:
         if name is not None and name not in self.controllers:
             raise RpcFailure(-errno.ENODEV)
-        return [
+        answers = [
             {
                 "ctrlr": ctrlr,
                 "cpumask": info["cpumask"],
@@ -337,36 +338,13 @@ class FakeSpdk:
             for ctrlr, info in sorted(self.controllers.items())
             if name is None or ctrlr == name
         ]
+        if not self.socket_field:
+            for answer in answers:
+                del answer["socket"]
+        return answers
 
     def _vhost_delete_controller(self, ctrlr: str) -> bool:
         if ctrlr not in self.controllers:
             raise RpcFailure(-errno.ENODEV)
         del self.controllers[ctrlr]
         return True
-
-
-def main(argv: list[str]) -> int:
-    """Run as an SPDK app would be run: ``-r SOCK -S DIR -m MASK [-s MB]``, until SIGINT."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("-r", dest="rpc", required=True, type=Path)
-    parser.add_argument("-S", dest="vhost_dir", required=True, type=Path)
-    parser.add_argument("-m", dest="mask", required=True)
-    parser.add_argument("-s", dest="mem_mb", type=int)
-    parser.add_argument("--journal", type=Path)
-    args = parser.parse_args(argv)
-    mask = _mask(args.mask)
-    cores = [bit for bit in range(mask.bit_length()) if mask >> bit & 1]
-    done = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    fake = FakeSpdk(args.rpc, cores=cores, vhost_dir=args.vhost_dir, journal=args.journal)
-    with fake:
-        print(f"fake SPDK on {args.rpc}, cores {cores}", flush=True)
-        while not done.wait(0.1):
-            pass
-        print("fake SPDK: SIGINT, exiting", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -116,3 +116,27 @@ def test_a_passthrough_device_is_checked_against_sysfs(tmp_path: Path) -> None:
             cases("name: v\nguest:\n  hostdevs: ['0000:3b:00.0']\n"), facts(), sysroot=tmp_path
         )
     assert "VFIO: " in str(err.value) and "0000:3b:00.0" in str(err.value)
+
+
+def test_spdk_needs_a_binary_host_cores_and_the_run_s_hugepages(tmp_path: Path) -> None:
+    spdk = "{name: sp, model: vhost-user-blk, target: spdk, backend: {type: malloc}}"
+    text = f"name: s\nguest:\n  disks: [{spdk}]\njobs: [{{name: j, disk: sp, rw: read}}]\n"
+    with pytest.raises(HostError) as err:
+        check_plan(cases(text), facts(), sysroot=tmp_path)
+    assert "disk sp: no SPDK vhost target found" in str(err.value)
+    assert "../shared/tools/build-spdk" in str(err.value)
+    beyond = f"{1 << 16:#x}"
+    text_mask = text.replace("backend:", f"spdk: {{cpumask: '{beyond}'}}, backend:")
+    with pytest.raises(HostError, match=r"SPDK cpumask 0x10000 \(cores 16\) names cores"):
+        check_plan(cases(text_mask), facts(spdk_vhost="/bin/true"), sysroot=tmp_path)
+    # SPDK is there, but the pages for its -s 1024 are not, and vmlab may not reserve them here
+    with pytest.raises(HostError) as pages:
+        check_plan(
+            cases(text),
+            facts(spdk_vhost="/bin/true", hugepages_2m_free=12, hugepages_2m_total=12),
+            sysroot=tmp_path,
+        )
+    assert "run: the run needs 512 free 2 MiB hugepages, the host has 12 free of 12" in str(
+        pages.value
+    )
+    assert "echo 512 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages" in str(pages.value)

@@ -149,3 +149,38 @@ def test_only_virtio_net_has_several_queues() -> None:
     assert Nic(model="virtio-net-pci", queues=4).queues == 4
     with pytest.raises(ValueError, match="multi-queue needs virtio-net-pci"):
         Nic(model="e1000e", queues=2)
+
+
+def _disk_spec(disk: str) -> str:
+    return f"name: s\nguest:\n  disks: [{disk}]\njobs: [{{name: j, rw: randread}}]\n"
+
+
+def test_malloc_is_an_spdk_backend_and_spdk_finds_its_own_binary() -> None:
+    ok = spec(_disk_spec("{model: vhost-user-blk, target: spdk, backend: {type: malloc}}"))
+    (disk,) = ok.variants[0].guest.disks
+    assert disk.backend.size_bytes == 256 << 20  # type: ignore[union-attr]
+    assert disk.spdk is None and disk.spdk_target.binary is None  # vmlab finds SPDK
+    assert disk.spdk_target.rpc_socket is None and disk.spdk_target.mem_mib == 1024
+    assert [c.id for c in plan(ok)] == ["default"]
+    with pytest.raises(SpecError) as err:
+        spec(_disk_spec("{model: vhost-user-blk, backend: {type: malloc}}"))
+    assert "backend malloc is a RAM disk inside an SPDK target" in str(err.value)
+    assert "not qsd" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("disk", "message"),
+    [
+        (
+            "{model: vhost-user-blk, target: spdk, spdk: {binary: /x, rpc_socket: /s}}",
+            "not both",
+        ),
+        ("{model: vhost-user-blk, target: spdk, spdk: {cpumask: '0x0'}}", "not a usable cpumask"),
+        ("{model: vhost-user-blk, target: spdk, spdk: {mem_mib: 256}}", "greater than or equal"),
+        ("{model: vhost-user-blk, spdk: {binary: /x}}", "but this disk's target is qsd"),
+        ("{model: vhost-user-blk, target: spdk, backend: {type: malloc, size: 1500k}}", "MiB"),
+    ],
+)
+def test_spdk_fields_that_cannot_work(disk: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        spec(_disk_spec(disk))

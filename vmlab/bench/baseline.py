@@ -42,11 +42,12 @@ def host_fio_job(job: FioJob, source: DiskSource) -> tuple[FioJob, dict[str, str
 
 def baseline_sources(case: Case, backing: Backing) -> dict[str, DiskSource]:
     """Each disk's backing store as fio on the host writes it: raw bytes, so a qcow2 file is
-    replaced by a raw scratch file of its size (the guests' qcow2 stays intact)."""
+    replaced by a raw scratch file of its size (the guests' qcow2 stays intact), and so is a
+    malloc disk, which lives inside SPDK."""
     sources: dict[str, DiskSource] = {}
     for disk in case.variant.guest.disks:
         source = disk_source(backing, case, disk)
-        if source.format != "raw":
+        if source.format != "raw" or source.protocol == "malloc":
             size = getattr(disk.backend, "size", "1G")
             raw = disk.model_copy(update={"backend": FileBackend(size=size)})
             source = disk_source(backing, case, raw)

@@ -2,8 +2,8 @@
 
 Everything the guest needs is entered into one ExitStack in order — VFIO bindings, the lab
 network and its NICs, a private runtime folder (secrets, sockets), the served disks (sidecars,
-targets), the guest itself, the SSH session — and leaves in reverse order on every path, Ctrl-C
-and failures included.
+targets) and their watchdog, the guest itself, the SSH session — and leaves in reverse order on
+every path, Ctrl-C and failures included.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import paramiko
 
 from vmlab.bench.events import BenchEvents
 from vmlab.bench.reach import Reach, configure_nics, reach, record_facts
+from vmlab.bench.watch import Watchdog
 from vmlab.bench.workloads import JobContext
 from vmlab.bench.workloads.fio import run_guest_jobs
 from vmlab.bench.workloads.iperf import run_net_jobs
@@ -31,6 +32,7 @@ from vmlab.launch.qemu import Deadlines, new_guest_dir
 from vmlab.net.lab import LabNetwork, LabNic
 from vmlab.plan import Case
 from vmlab.results.rundir import CaseDir
+from vmlab.spdk.targets import SpdkTargets
 from vmlab.spec import BenchSpec, Guest, Nic
 from vmlab.storage import served_disks
 from vmlab.storage.backing import RunBacking
@@ -50,6 +52,7 @@ class CaseEnv:
     qsd: str | None
     timeout_scale: float
     repetitions: range
+    spdk: SpdkTargets | None = None  # the run's SPDK targets
 
 
 def deadlines_for(guest: Guest, accel: str, scale: float) -> Deadlines:
@@ -143,8 +146,11 @@ def measure_case(
             qsd=env.qsd,
             lab=lab,
             stage=stage,
+            spdk=env.spdk,
         )
         disks: Mapping[str, Any] = stack.enter_context(served_disks(case, env.backing, storage))
+        watchdog = stack.enter_context(Watchdog(storage.watchers))
+        stack.enter_context(watchdog.guard())  # a server that died is why the case failed
         stage(f"booting ({launcher.name}, {accel})")
         request = LaunchRequest(
             case=case,
@@ -170,6 +176,7 @@ def measure_case(
             timeout_scale=env.timeout_scale,
         )
         ssh = stack.enter_context(reach(where, stage))
+        watchdog.on_trip(ssh.close)  # a fio call blocked on a dead server returns at once
         devices = record_facts(ssh, case, case_dir)
         configure_nics(ssh, nics)
         if storage.guest_ceph is not None:

@@ -22,6 +22,7 @@ from vmlab.errors import AccelError, HostError, VmlabError
 from vmlab.guest.image import GuestImage
 from vmlab.guest.ssh import lab_key
 from vmlab.host import AccelSwitch, HostFacts, pick_accel, require_qemu
+from vmlab.hugepages import reserved
 from vmlab.launch.base import Launcher
 from vmlab.launch.direct import QemuLauncher
 from vmlab.launch.libvirt import LibvirtLauncher
@@ -29,9 +30,10 @@ from vmlab.launch.qemu import sweep_stale
 from vmlab.metrics import BASELINE_ID
 from vmlab.net.netns import sweep_stale as sweep_stale_netns
 from vmlab.plan import Case, plan
-from vmlab.preflight import check_plan, plan_problems
+from vmlab.preflight import check_plan, hugepages_needed, plan_problems
 from vmlab.results.index import default_index_path, index_run
 from vmlab.results.rundir import CaseDir, RunDir, now_iso
+from vmlab.spdk.targets import SpdkTargets
 from vmlab.spec import BenchSpec
 from vmlab.storage.backing import RunBacking, run_backing
 from vmlab.vfio import default_state_file, recover_stale
@@ -109,13 +111,22 @@ class Bench:
         )
         status = "failed"
         try:
-            with run_backing(run.run_id) as backing:
+            # Run-scoped, entered before any guest starts and left when the run ends, on every
+            # path: the backing stores, the hugepages the run reserved, its SPDK targets.
+            with (
+                run_backing(run.run_id) as backing,
+                reserved(hugepages_needed(cases, self.facts)),
+                SpdkTargets.for_cases(
+                    cases, log_dir=run.path / "spdk", default_binary=self.facts.spdk_vhost
+                ) as spdk,
+            ):
                 if self.spec.baseline:
                     self._baseline(run, cases, backing, outcome)
-                failure = self._run_cases(run, cases, backing, outcome, resume=resume is not None)
+                resumed = resume is not None
+                failure = self._run_cases(run, cases, backing, spdk, outcome, resume=resumed)
                 if failure is not None:  # KVM failed under a real guest: all again under TCG
                     self._switch_to_tcg(run, failure, outcome)
-                    self._run_cases(run, cases, backing, outcome, resume=True)
+                    self._run_cases(run, cases, backing, spdk, outcome, resume=True)
             status = "complete" if outcome.ok else "failed"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -134,6 +145,7 @@ class Bench:
         run: RunDir,
         cases: Sequence[Case],
         backing: RunBacking,
+        spdk: SpdkTargets,
         outcome: BenchOutcome,
         *,
         resume: bool,
@@ -149,6 +161,7 @@ class Bench:
             qsd=self.facts.qemu_storage_daemon,
             timeout_scale=self.options.timeout_scale,
             repetitions=self.repetitions(),
+            spdk=spdk,
         )
         for index, case in enumerate(cases, start=1):
             case_dir = run.case(case.id)

@@ -43,6 +43,8 @@ def host_check(
     out.print(f"KVM           {escape(facts.kvm_note)}")
     out.print(f"fio (host)    {facts.fio_version or 'not installed'}")
     out.print(f"hugepages 2M  {facts.hugepages_2m_free} free of {facts.hugepages_2m_total}")
+    spdk = f"{facts.spdk_version} ({facts.spdk_vhost}, from {facts.spdk_found_by})"
+    out.print(f"SPDK          {spdk if facts.spdk_vhost else 'not found'}")
     out.print(f"IOMMU groups  {facts.iommu_groups}")
     if facts.missing:
         table = Table(title="missing", title_justify="left")

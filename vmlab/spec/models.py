@@ -18,6 +18,9 @@ from pydantic import (
     model_validator,
 )
 
+from vmlab.errors import SpecError
+from vmlab.spdk.cpumask import parse_cpumask
+
 SLUG = r"^[a-z0-9][a-z0-9_.-]{0,39}$"
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -115,12 +118,6 @@ class RbdBackend(Model):
         return "raw"
 
 
-Backend = Annotated[
-    Union[FileBackend, BlockBackend, RbdBackend],  # noqa: UP007
-    Field(discriminator="type"),
-]
-
-
 class Throttle(Model):
     """QEMU I/O limits on one disk (a throttle group of its own): the ground truth."""
 
@@ -130,18 +127,60 @@ class Throttle(Model):
     bps_total: int | None = Field(default=None, gt=0)
 
 
+class MallocBackend(Model):
+    """A RAM disk inside the SPDK target (bdev_malloc_create): the ceiling of the vhost-user
+    path itself. Only an SPDK target serves it (target: spdk)."""
+
+    type: Literal["malloc"] = "malloc"
+    size: str = "256M"
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        if parse_size(v) % (1 << 20):
+            raise ValueError("a malloc disk's size is whole MiB (e.g. 256M)")
+        return v
+
+    @property
+    def size_bytes(self) -> int:
+        return parse_size(self.size)
+
+    @property
+    def format(self) -> str:
+        return "raw"
+
+
+Backend = Annotated[
+    Union[FileBackend, BlockBackend, RbdBackend, MallocBackend],  # noqa: UP007
+    Field(discriminator="type"),
+]
+
+
 class Spdk(Model):
-    """An SPDK vhost target: one vmlab starts (`binary`) or one already running (`rpc_socket`)."""
+    """An SPDK vhost target: one vmlab starts (`binary`; left out, vmlab finds SPDK's `vhost`
+    itself: VMLAB_SPDK, PATH, /opt/vmlab-spdk) or one already running (`rpc_socket`).
+
+    `cpumask` is the disk's vhost controller's; a target vmlab starts runs on the union of the
+    cpumasks of the run's disks on it. `mem_mib` is its hugepage memory (-s)."""
 
     binary: Path | None = None
     rpc_socket: Path | None = None
     cpumask: str = "0x1"
-    mem_mib: int = Field(default=1024, ge=64)
+    mem_mib: int = Field(default=1024, ge=512)  # v23.01: less fails in its bdev_io pool
+
+    @field_validator("cpumask")
+    @classmethod
+    def _cpumask(cls, v: str) -> str:
+        try:
+            parse_cpumask(v)
+        except SpecError as exc:
+            raise ValueError(f"{exc.message}: {exc.hint}") from exc
+        return v
 
     @model_validator(mode="after")
     def _one_of(self) -> Spdk:
-        if (self.binary is None) == (self.rpc_socket is None):
-            raise ValueError("give exactly one of binary (vmlab starts spdk) or rpc_socket")
+        if self.binary is not None and self.rpc_socket is not None:
+            raise ValueError("give binary (vmlab starts spdk) or rpc_socket, not both")
         return self
 
 
@@ -197,8 +236,13 @@ class Disk(Model):
             raise ValueError(
                 f"model {self.model} is served by {' or '.join(allowed)}, not {target}"
             )
-        if target == "spdk" and self.spdk is None:
-            raise ValueError("target spdk needs an spdk: {binary: ...} or {rpc_socket: ...}")
+        if isinstance(self.backend, MallocBackend) and target != "spdk":
+            raise ValueError(
+                "backend malloc is a RAM disk inside an SPDK target: use model "
+                f"vhost-user-blk with target spdk (not {target})"
+            )
+        if self.spdk is not None and target != "spdk":
+            raise ValueError(f"spdk: configures target spdk, but this disk's target is {target}")
         if self.throttle is not None and target != "qemu":
             raise ValueError(f"throttle is applied by QEMU's block layer, not by {target}")
         if self.iothread_cpu is not None and self.iothread is not True:
@@ -212,6 +256,11 @@ class Disk(Model):
         if self.backend.format == "qcow2" and target in ("spdk", "lio"):
             raise ValueError(f"{target} reads raw data: use format raw")
         return self
+
+    @property
+    def spdk_target(self) -> Spdk:
+        """The SPDK target of a disk with target spdk (no ``spdk:``: one vmlab finds)."""
+        return self.spdk or Spdk()
 
     @property
     def guest_is_client(self) -> bool:

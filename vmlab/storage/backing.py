@@ -1,5 +1,5 @@
 """Where a disk's bytes live for a case: scratch files, per-guest qcow2 overlays, host block
-devices and RBD images.
+devices, RBD images (and malloc disks, which live inside the SPDK target and need nothing here).
 
 One dispatch (:func:`disk_source`) over the backend types, and two backings that name things the
 same way: :class:`RunBacking` creates what a run needs (and removes it when the run ends),
@@ -22,7 +22,7 @@ from vmlab.host import scratch_root
 from vmlab.plan import Case
 from vmlab.proc import run
 from vmlab.render.model import DiskSource
-from vmlab.spec import BlockBackend, Disk, FileBackend, RbdBackend
+from vmlab.spec import BlockBackend, Disk, FileBackend, MallocBackend, RbdBackend
 from vmlab.storage.ceph import CephSessions, preview_rbd
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class Backing(Protocol):
 def disk_source(backing: Backing, case: Case, disk: Disk) -> DiskSource:
     """Where the disk's bytes are on this host, before any server serves them."""
     backend = disk.backend
+    if isinstance(backend, MallocBackend):  # RAM inside the SPDK target: nothing on the host
+        return DiskSource(path=Path(f"malloc:{backend.size}"), format="raw", protocol="malloc")
     if isinstance(backend, RbdBackend):
         return backing.rbd(disk.name, backend)
     if isinstance(backend, BlockBackend):

@@ -15,7 +15,9 @@ from vmlab.results.rundir import CaseDir
 from vmlab.spec import Disk
 
 if TYPE_CHECKING:
+    from vmlab.errors import VmlabError
     from vmlab.net.lab import LabNetwork
+    from vmlab.spdk.targets import SpdkTargets
     from vmlab.storage.guest import GuestCeph
 
 
@@ -33,8 +35,10 @@ class Preview:
 
 @dataclass
 class ServeContext:
-    """One case's storage at run time: where its artifacts and private files go, and the
-    state servers share within the case (the in-guest Ceph cluster)."""
+    """One case's storage at run time: where its artifacts and private files go, the state
+    servers share within the case (the in-guest Ceph cluster) and within the run (its SPDK
+    targets), and the watchers servers leave: each says why a disk's server died, if it did,
+    and the case fails with that at once (vmlab.bench.watch)."""
 
     case: Case
     case_dir: CaseDir
@@ -45,6 +49,8 @@ class ServeContext:
     lab: LabNetwork | None = None
     stage: Callable[[str], None] = lambda what: None
     guest_ceph: GuestCeph | None = field(default=None)
+    spdk: SpdkTargets | None = None
+    watchers: list[Callable[[], VmlabError | None]] = field(default_factory=list)
 
 
 class Server(Protocol):

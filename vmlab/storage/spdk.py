@@ -1,5 +1,11 @@
 """An SPDK vhost target serving a disk as vhost-user-blk (``served_by: spdk``): the RPC calls
-that make the bdev and controller, made on a target vmlab starts or one the user runs."""
+that make the bdev and controller, made on the run's target (:mod:`vmlab.spdk.targets`: one
+vmlab starts, shared by the run's cases, or one the user runs).
+
+Each case gets its controllers and bdevs for itself (deleted when the case ends), the span of
+the target's log it ran under (``spdk-<disk>.log``), and a watcher: a target that dies while
+the case runs fails the case at once, with that log.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +13,63 @@ from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
-from vmlab.launch.spdk import AioBackend, DiskPlan, SpdkApp, SpdkTarget, render_plan
-from vmlab.launch.spdk import RbdBackend as SpdkRbd
+from vmlab.errors import HostError, LaunchError, VmlabError
 from vmlab.render.model import DiskSource
-from vmlab.spec import Disk
+from vmlab.results.rundir import CaseDir
+from vmlab.spdk import plan as spdk
+from vmlab.spdk.target import SpdkTarget
+from vmlab.spec import Disk, MallocBackend
 from vmlab.storage.base import Preview, ServeContext
 
+FILE_BLOCK_SIZE = 512
 
-def spdk_plan(disk: Disk, source: DiskSource) -> DiskPlan:
-    """The RPC calls that make `disk` a vhost-user-blk controller (bdev named by the serial,
-    which SPDK hands the guest as the virtio serial): bdev_rbd_create for RBD through
-    librbd (with the spec's keyring), bdev_aio_create for files and block devices."""
-    assert disk.spdk is not None
+
+def spdk_backend(disk: Disk, source: DiskSource) -> spdk.SpdkBackend:
+    """The bdev behind the disk: malloc (RAM in the target), rbd through librbd (with the
+    spec's keyring), uring for ``aio: io_uring`` files and block devices, else aio."""
+    if isinstance(disk.backend, MallocBackend):
+        return spdk.MallocBackend(size_bytes=disk.backend.size_bytes)
     if source.rbd is not None:
-        bdev: AioBackend | SpdkRbd = SpdkRbd(
+        return spdk.RbdBackend(
             pool=source.rbd.pool,
             image=source.rbd.image,
             user_id=source.rbd.user,
             config_file=source.rbd.conf,
             key_file=source.rbd.keyring,
         )
-    else:
-        bdev = AioBackend(filename=source.path)
-    return render_plan(disk.serial, bdev, cpumask=disk.spdk.cpumask)
+    # SPDK reads a block device's block size, not a file's: files get 512-byte blocks
+    block_size = None if source.protocol == "host_device" else FILE_BLOCK_SIZE
+    if disk.aio == "io_uring":
+        return spdk.UringBackend(filename=source.path, block_size=block_size)
+    return spdk.AioBackend(filename=source.path, block_size=block_size)
+
+
+def spdk_plan(disk: Disk, source: DiskSource) -> spdk.DiskPlan:
+    """The RPC calls that make ``disk`` a vhost-user-blk controller (bdev named by the serial,
+    which SPDK hands the guest as the virtio serial)."""
+    return spdk.render_plan(
+        disk.serial, spdk_backend(disk, source), cpumask=disk.spdk_target.cpumask
+    )
+
+
+def _log_span(target: SpdkTarget, case_dir: CaseDir, disk: Disk, start: int) -> None:
+    """The part of the target's log written while the case ran, into the case's folder."""
+    if target.log_path is None or not target.log_path.exists():
+        return
+    with target.log_path.open("rb") as fh:
+        fh.seek(start)
+        case_dir.write_bytes(f"spdk-{disk.name}.log", fh.read())
+
+
+def _watch(target: SpdkTarget, case_dir: CaseDir, disk: Disk) -> VmlabError | None:
+    failure = target.failure()
+    if failure is None:
+        return None
+    return LaunchError(
+        f"disk {disk.name}: {failure.message}",
+        log=case_dir.file(f"spdk-{disk.name}.log") if target.log_path else None,
+        hint=failure.hint,
+    )
 
 
 class SpdkServer:
@@ -46,16 +86,18 @@ class SpdkServer:
     def serve(
         self, stack: ExitStack, disk: Disk, source: DiskSource, ctx: ServeContext
     ) -> DiskSource:
-        assert disk.spdk is not None
+        if ctx.spdk is None:
+            raise HostError(
+                f"disk {disk.name}: no SPDK targets for this case",
+                hint="serve SPDK disks through a bench run (vmlab bench)",
+            )
         plan = spdk_plan(disk, source)
         ctx.case_dir.write_json(f"spdk-{disk.name}.json", plan.to_json())
-        if disk.spdk.rpc_socket is not None:
-            target = SpdkTarget.attach(disk.spdk.rpc_socket)
-        else:
-            assert disk.spdk.binary is not None
-            app = SpdkApp(
-                str(disk.spdk.binary), cpumask=disk.spdk.cpumask, mem_size_mib=disk.spdk.mem_mib
-            )
-            target = SpdkTarget.spawn(app, log_path=ctx.case_dir.file(f"spdk-{disk.name}.log"))
-        served = stack.enter_context(target).add_disk(plan)
+        ctx.stage("starting the SPDK target")
+        target = ctx.spdk.get(disk.spdk_target)
+        start = target.log_path.stat().st_size if target.log_path else 0
+        stack.callback(_log_span, target, ctx.case_dir, disk, start)
+        served = target.add_disk(plan)
+        stack.callback(target.remove_disk, served)
+        ctx.watchers.append(lambda: _watch(target, ctx.case_dir, disk))
         return replace(source, socket=served.socket)
