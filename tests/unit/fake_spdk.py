@@ -1,6 +1,6 @@
 """A stand-in for an SPDK target's JSON-RPC server, for what a real target does not show:
 error answers on demand, a silent target, releases older or newer than the v23.01.1 the
-integration tests run (tests/integration/test_spdk.py covers everything else, for real).
+integration tests run (tests/integration/test_spdk_target.py covers everything else, for real).
 
 It mimics what vmlab depends on, as SPDK's lib/jsonrpc and doc/jsonrpc.md describe it:
 - framing: one JSON object per request on a unix stream socket; answers are JSON objects,

@@ -1,6 +1,6 @@
 """A run's hugepage reservation, on a stand-in sysfs folder (plain files: what is written is
 what reads back, so a "kernel" that grants fewer pages is a file rewritten behind vmlab).
-The real pool is exercised by tests/integration/test_spdk.py."""
+The real pool is exercised by tests/integration/test_spdk_target.py."""
 
 from __future__ import annotations
 
