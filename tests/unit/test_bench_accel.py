@@ -179,3 +179,21 @@ def test_a_resumed_run_that_had_switched_stays_on_tcg(
     assert booted == [("nvme", "tcg")]
     assert resumed.ok and len(resumed.results) == 6
     assert ("virtio-blk", "skipped") in events.finished
+
+
+def test_host_line_names_the_forced_accelerator_not_the_probe() -> None:
+    from vmlab.cli.bench import accel_used
+
+    used, why = accel_used(facts("kvm"), "tcg", ["auto"])
+    assert used == "tcg"
+    assert why.startswith("forced by --accel tcg") and "probe: kvm" in why
+
+
+def test_host_line_spec_accel_and_detection() -> None:
+    from vmlab.cli.bench import accel_used
+
+    assert accel_used(facts("kvm"), None, ["tcg", "tcg"])[0] == "tcg"
+    assert "forced by accel: tcg in the spec" in accel_used(facts("kvm"), None, ["tcg"])[1]
+    used, why = accel_used(facts("tcg"), None, ["auto"])
+    assert (used, why) == ("tcg", "detected; the probe guest booted")
+    assert accel_used(facts("kvm"), None, ["auto", "tcg"])[0] == "per case"

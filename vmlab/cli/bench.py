@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -19,7 +19,25 @@ from vmlab.errors import VmlabError
 from vmlab.metrics import headline
 from vmlab.plan import Case
 
+if TYPE_CHECKING:
+    from vmlab.host import HostFacts
+
 app = typer.Typer()
+
+
+def accel_used(facts: HostFacts, forced: str | None, spec_accels: list[str]) -> tuple[str, str]:
+    """The accelerator the run's cases use and why: forced (--accel, or accel: in the spec) or
+    detected by the probe. What the probe found is kept in the reason when it was overridden."""
+    probed = f"probe: {facts.accel}, {facts.accel_reason}"
+    if forced is not None:
+        return forced, f"forced by --accel {forced}; {probed}"
+    chosen = sorted(set(spec_accels) - {"auto"})
+    if chosen and "auto" not in spec_accels and len(chosen) == 1:
+        return chosen[0], f"forced by accel: {chosen[0]} in the spec; {probed}"
+    if chosen:
+        per_case = ", ".join(chosen + ([facts.accel] if "auto" in spec_accels else []))
+        return "per case", f"{per_case}: accel: in the spec, auto ones detected; {probed}"
+    return facts.accel, f"detected; {facts.accel_reason}"
 
 
 class RichEvents:
@@ -136,12 +154,11 @@ def bench(
         else (lambda m: err.print(f"[dim]image: {m}[/]"))
     )
     facts = check_host(kernel=image.kernel)
+    used, why = accel_used(facts, accel, [v.accel for v in spec.variants])
     if plain:
-        print(f"host: QEMU {facts.qemu_version}, accel {facts.accel} ({facts.accel_reason})")
+        print(f"host: QEMU {facts.qemu_version}, accel {used} ({why})")
     else:
-        out.print(
-            f"host: QEMU {facts.qemu_version}, accel [bold]{facts.accel}[/] ({facts.accel_reason})"
-        )
+        out.print(f"host: QEMU {facts.qemu_version}, accel [bold]{used}[/] ({escape(why)})")
     if launcher not in (None, "qemu", "libvirt"):
         raise typer.BadParameter("expected qemu or libvirt", param_hint="--launcher")
     options = BenchOptions(

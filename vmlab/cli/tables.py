@@ -10,7 +10,7 @@ from rich.table import Table
 
 from vmlab.cli.app import out
 from vmlab.metrics import NET_HEADLINE, job_kind
-from vmlab.report.table import build_rows
+from vmlab.report.table import Row, build_rows
 
 Result = tuple[str, str, int, dict[str, float]]  # case id, job, repetition, flat metrics
 
@@ -41,13 +41,24 @@ def print_results(
         table.add_row(
             escape(row.case_id),
             escape(row.job),
-            f"{row.iops:,.0f}",
+            _iops(row),
             "-" if row.lat_mean_us is None else f"{row.lat_mean_us:,.1f}",
             "-" if row.lat_p99_us is None else f"{row.lat_p99_us:,.1f}",
             "-" if row.ratio is None else f"{row.ratio:.2f}",
             *(("-" if row.of_host is None else f"{row.of_host:.0%}",) if with_host else ()),
         )
     out.print(table)
+    if any(r.noisy for r in rows):
+        out.print("! noisy: a CV above the report's threshold; ± is the CI half-width of the mean")
+
+
+def _iops(row: Row) -> str:
+    """IOPS with the ± half-width of its confidence interval (as a share of the mean, so the
+    column stays narrow) and a '!' on a noisy cell, as the report flags it."""
+    text = f"{row.iops:,.0f}"
+    if row.iops_ci is not None and row.iops:
+        text += f" ±{row.iops_ci / row.iops:.0%}"
+    return text + (" !" if row.noisy else "")
 
 
 def _print_network(results: Sequence[Result]) -> None:

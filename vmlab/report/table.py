@@ -17,6 +17,19 @@ class Row:
     lat_p99_us: float | None
     ratio: float | None  # IOPS relative to the first configuration, same job
     of_host: float | None = None  # IOPS as a fraction of the host baseline, same job
+    iops_ci: float | None = None  # half-width of the IOPS confidence interval (2+ repetitions)
+    noisy: bool = False  # IOPS or latency CV above the report's noisy threshold
+
+
+def _spread(samples: Sequence[float | None]) -> tuple[float | None, bool]:
+    """The CI half-width and noisy flag of one metric's repetitions, as the report computes them."""
+    from vmlab.report.stats import describe
+
+    xs = [x for x in samples if x is not None]
+    if len(xs) < 2:
+        return None, False
+    cell = describe(xs)
+    return cell.half_width, cell.noisy
 
 
 def _get(metrics: Mapping[str, float], key: str) -> float:
@@ -69,12 +82,15 @@ def build_rows(results: Sequence[tuple[str, str, Mapping[str, float]]]) -> list[
         p99s = [v[2] for v in values if v[2] is not None]
         mean = sum(means) / len(means) if means else None
         p99 = sum(p99s) / len(p99s) if p99s else None
+        iops_ci, noisy = _spread([v[0] for v in values])
+        noisy = noisy or _spread([v[1] for v in values])[1] or _spread([v[2] for v in values])[1]
         if limits.get(case_id) == case_id:
             host[(case_id, job)] = iops
-            rows.append(Row(case_id, job, iops, mean, p99, None))
+            rows.append(Row(case_id, job, iops, mean, p99, None, None, iops_ci, noisy))
             continue
         base = first_case.setdefault(job, iops)
-        rows.append(Row(case_id, job, iops, mean, p99, iops / base if base else None))
+        ratio = iops / base if base else None
+        rows.append(Row(case_id, job, iops, mean, p99, ratio, None, iops_ci, noisy))
     order = list(grouped)
     rows = [replace(r, of_host=_of_host(r, limits, host)) for r in rows]
     return sorted(rows, key=lambda r: (r.job, order.index((r.case_id, r.job))))
