@@ -43,7 +43,10 @@ def setup_logging(verbose: int) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    logging.getLogger("qemu.qmp").setLevel(max(level, logging.WARNING))
+    # qemu.qmp logs an ERROR for every connection to a QEMU that died (the accelerator probe's
+    # KVM attempt on a host where KVM cannot run guests): vmlab catches and reports those itself,
+    # so the library's own account is shown only when asked for with -v.
+    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL if verbose == 0 else level)
     logging.getLogger("paramiko").setLevel(max(level, logging.WARNING))
 
 
