@@ -50,7 +50,7 @@ def spdk_configs(cases: Iterable[Case]) -> list[Spdk]:
         disk.spdk_target
         for case in cases
         for disk in case.variant.guest.disks
-        if disk.served_by == "spdk"
+        if disk.target == "spdk"  # never a default: vhost-user-blk defaults to qsd
     ]
 
 

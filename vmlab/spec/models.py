@@ -363,7 +363,7 @@ class Guest(Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"disk names must be unique, repeated: {', '.join(dupes)}")
-        if any(d.served_by == "guest" for d in self.disks) and not self.nics:
+        if any(d.guest_is_client for d in self.disks) and not self.nics:
             raise ValueError(
                 "a disk with target guest needs a lab NIC to reach the cluster: "
                 "nics: [{attach: tap}]"
