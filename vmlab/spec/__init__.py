@@ -20,7 +20,14 @@ name is importable from ``vmlab.spec``.
 
 from __future__ import annotations
 
-from vmlab.spec.load import DEFAULT_LAB, default_lab, load_spec, parse_spec
+from vmlab.spec.load import (
+    CONFIRM_CASES,
+    DEFAULT_LAB,
+    MAX_CASES,
+    default_lab,
+    load_spec,
+    parse_spec,
+)
 from vmlab.spec.matrix import expand_matrix
 from vmlab.spec.models import (
     SLUG,
@@ -50,7 +57,9 @@ from vmlab.spec.models import (
 )
 
 __all__ = [
+    "CONFIRM_CASES",
     "DEFAULT_LAB",
+    "MAX_CASES",
     "SLUG",
     "Backend",
     "BenchSpec",

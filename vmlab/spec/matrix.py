@@ -141,6 +141,12 @@ def expand_matrix(raw: Mapping[str, Any]) -> list[tuple[dict[str, str], dict[str
     return out
 
 
+def matrix_axes(raw: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The axes of a raw spec's matrix as (path, number of values), without expanding it."""
+    base = {k: raw[k] for k in _VARIANT_KEYS if k in raw}
+    return [(path, len(values)) for path, values in _axes(base, _VariantFields, "")]
+
+
 def _deepcopy(data: Any) -> Any:
     if isinstance(data, Mapping):
         return {k: _deepcopy(v) for k, v in data.items()}

@@ -6,9 +6,12 @@ of the matrix into them on its own, so an error names the exact field path that 
 
 from __future__ import annotations
 
+import functools
 import re
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -17,11 +20,22 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from vmlab.errors import SpecError
 from vmlab.spdk.cpumask import parse_cpumask
+from vmlab.spec.fiooptions import check_fio_options
+from vmlab.spec.text import refused_text
 
 SLUG = r"^[a-z0-9][a-z0-9_.-]{0,39}$"
+MAX_CPU = 8191  # a host CPU number (Linux's NR_CPUS tops out at 8192)
+DAY_S = 86_400
+# A QEMU machine type is a name (q35, pc-q35-7.2, microvm): options go elsewhere.
+MACHINE = r"[a-z0-9][a-z0-9._-]{0,63}"
+# A CPU model, optionally with feature flags: host, max, Skylake-Server,-hle,+pcid,level=13.
+CPU_MODEL = (
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(,[+-]?[A-Za-z0-9_.-]{1,64}(=[A-Za-z0-9_.-]{1,64})?)*$"
+)
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -38,7 +52,41 @@ def parse_size(value: str | int) -> int:
 
 
 class Model(BaseModel):
+    """Frozen, no unknown keys, and no control characters in any string it is given."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # Prose fields (never rendered into argv, XML or job files): newlines and tabs allowed.
+    _free_text: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_control_characters(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        for key, value in data.items():
+            if key in _nested_fields(cls) or (key == "source" and cls.__name__ == "BenchSpec"):
+                continue  # a model of its own checks it (or: the spec file's own text)
+            allow = "\n\t" if key in cls._free_text else ""
+            if found := refused_text(value, allow=allow):
+                raise PydanticCustomError(
+                    "control_character",
+                    "{found}: spec strings may not hold control characters (newline, tab, ...); "
+                    "they would split or change the QEMU argv, XML or fio job file",
+                    {"found": found, "field": str(key)},
+                )
+        return data
+
+
+@functools.cache
+def _nested_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of a model that hold other models (which check their own strings)."""
+
+    def holds_model(annotation: Any) -> bool:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return True
+        return any(holds_model(arg) for arg in typing.get_args(annotation))
+
+    return frozenset(n for n, f in model.model_fields.items() if holds_model(f.annotation))
 
 
 class FileBackend(Model):
@@ -118,13 +166,17 @@ class RbdBackend(Model):
         return "raw"
 
 
+# QEMU's THROTTLE_VALUE_MAX (include/qemu/throttle.h): a larger limit is refused at start.
+THROTTLE_MAX = 10**15
+
+
 class Throttle(Model):
     """QEMU I/O limits on one disk (a throttle group of its own): the ground truth."""
 
-    iops_total: int | None = Field(default=None, gt=0)
-    iops_read: int | None = Field(default=None, gt=0)
-    iops_write: int | None = Field(default=None, gt=0)
-    bps_total: int | None = Field(default=None, gt=0)
+    iops_total: int | None = Field(default=None, gt=0, le=THROTTLE_MAX)
+    iops_read: int | None = Field(default=None, gt=0, le=THROTTLE_MAX)
+    iops_write: int | None = Field(default=None, gt=0, le=THROTTLE_MAX)
+    bps_total: int | None = Field(default=None, gt=0, le=THROTTLE_MAX)
 
 
 class MallocBackend(Model):
@@ -166,7 +218,7 @@ class Spdk(Model):
     binary: Path | None = None
     rpc_socket: Path | None = None
     cpumask: str = "0x1"
-    mem_mib: int = Field(default=1024, ge=512)  # v23.01: less fails in its bdev_io pool
+    mem_mib: int = Field(default=1024, ge=512, le=1 << 20)  # v23.01: less fails in its bdev_io pool
 
     @field_validator("cpumask")
     @classmethod
@@ -205,11 +257,21 @@ class Disk(Model):
         default=False,
         description="true: its own iothread; a name: a shared one from guest.iothreads",
     )
-    iothread_cpu: int | None = Field(default=None, ge=0, description="pin its own iothread")
+    iothread_cpu: int | None = Field(
+        default=None, ge=0, le=MAX_CPU, description="pin its own iothread"
+    )
     num_queues: int | None = Field(default=None, ge=1, le=64)
     queue_size: int | None = Field(default=None, ge=4, le=1024)
     discard: bool = False
     throttle: Throttle | None = None
+
+    @field_validator("queue_size")
+    @classmethod
+    def _power_of_two(cls, v: int | None) -> int | None:
+        if v is not None and v & (v - 1):
+            lower = 1 << (v.bit_length() - 1)
+            raise ValueError(f"QEMU needs a power of two: {lower} or {lower * 2}, not {v}")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Disk:
@@ -323,7 +385,14 @@ class CloudImageSpec(Model):
     runcmd: list[str] = Field(default_factory=list)
     network: Literal["static", "dhcp"] = "static"
     disk_size: str | None = None
-    cloud_init_timeout_s: int = Field(default=600, ge=10)
+    cloud_init_timeout_s: int = Field(default=600, ge=10, le=DAY_S)
+
+    @field_validator("disk_size")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_size(v)
+        return v
 
 
 ImageSpec = Annotated[Union[RootfsImageSpec, CloudImageSpec], Field(discriminator="kind")]  # noqa: UP007
@@ -333,7 +402,7 @@ class IOThread(Model):
     """A shared iothread that several disks can name."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,13}$")
-    cpu: int | None = Field(default=None, ge=0, description="host CPU to pin it to")
+    cpu: int | None = Field(default=None, ge=0, le=MAX_CPU, description="host CPU to pin it to")
 
 
 class Guest(Model):
@@ -343,8 +412,10 @@ class Guest(Model):
     memory_backend: Literal["default", "memfd", "hugepages", "file"] = "default"
     memory_path: Path | None = Field(default=None, description="for memory_backend file")
     cpus: int = Field(default=2, ge=1, le=256)
-    vcpu_pinning: list[int] | None = Field(default=None, description="host CPU per vCPU")
-    machine: str = "q35"
+    vcpu_pinning: list[Annotated[int, Field(ge=0, le=MAX_CPU)]] | None = Field(
+        default=None, description="host CPU per vCPU"
+    )
+    machine: str = Field(default="q35", description="a machine type name: q35, pc, microvm")
     cpu_model: str | None = None
     image: Literal["default"] | ImageSpec = "default"
     iothreads: list[IOThread] = Field(default_factory=list)
@@ -354,6 +425,27 @@ class Guest(Model):
         default_factory=list, description="host PCI devices passed through with VFIO"
     )
     kernel_args: str = ""
+
+    @field_validator("machine")
+    @classmethod
+    def _machine(cls, v: str) -> str:
+        if not re.fullmatch(MACHINE, v):
+            raise ValueError(
+                "a machine type is a name such as q35, pc or pc-q35-7.2 (`qemu-system-x86_64 "
+                "-machine help` lists them); vmlab sets accel= and memory-backend= itself"
+            )
+        return v
+
+    @field_validator("cpu_model")
+    @classmethod
+    def _cpu_model(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(CPU_MODEL, v):
+            raise ValueError(
+                "a CPU model is a name with optional feature flags, such as host, max or "
+                "Skylake-Server,-hle,+pcid (`qemu-system-x86_64 -cpu help` lists them); "
+                "leave it out for host under KVM and max under TCG"
+            )
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Guest:
@@ -411,9 +503,9 @@ class FioJob(Model):
     iodepth: int = Field(default=1, ge=1, le=4096)
     numjobs: int = Field(default=1, ge=1, le=256)
     direct: bool = True
-    ioengine: str = "libaio"
-    runtime_s: int = Field(default=120, ge=1)
-    ramp_s: int = Field(default=0, ge=0)
+    ioengine: str = Field(default="libaio", pattern=r"^[a-z0-9_]{1,32}$")
+    runtime_s: int = Field(default=120, ge=1, le=DAY_S)
+    ramp_s: int = Field(default=0, ge=0, le=DAY_S)
     size: str | None = None
     options: dict[str, str | int] = Field(default_factory=dict)
 
@@ -423,13 +515,26 @@ class FioJob(Model):
         parse_size(v)
         return v
 
+    @field_validator("size")
+    @classmethod
+    def _job_size(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[1-9][0-9]?%|100%", v.strip()):
+            parse_size(v)
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, str | int]) -> dict[str, str | int]:
+        check_fio_options(v)
+        return v
+
 
 class IperfJob(Model):
     """iperf3 between the guest (client) and a server on the lab network, over one NIC."""
 
     name: str = Field(pattern=SLUG)
     nic: str = "lab0"
-    duration_s: int = Field(default=10, ge=1)
+    duration_s: int = Field(default=10, ge=1, le=DAY_S)
     reverse: bool = Field(default=False, description="the server sends, the guest receives")
     parallel: int = Field(default=1, ge=1, le=128)
 
@@ -460,9 +565,13 @@ class Variant(Model):
 
 
 class BenchSpec(Model):
+    _free_text: ClassVar[frozenset[str]] = frozenset({"description"})
+
     name: str = Field(pattern=SLUG)
     description: str = ""
-    runtime_s: int | None = Field(default=None, ge=1, description="overrides every job's runtime")
+    runtime_s: int | None = Field(
+        default=None, ge=1, le=DAY_S, description="overrides every job's runtime"
+    )
     baseline: bool = Field(default=False, description="also run each job with fio on the host")
     repeat: int = Field(default=1, ge=1, le=100, description="repetitions of every job")
     net_jobs: list[IperfJob] = Field(default_factory=list)
