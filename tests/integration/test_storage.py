@@ -109,7 +109,7 @@ warmup: true
 guest:
   disks: [{name: data, model: virtio-blk, backend: {type: file, size: 64M}}]
 jobs:
-  - {name: qd4, rw: randread, iodepth: 4, runtime_s: 1, options: {verify: crc32c, nrfiles: 1}}
+  - {name: qd4, rw: randread, iodepth: 4, runtime_s: 1, options: {nrfiles: 1, fsync_on_close: 1}}
 """,
         Path(lab_env["RESULTS"]),
         guest_image,
