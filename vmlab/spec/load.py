@@ -139,7 +139,11 @@ def parse_spec(
                     seen.add(line)
                     problems.append(line)
     net_jobs: list[IperfJob] = []
-    for index, net_job in enumerate(raw.get("net_jobs") or []):
+    net_jobs_raw = raw.get("net_jobs") or []
+    if not isinstance(net_jobs_raw, list):
+        problems.append("net_jobs: expected a list of iperf3 jobs")
+        net_jobs_raw = []
+    for index, net_job in enumerate(net_jobs_raw):
         try:
             net_jobs.append(IperfJob.model_validate(net_job))
         except ValidationError as exc:
