@@ -57,7 +57,10 @@ def stored_job(run: RunDir) -> configparser.ConfigParser:
     return parser
 
 
-def test_the_host_job_file_names_only_the_specs_backing_store(tmp_path: Path) -> None:
+def test_the_host_job_file_names_only_the_specs_backing_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     store = tmp_path / "store.raw"
     store.write_bytes(b"\0" * (16 << 20))
     run, outcome = run_host_baseline(tmp_path, spec_text(store, OPTIONS))
@@ -72,10 +75,15 @@ def test_the_host_job_file_names_only_the_specs_backing_store(tmp_path: Path) ->
     assert targets == [("j", "filename", str(store))]
     assert not any(k.startswith("exec_") for s in job.sections() for k in job[s])
     assert outcome.results and outcome.results[0].metrics["write_iops"] > 0
+    assert not list(tmp_path.glob("*verify.state"))  # fio's own files stay in the run
+    assert list((run.path / "cases" / "host-baseline").glob("jobs/*/r*/*verify.state"))
 
 
 @pytest.mark.parametrize("option", ["filename", "directory", "exec_prerun"])
-def test_options_aimed_elsewhere_never_reach_the_host(tmp_path: Path, option: str) -> None:
+def test_options_aimed_elsewhere_never_reach_the_host(
+    tmp_path: Path, option: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # should a regression let fio run, what it writes stays here
     store = tmp_path / "store.raw"
     store.write_bytes(b"\0" * (1 << 20))
     # Harmless stand-ins for /dev/vdb, / and a command, should a regression let them through.

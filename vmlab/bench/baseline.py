@@ -95,6 +95,7 @@ def run_baseline(ctx: JobContext, backing: Backing) -> None:
                     timeout_s=fio_timeout_s(job, slack_s=60),
                     check=False,
                     env={**os.environ, **env},
+                    cwd=path.parent,  # fio's own files (verify state) stay in the run
                     what="host fio",
                     missing_hint="apt-get install fio",
                 )

@@ -44,7 +44,6 @@ REFUSED_OPTIONS: Mapping[str, str] = {
     "read_iolog": "reads an I/O log from a path (and replays it against its own devices)",
     "merge_blktrace_file": _FILES,
     "aux_path": _FILES,
-    "verify_state_save": _FILES,
     "ioscheduler": _HOST,
     "cgroup": _HOST,
 }
