@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field
 
-from vmlab.spec.models import Guest, Model
+from vmlab.spec.base import Model
+from vmlab.spec.models import Guest
 
 # Keys of the spec file that describe one guest and can therefore be matrix axes.
 _VARIANT_KEYS = ("launcher", "accel", "guest")

@@ -1,4 +1,5 @@
-"""The spec's pydantic models: backends, disks, NICs, images, the guest, jobs, variants, sizes.
+"""The spec's pydantic models: disks, NICs, images, the guest, jobs, variants (the base model in
+:mod:`vmlab.spec.base`, backends in :mod:`vmlab.spec.backends`).
 
 Each model is frozen and forbids unknown keys. :mod:`vmlab.spec.load` validates every variant
 of the matrix into them on its own, so an error names the exact field path that is wrong.
@@ -6,206 +7,31 @@ of the matrix into them on its own, so an error names the exact field path that 
 
 from __future__ import annotations
 
-import functools
 import re
-import typing
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import Field, field_validator, model_validator
 
 from vmlab.errors import SpecError
 from vmlab.spdk.cpumask import parse_cpumask
-from vmlab.spec.fiooptions import check_fio_options
-from vmlab.spec.text import refused_text
-
-SLUG = r"^[a-z0-9][a-z0-9_.-]{0,39}$"
-MAX_CPU = 8191  # a host CPU number (Linux's NR_CPUS tops out at 8192)
-DAY_S = 86_400
-# A QEMU machine type is a name (q35, pc-q35-7.2, microvm): options go elsewhere.
-MACHINE = r"[a-z0-9][a-z0-9._-]{0,63}"
-# A CPU model, optionally with feature flags: host, max, Skylake-Server,-hle,+pcid,level=13.
-CPU_MODEL = (
-    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(,[+-]?[A-Za-z0-9_.-]{1,64}(=[A-Za-z0-9_.-]{1,64})?)*$"
+from vmlab.spec.backends import (
+    Backend,
+    FileBackend,
+    MallocBackend,
+    RbdBackend,
+    Throttle,
 )
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(value: str | int) -> int:
-    """'1G', '512M', '4k', 1048576 -> bytes (binary units, as QEMU and fio read them)."""
-    if isinstance(value, int):
-        return value
-    match = _SIZE_RE.match(value)
-    if not match:
-        raise ValueError(f"not a size: {value!r} (expected e.g. 512M, 1G, 4k or a byte count)")
-    number, unit, _ = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit.lower()])
-
-
-class Model(BaseModel):
-    """Frozen, no unknown keys, and no control characters in any string it is given."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    # Prose fields (never rendered into argv, XML or job files): newlines and tabs allowed.
-    _free_text: ClassVar[frozenset[str]] = frozenset()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_control_characters(cls, data: Any) -> Any:
-        if not isinstance(data, Mapping):
-            return data
-        for key, value in data.items():
-            if key in _nested_fields(cls) or (key == "source" and cls.__name__ == "BenchSpec"):
-                continue  # a model of its own checks it (or: the spec file's own text)
-            allow = "\n\t" if key in cls._free_text else ""
-            if found := refused_text(value, allow=allow):
-                raise PydanticCustomError(
-                    "control_character",
-                    "{found}: spec strings may not hold control characters (newline, tab, ...); "
-                    "they would split or change the QEMU argv, XML or fio job file",
-                    {"found": found, "field": str(key)},
-                )
-        return data
-
-
-@functools.cache
-def _nested_fields(model: type[BaseModel]) -> frozenset[str]:
-    """The fields of a model that hold other models (which check their own strings)."""
-
-    def holds_model(annotation: Any) -> bool:
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            return True
-        return any(holds_model(arg) for arg in typing.get_args(annotation))
-
-    return frozenset(n for n, f in model.model_fields.items() if holds_model(f.annotation))
-
-
-class FileBackend(Model):
-    """A file on the host, raw or qcow2. Without a path, a scratch file made for the run.
-
-    With `overlay: true` every guest writes to its own qcow2 overlay over the file (or over
-    a shared scratch base), so the base is never written.
-    """
-
-    type: Literal["file"] = "file"
-    path: Path | None = None
-    format: Literal["raw", "qcow2"] = "raw"
-    size: str = "1G"
-    overlay: bool = False
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        parse_size(v)
-        return v
-
-    @property
-    def size_bytes(self) -> int:
-        return parse_size(self.size)
-
-
-class BlockBackend(Model):
-    """A host block device (a partition, an LV, a krbd /dev/rbdN). Its contents are overwritten."""
-
-    type: Literal["block"] = "block"
-    path: Path
-
-    @property
-    def format(self) -> str:
-        return "raw"
-
-
-class CephCluster(Model):
-    """A Ceph cluster by ceph.conf, client id and keyring; no conf: vmlab's micro cluster."""
-
-    conf: Path | None = None
-    client_id: str = Field(default="admin", pattern=r"^[A-Za-z0-9_.-]+$")
-    keyring: Path | None = None
-
-    @property
-    def is_micro(self) -> bool:
-        return self.conf is None
-
-
-class RbdBackend(Model):
-    """An RBD image. Without `image`, vmlab creates one of `size` for the run and removes it
-    afterwards; a named image is used as it is (and created, then removed, if missing)."""
-
-    type: Literal["rbd"] = "rbd"
-    pool: str = Field(default="vmlab", pattern=r"^[A-Za-z0-9_.-]+$")
-    image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
-    size: str = "1G"
-    cluster: CephCluster = Field(default_factory=CephCluster)
-    krbd: bool = Field(
-        default=False,
-        description="map it on the host (rbd device map) and "
-        "serve /dev/rbdN as a host block device",
-    )
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        parse_size(v)
-        return v
-
-    @property
-    def size_bytes(self) -> int:
-        return parse_size(self.size)
-
-    @property
-    def format(self) -> str:
-        return "raw"
-
-
-# QEMU's THROTTLE_VALUE_MAX (include/qemu/throttle.h): a larger limit is refused at start.
-THROTTLE_MAX = 10**15
-
-
-class Throttle(Model):
-    """QEMU I/O limits on one disk (a throttle group of its own): the ground truth."""
-
-    iops_total: int | None = Field(default=None, gt=0, le=THROTTLE_MAX)
-    iops_read: int | None = Field(default=None, gt=0, le=THROTTLE_MAX)
-    iops_write: int | None = Field(default=None, gt=0, le=THROTTLE_MAX)
-    bps_total: int | None = Field(default=None, gt=0, le=THROTTLE_MAX)
-
-
-class MallocBackend(Model):
-    """A RAM disk inside the SPDK target (bdev_malloc_create): the ceiling of the vhost-user
-    path itself. Only an SPDK target serves it (target: spdk)."""
-
-    type: Literal["malloc"] = "malloc"
-    size: str = "256M"
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        if parse_size(v) % (1 << 20):
-            raise ValueError("a malloc disk's size is whole MiB (e.g. 256M)")
-        return v
-
-    @property
-    def size_bytes(self) -> int:
-        return parse_size(self.size)
-
-    @property
-    def format(self) -> str:
-        return "raw"
-
-
-Backend = Annotated[
-    Union[FileBackend, BlockBackend, RbdBackend, MallocBackend],  # noqa: UP007
-    Field(discriminator="type"),
-]
+from vmlab.spec.base import (
+    CPU_MODEL,
+    DAY_S,
+    MACHINE,
+    MAX_CPU,
+    SLUG,
+    Model,
+    parse_size,
+)
+from vmlab.spec.fiooptions import check_fio_options
 
 
 class Spdk(Model):
