@@ -44,6 +44,8 @@ class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     # Prose fields (never rendered into argv, XML or job files): newlines and tabs allowed.
     _free_text: ClassVar[frozenset[str]] = frozenset()
+    # Fields that hold a file's text verbatim (the spec's own source): not checked at all.
+    _verbatim: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
     @classmethod
@@ -51,8 +53,8 @@ class Model(BaseModel):
         if not isinstance(data, Mapping):
             return data
         for key, value in data.items():
-            if key in _nested_fields(cls) or (key == "source" and cls.__name__ == "BenchSpec"):
-                continue  # a model of its own checks it (or: the spec file's own text)
+            if key in _nested_fields(cls) or key in cls._verbatim:
+                continue  # a model of its own checks it, or it is a file's text
             allow = "\n\t" if key in cls._free_text else ""
             if found := refused_text(value, allow=allow):
                 raise PydanticCustomError(

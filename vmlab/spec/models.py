@@ -392,6 +392,7 @@ class Variant(Model):
 
 class BenchSpec(Model):
     _free_text: ClassVar[frozenset[str]] = frozenset({"description"})
+    _verbatim: ClassVar[frozenset[str]] = frozenset({"source"})
 
     name: str = Field(pattern=SLUG)
     description: str = ""
