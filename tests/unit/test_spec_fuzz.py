@@ -183,6 +183,7 @@ WRONG = st.one_of(
     st.integers(min_value=-(10**30), max_value=10**30),
     st.sampled_from([0, -1, 2**63, 10**16, 1.5, float("nan"), float("inf")]),
     st.text(max_size=8),
+    st.sampled_from([b"a\nb", b"\xff"]),  # YAML !!binary
     st.lists(st.integers(0, 3), max_size=3),
     st.dictionaries(st.sampled_from(["x", "type", "kind", "name"]), st.integers(0, 2), max_size=2),
 )

@@ -57,6 +57,17 @@ def test_control_characters_are_refused_naming_the_field(path: str, value: Any, 
     assert any(p.startswith(where) and "U+" in p for p in found), found
 
 
+def test_binary_yaml_cannot_smuggle_a_newline_into_a_string() -> None:
+    raw = yaml.safe_load("name: t\nguest: {kernel_args: !!binary YQpi}\n")  # b"a\nb"
+    with pytest.raises(SpecError) as refused:
+        parse_spec(raw)
+    assert refused.value.problems == [
+        "guest.kernel_args: binary data (!!binary) where text belongs: spec strings may not "
+        "hold control characters (newline, tab, ...); they would split or change the QEMU "
+        "argv, XML or fio job file"
+    ]
+
+
 def test_a_cluster_conf_with_a_newline_is_refused() -> None:
     backend = {"type": "rbd", "cluster": {"conf": "/etc/ceph/ceph.conf\n-device\nx"}}
     found = problems(guest__disks__0__backend=backend)

@@ -35,6 +35,8 @@ def refused_text(value: Any, where: str = "", allow: str = "") -> str | None:
     if isinstance(value, str):
         found = bad_character(value, allow)
         return f"{where}{found}" if found else None
+    if isinstance(value, bytes | bytearray):  # YAML's !!binary: pydantic would take it as text
+        return f"{where}binary data (!!binary) where text belongs"
     if isinstance(value, Mapping):
         for key, item in value.items():
             if isinstance(key, str) and (found := bad_character(key)):
