@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 # fio options a user may well write, none of which may move the job off the backing store.
-OPTIONS = {"verify": "crc32c", "fsync_on_close": 1, "nrfiles": 1, "offset": "0", "size": "8M"}
+OPTIONS = {"verify": "crc32c", "fsync_on_close": 1, "nrfiles": 1, "offset": "0", "io_size": "8M"}
 
 
 def spec_text(store: Path, options: dict[str, object]) -> str:

@@ -104,6 +104,8 @@ def test_every_refused_option_is_refused_and_says_why() -> None:
         ({"exec-prerun": "id"}, "is not a fio option name"),
         ({"mem": "mmaphuge:/hugetlbfs/f"}, "a memory type backed by a file"),
         ({"verify": " "}, "an empty value"),
+        ({"numjobs": 100000}, "option numjobs is the job's own numjobs: field"),
+        ({"blocksize": "1M"}, "set bs: on the job instead"),
     ],
 )
 def test_option_keys_and_values_are_checked(options: dict[str, str], expected: str) -> None:

@@ -47,6 +47,23 @@ REFUSED_OPTIONS: Mapping[str, str] = {
     "ioscheduler": _HOST,
     "cgroup": _HOST,
 }
+# Options that would override a job field behind its back (and past its bounds: numjobs is at
+# most 256 because the host baseline forks that many fio processes): option -> the field.
+SHADOWED: Mapping[str, str] = {
+    "rw": "rw",
+    "readwrite": "rw",
+    "rwmixread": "rwmixread",
+    "bs": "bs",
+    "blocksize": "bs",
+    "iodepth": "iodepth",
+    "numjobs": "numjobs",
+    "direct": "direct",
+    "buffered": "direct",
+    "runtime": "runtime_s",
+    "ramp_time": "ramp_s",
+    "size": "size",
+    "name": "name",
+}
 # fio's memory types that map a file: mmap:PATH, mmapshared:PATH, mmaphuge:PATH.
 _MEMORY_OPTIONS = ("mem", "iomem")
 _KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -64,6 +81,11 @@ def check_fio_options(options: Mapping[str, object]) -> None:
             raise ValueError(
                 f"option {key} is not allowed: it {REFUSED_OPTIONS[key]}; use the job's "
                 "disk:, ioengine:, size: and the spec's disks instead"
+            )
+        if key in SHADOWED:
+            raise ValueError(
+                f"option {key} is the job's own {SHADOWED[key]}: field (checked and shown in "
+                f"results); set {SHADOWED[key]}: on the job instead"
             )
         if key in _MEMORY_OPTIONS and ":" in str(value):
             raise ValueError(f"option {key}={value}: a memory type backed by a file {_FILES}")
