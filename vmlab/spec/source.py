@@ -80,6 +80,14 @@ def decode_spec(data: bytes, path: Path) -> str:
         ) from exc
 
 
+class _Refused(yaml.YAMLError):
+    """What the loader refuses although YAML allows it, with what to do about it."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
 class _SpecLoader(yaml.SafeLoader):
     """SafeLoader that refuses repeated keys and nesting deeper than MAX_DEPTH."""
 
@@ -92,8 +100,8 @@ class _SpecLoader(yaml.SafeLoader):
         try:
             if self._depth > MAX_DEPTH:
                 mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-                raise yaml.YAMLError(
-                    f"nested more than {MAX_DEPTH} levels deep at line {mark.line + 1}"
+                raise _Refused(
+                    f"nested more than {MAX_DEPTH} levels deep at line {mark.line + 1}", _HINT
                 )
             return super().compose_node(parent, index)
         finally:
@@ -107,9 +115,10 @@ class _SpecLoader(yaml.SafeLoader):
                     continue
                 where = (key.tag, key.value)
                 if where in seen:
-                    raise yaml.YAMLError(
+                    raise _Refused(
                         f"key {key.value!r} appears twice (lines {seen[where]} and "
-                        f"{key.start_mark.line + 1}); YAML would keep only the last"
+                        f"{key.start_mark.line + 1}); YAML would keep only the last",
+                        "keep one of them (a list of values there is a matrix axis)",
                     )
                 seen[where] = key.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
@@ -146,6 +155,8 @@ def parse_yaml(text: str, path: Path) -> Any:
             file=path,
             hint="check indentation and quoting",
         ) from exc
+    except _Refused as exc:
+        raise SpecError(f"{path}: {exc}", file=path, hint=exc.hint) from exc
     except yaml.YAMLError as exc:
         raise SpecError(
             f"{path}: not valid YAML: {exc}", file=path, hint="check indentation and quoting"
