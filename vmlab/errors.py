@@ -42,6 +42,11 @@ class SpecError(VmlabError):
         return "\n".join(lines)
 
 
+class UsageError(VmlabError):
+    """Bad command-line arguments that the argument parser cannot see: an unknown case id, a
+    path that is not there (exit code 2, like a bad spec)."""
+
+
 class HostError(VmlabError):
     """The host lacks something the request needs (a binary, a module, a device, hugepages)."""
 

@@ -109,7 +109,7 @@ warmup: true
 guest:
   disks: [{name: data, model: virtio-blk, backend: {type: file, size: 64M}}]
 jobs:
-  - {name: qd4, rw: randread, iodepth: 4, runtime_s: 1}
+  - {name: qd4, rw: randread, iodepth: 4, runtime_s: 1, options: {nrfiles: 1, fsync_on_close: 1}}
 """,
         Path(lab_env["RESULTS"]),
         guest_image,
@@ -127,6 +127,9 @@ jobs:
     base = outcome.run.path / "cases" / "host-baseline"
     case = json.loads((base / "case.json").read_text())
     job = (base / "jobs" / "qd4" / "r1" / "job.fio").read_text()
-    assert f"filename={case['targets']['data']}" in job  # the guest's own backing file
+    # the guest's own backing file, and nothing else, whatever the options say
+    assert [line for line in job.splitlines() if "/" in line.split("=", 1)[-1]] == [
+        f"filename={case['targets']['data']}"
+    ]
     host_iops = [r.metrics["read_iops"] for r in outcome.results if r.case_id == "host-baseline"]
     assert min(host_iops) > 0

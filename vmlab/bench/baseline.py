@@ -8,7 +8,7 @@ import shlex
 
 from vmlab.bench.workloads import JobContext
 from vmlab.bench.workloads.fio import store_fio
-from vmlab.errors import VmlabError
+from vmlab.errors import SpecError, VmlabError
 from vmlab.fio.jobs import fio_timeout_s, render_job
 from vmlab.metrics import BASELINE_ID
 from vmlab.plan import Case
@@ -16,6 +16,7 @@ from vmlab.proc import run
 from vmlab.render.model import DiskSource
 from vmlab.results.rundir import now_iso
 from vmlab.spec import FileBackend, FioJob
+from vmlab.spec.fiooptions import check_fio_options
 from vmlab.storage.backing import Backing, disk_source
 
 
@@ -27,7 +28,16 @@ def baseline_case(first: Case) -> Case:
 def host_fio_job(job: FioJob, source: DiskSource) -> tuple[FioJob, dict[str, str]]:
     """The job as fio on the host runs it against a disk's backing store, and its environment
     (FILENAME for files and devices; RBD goes through fio's rbd engine, CEPH_CONF, and the
-    spec's keyring through CEPH_ARGS)."""
+    spec's keyring through CEPH_ARGS).
+
+    fio runs as root here: options that would aim it elsewhere are refused at the spec edge, and
+    checked again here, for a job that reached this point some other way."""
+    try:
+        check_fio_options(job.options)
+    except ValueError as exc:
+        raise SpecError(
+            f"job {job.name}: {exc}", hint="the host baseline runs only against the spec's disks"
+        ) from exc
     if source.rbd is None:
         return job, {"FILENAME": str(source.path)}
     options = {
@@ -85,6 +95,7 @@ def run_baseline(ctx: JobContext, backing: Backing) -> None:
                     timeout_s=fio_timeout_s(job, slack_s=60),
                     check=False,
                     env={**os.environ, **env},
+                    cwd=path.parent,  # fio's own files (verify state) stay in the run
                     what="host fio",
                     missing_hint="apt-get install fio",
                 )

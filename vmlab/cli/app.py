@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from vmlab.errors import SpecError, VmlabError
+from vmlab.errors import SpecError, UsageError, VmlabError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -60,11 +60,11 @@ def root_callback(
 
 def run_app(app: typer.Typer, argv: list[str] | None) -> None:
     """Typer reports usage errors; vmlab's own errors become one clear message and an exit
-    code (1, or 2 for a bad spec)."""
+    code (1, or 2 for a bad spec or bad arguments)."""
     try:
         app(args=argv)
     except VmlabError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         if exc.hint:
             err.print(f"[yellow]hint:[/] {escape(exc.hint)}")
-        sys.exit(EXIT_USAGE if isinstance(exc, SpecError) else EXIT_ERROR)
+        sys.exit(EXIT_USAGE if isinstance(exc, SpecError | UsageError) else EXIT_ERROR)

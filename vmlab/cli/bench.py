@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from vmlab.cli.app import EXIT_INTERRUPTED, INTERRUPTED, err, out
-from vmlab.cli.spec import SpecArg, load
+from vmlab.cli.spec import SpecArg, YesOpt, check_choice, load
 from vmlab.cli.tables import print_results
 from vmlab.errors import VmlabError
 from vmlab.metrics import headline
@@ -122,6 +122,7 @@ def bench(
     junit: Annotated[
         Path | None, typer.Option(help="write JUnit XML: one testcase per case and job")
     ] = None,
+    yes: YesOpt = False,
 ) -> None:
     """Run a spec (or the embedded default lab) and print the comparison table."""
     from vmlab.bench import BenchOptions, run_bench
@@ -130,8 +131,8 @@ def bench(
     from vmlab.plan import plan
     from vmlab.results.rundir import RunDir
 
-    if accel not in (None, "kvm", "tcg"):
-        raise typer.BadParameter("expected kvm or tcg", param_hint="--accel")
+    check_choice(accel, ("kvm", "tcg"), "--accel")
+    check_choice(launcher, ("qemu", "libvirt"), "--launcher")
     resumed = RunDir.open(resume) if resume else None
     if resumed is not None:
         if spec_path is not None or runtime is not None:
@@ -141,7 +142,7 @@ def bench(
             )
         spec = resumed.spec()
     else:
-        spec = load(spec_path, runtime)
+        spec = load(spec_path, runtime, yes=yes)
     if shutil.which("qemu-system-x86_64") is None:
         raise VmlabError(
             "qemu-system-x86_64 is not installed", hint="apt-get install qemu-system-x86 qemu-utils"

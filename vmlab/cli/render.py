@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from vmlab.cli.app import out
-from vmlab.cli.spec import SpecArg, load
-from vmlab.errors import VmlabError
+from vmlab.cli.spec import SpecArg, YesOpt, check_choice, load
+from vmlab.errors import UsageError
 from vmlab.render.model import BootImage
 
 app = typer.Typer()
@@ -25,6 +25,7 @@ def render(
     launcher: Annotated[
         str | None, typer.Option(help="qemu (argv) or libvirt (domain XML); default: the spec's")
     ] = None,
+    yes: YesOpt = False,
 ) -> None:
     """Print, per case, the exact QEMU argv that would run, without running anything."""
     from vmlab.guest.boot import preview_boot
@@ -34,13 +35,18 @@ def render(
     from vmlab.render.qemu import nic_plans, render_qemu
     from vmlab.storage import preview_disks
 
-    spec = load(spec_path, None)
+    check_choice(accel, ("tcg", "kvm"), "--accel")
+    check_choice(launcher, ("qemu", "libvirt"), "--launcher")
+    spec = load(spec_path, None, yes=yes)
     cases = plan(spec)
     if case is not None:
+        ids = [c.id for c in cases]
         cases = [c for c in cases if c.id == case]
         if not cases:
-            raise VmlabError(
-                f"no case {case!r} in the plan", hint="run `vmlab render SPEC` to list the case ids"
+            shown = ", ".join(ids[:20]) + (f", ... ({len(ids)} cases)" if len(ids) > 20 else "")
+            raise UsageError(
+                f"no case {case!r} in the plan (cases: {shown})",
+                hint="run `vmlab render SPEC` to list the case ids",
             )
     boot = boot_placeholder()
     for index, c in enumerate(cases, start=1):

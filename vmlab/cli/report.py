@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vmlab.errors import ResultError
+from vmlab.errors import ResultError, UsageError
 from vmlab.metrics import METRICS
 from vmlab.report.charts import human_pm
 from vmlab.report.compare import CompareResult, Rule, compare_runs, load_rules, parse_rule
@@ -88,13 +88,20 @@ def import_(
     (e.g. randread-qd16-nj4); files with the same parameters are repetitions. Raw files are
     copied unchanged. Files that cannot be used are listed with the reason.
     """
+    if not source.exists():
+        raise UsageError(
+            f"{source}: no such file or directory",
+            hint="pass a folder (tree) of fio JSON output files, or one such file",
+        )
     console = _console()
     result = import_tree(source, results, name=name)
     if result.runs:
         table = Table(title="imported", title_justify="left")
-        for column, justify in (("run", "left"), ("folder", "left"), ("files", "right")):
-            table.add_column(column, justify=justify)  # type: ignore[arg-type]
-        table.add_column("jobs", justify="right")
+        # The run id is what people copy: never cut or wrapped; the folder is cut short instead.
+        table.add_column("run", no_wrap=True, min_width=max(len(r.run_id) for r in result.runs))
+        table.add_column("folder", no_wrap=True, overflow="ellipsis")
+        table.add_column("files", justify="right", no_wrap=True)
+        table.add_column("jobs", justify="right", no_wrap=True)
         for run in result.runs:
             table.add_row(
                 escape(run.run_id), escape(str(run.folder)), str(run.files), str(run.jobs)
@@ -320,7 +327,13 @@ def report(
     )
     data = build_report(records, options=options, comparison=comparison)
     target = out if out is not None else records[0].path / "report"
-    written = write_report(data, target, chosen)
+    try:
+        written = write_report(data, target, chosen)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the report to {exc.filename or target}: {exc.strerror or exc}",
+            hint="pass --out a folder you can write to",
+        ) from exc
     console = _console()
     for path in written:
         console.print(f"wrote {escape(str(path))}")

@@ -62,6 +62,15 @@ def list_command(results: ResultsOpt = Path("results")) -> None:
         console.print(f"no runs under {escape(str(results))}")
         return
     table = Table(title=f"runs in {escape(str(results))}", title_justify="left")
+    # The run id is what people copy: never cut or wrapped, and the short columns stay whole;
+    # on a narrow terminal name, start and host are cut short (…) instead, one line per run.
+    whole = {
+        "run": max(len(r.id) for r in rows),
+        "status": max(len(r.status) for r in rows),
+        "source": max(len(r.source) for r in rows),
+        "cases": 5,
+        "samples": 7,
+    }
     for column, justify in (
         ("run", "left"),
         ("name", "left"),
@@ -72,7 +81,13 @@ def list_command(results: ResultsOpt = Path("results")) -> None:
         ("samples", "right"),
         ("host", "left"),
     ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(
+            column,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=whole.get(column),
+        )
     for row in rows:
         color = {"complete": "green", "failed": "red", "interrupted": "yellow"}.get(row.status)
         status = f"[{color}]{escape(row.status)}[/]" if color else escape(row.status)

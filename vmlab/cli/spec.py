@@ -17,10 +17,25 @@ SpecArg = Annotated[
 ]
 
 
-def load(spec_path: Path | None, runtime_s: int | None) -> BenchSpec:
-    from vmlab.spec import default_lab, load_spec
+YesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes", help="go ahead with a matrix of more cases than vmlab runs unasked (256)"
+    ),
+]
 
-    spec = load_spec(spec_path) if spec_path else default_lab()
+
+def load(spec_path: Path | None, runtime_s: int | None, *, yes: bool = False) -> BenchSpec:
+    from vmlab.spec import CONFIRM_CASES, default_lab, load_spec
+
+    limit = None if yes else CONFIRM_CASES
+    spec = load_spec(spec_path, max_cases=limit) if spec_path else default_lab()
     if runtime_s is not None:
         spec = spec.model_copy(update={"runtime_s": runtime_s})
     return spec
+
+
+def check_choice(value: str | None, choices: tuple[str, ...], option: str) -> None:
+    """A usage error (exit 2) for an option value outside its choices."""
+    if value is not None and value not in choices:
+        raise typer.BadParameter(f"{value!r}: expected {' or '.join(choices)}", param_hint=option)

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vmlab.guest import cloud, cloudinit
@@ -61,14 +61,17 @@ def preview_boot(guest: Guest, default: BootImage) -> BootImage:
     """What `vmlab render` shows for a guest's boot, without building or downloading."""
     image = guest.image
     if image == "default":
-        return default
+        return replace(default, cmdline=_cmdline(default.cmdline, guest.kernel_args))
     root = Path("<scratch>/boot/<case>-root.qcow2")
     if isinstance(image, RootfsImageSpec):
         seed = Path("<run>/cases/<case>/seed.iso") if image.cloud_init else None
         return BootImage(
             Path("<rootfs>/vmlinux"),
             Path("<rootfs>/initrd.img"),
-            "<rootfs cmdline> root=LABEL=vmlab-root rw vmlab.nonce=<per boot>",
+            _cmdline(
+                "<rootfs cmdline> root=LABEL=vmlab-root rw vmlab.nonce=<per boot>",
+                guest.kernel_args,
+            ),
             root_disk=root,
             seed=seed,
             no_reboot=seed is None,

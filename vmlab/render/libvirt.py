@@ -91,7 +91,7 @@ _QEMU_THROTTLE = (
 
 
 def xml_environment() -> jinja2.Environment:
-    return environment(autoescape=True, trim=True)
+    return environment(xml=True, trim=True)
 
 
 @dataclass(frozen=True)

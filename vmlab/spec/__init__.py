@@ -13,44 +13,58 @@ combination is validated on its own, so an error names the exact field path that
           backend: {type: file, format: raw, size: 1G}
     jobs: reference                                   # the two jobs of the reference experiment
 
-The package holds the models (:mod:`vmlab.spec.models`), the matrix expansion
+The package holds the models (:mod:`vmlab.spec.models`, :mod:`vmlab.spec.backends`,
+:mod:`vmlab.spec.base`), the matrix expansion
 (:mod:`vmlab.spec.matrix`) and the loading of a spec file (:mod:`vmlab.spec.load`); every public
 name is importable from ``vmlab.spec``.
 """
 
 from __future__ import annotations
 
-from vmlab.spec.load import DEFAULT_LAB, default_lab, load_spec, parse_spec
-from vmlab.spec.matrix import expand_matrix
-from vmlab.spec.models import (
-    SLUG,
+from vmlab.spec.backends import (
     Backend,
-    BenchSpec,
     BlockBackend,
     CephCluster,
+    FileBackend,
+    MallocBackend,
+    RbdBackend,
+    Throttle,
+)
+from vmlab.spec.base import (
+    SLUG,
+    Model,
+    parse_size,
+)
+from vmlab.spec.load import (
+    CONFIRM_CASES,
+    DEFAULT_LAB,
+    MAX_CASES,
+    default_lab,
+    load_spec,
+    parse_spec,
+)
+from vmlab.spec.matrix import expand_matrix
+from vmlab.spec.models import (
+    BenchSpec,
     CloudImageSpec,
     DeviceModel,
     Disk,
-    FileBackend,
     FioJob,
     Guest,
     ImageSpec,
     IOThread,
     IperfJob,
-    MallocBackend,
-    Model,
     Nic,
-    RbdBackend,
     RootfsImageSpec,
     Spdk,
-    Throttle,
     Variant,
-    parse_size,
     reference_jobs,
 )
 
 __all__ = [
+    "CONFIRM_CASES",
     "DEFAULT_LAB",
+    "MAX_CASES",
     "SLUG",
     "Backend",
     "BenchSpec",

@@ -6,6 +6,7 @@ field with its path. ``DEFAULT_LAB`` is the spec vmlab runs when it is given non
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ import yaml
 from pydantic import ValidationError
 
 from vmlab.errors import SpecError
-from vmlab.spec.matrix import _VARIANT_KEYS, expand_matrix
+from vmlab.spec.matrix import _VARIANT_KEYS, expand_matrix, matrix_axes
 from vmlab.spec.models import BenchSpec, FioJob, IperfJob, Variant, reference_jobs
+from vmlab.spec.source import parse_yaml, read_spec_text
 
 _TOP_KEYS = (
     "name",
@@ -32,20 +34,78 @@ _TOP_KEYS = (
 
 def _problems(error: ValidationError, prefix: str = "") -> list[str]:
     lines = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"] if p not in ("function-after",))
+    items = error.errors()
+    for item in items:
+        # A union (image: default | {kind: ...}) reports each alternative: keep the one that
+        # was meant, and leave pydantic's internal names for the alternatives out of the path.
+        literal = any(str(p).startswith("literal[") for p in item["loc"])
+        if len(items) > 1 and literal and isinstance(item.get("input"), Mapping):
+            continue
+        other_literal = any(str(p).startswith("literal[") for i in items for p in i["loc"])
+        if len(items) > 1 and not literal and other_literal and isinstance(item.get("input"), str):
+            continue
+        parts = [str(p) for p in item["loc"] if p != "function-after" and "[" not in str(p)]
+        if item["type"] == "control_character":
+            parts.append(str(item.get("ctx", {}).get("field", "")))
+        loc = ".".join(parts)
         where = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "(top level)"
         if item["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key")
             continue
         got = item.get("input")
         shown = "" if isinstance(got, Mapping | list) or got is None else f" (got {got!r})"
-        lines.append(f"{where}: {item['msg']}{shown}")
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}{shown}")
     return lines
 
 
-def parse_spec(raw: Any, *, file: Path | None = None, source: str = "") -> BenchSpec:
-    """Validate a spec given as parsed YAML. Raises SpecError naming every wrong field."""
+# Above this many cases a run (or a render) must be confirmed (--yes): an axis too many is easy
+# to write and costs hours. Above MAX_CASES vmlab refuses: expanding alone would take minutes.
+CONFIRM_CASES = 256
+MAX_CASES = 20_000
+BOOT_ESTIMATE_S = 15  # a guest's boot and readiness under TCG, for the estimate
+
+
+def check_matrix_size(
+    raw: Mapping[str, Any], jobs: list[FioJob], *, where: str, file: Path | None, limit: int | None
+) -> None:
+    """Refuse a matrix of more than `limit` cases (None: only MAX_CASES), saying how many cases
+    it has, from which axes, and about how long they would run."""
+    axes = matrix_axes(raw)
+    cases = math.prod(n for _, n in axes)
+    if cases <= min(limit if limit is not None else MAX_CASES, MAX_CASES):
+        return
+    runtime = raw.get("runtime_s")
+    repeat, warmup = raw.get("repeat", 1), raw.get("warmup", False)
+    reps = (repeat if isinstance(repeat, int) else 1) + (1 if warmup is True else 0)
+    per_case = BOOT_ESTIMATE_S + sum(
+        (runtime if isinstance(runtime, int) else j.runtime_s) + j.ramp_s for j in jobs
+    ) * max(reps, 1)
+    hours = cases * per_case / 3600
+    shown = ", ".join(f"{path} x{n}" for path, n in axes if n > 1)
+    message = (
+        f"{where}: the matrix has {cases:,} cases ({shown}): about {hours:,.0f} h "
+        f"at ~{per_case:.0f} s per case"
+    )
+    if cases > MAX_CASES:
+        raise SpecError(
+            f"{message}; vmlab runs at most {MAX_CASES:,}",
+            file=file,
+            hint="split the spec, or make some lists single values",
+        )
+    raise SpecError(
+        message,
+        file=file,
+        hint=f"more than {limit} cases must be confirmed: pass --yes, or make some lists "
+        "single values",
+    )
+
+
+def parse_spec(
+    raw: Any, *, file: Path | None = None, source: str = "", max_cases: int | None = None
+) -> BenchSpec:
+    """Validate a spec given as parsed YAML. Raises SpecError naming every wrong field, and
+    for a matrix of more than `max_cases` cases (never more than MAX_CASES)."""
     where = str(file) if file else "spec"
     if not isinstance(raw, Mapping):
         raise SpecError(
@@ -67,6 +127,7 @@ def parse_spec(raw: Any, *, file: Path | None = None, source: str = "") -> Bench
                 jobs.append(FioJob.model_validate(job))
             except ValidationError as exc:
                 problems.extend(_problems(exc, f"jobs.{index}."))
+    check_matrix_size(raw, jobs, where=where, file=file, limit=max_cases)
     variants: list[Variant] = []
     seen: set[str] = set()
     for params, variant in expand_matrix(raw):
@@ -78,7 +139,11 @@ def parse_spec(raw: Any, *, file: Path | None = None, source: str = "") -> Bench
                     seen.add(line)
                     problems.append(line)
     net_jobs: list[IperfJob] = []
-    for index, net_job in enumerate(raw.get("net_jobs") or []):
+    net_jobs_raw = raw.get("net_jobs") or []
+    if not isinstance(net_jobs_raw, list):
+        problems.append("net_jobs: expected a list of iperf3 jobs")
+        net_jobs_raw = []
+    for index, net_job in enumerate(net_jobs_raw):
         try:
             net_jobs.append(IperfJob.model_validate(net_job))
         except ValidationError as exc:
@@ -91,7 +156,7 @@ def parse_spec(raw: Any, *, file: Path | None = None, source: str = "") -> Bench
                     "(give the guest a lab NIC, e.g. nics: [{attach: tap}])"
                 )
                 break
-    if not jobs and not net_jobs:
+    if not jobs and not net_jobs and not problems:
         problems.append("jobs: a bench needs at least one fio job or net job")
     disk_names = {d.name for v in variants for d in v.guest.disks}
     for job in jobs:
@@ -126,25 +191,10 @@ def parse_spec(raw: Any, *, file: Path | None = None, source: str = "") -> Bench
     )
 
 
-def load_spec(path: Path) -> BenchSpec:
-    """Read and validate a spec file."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(
-            f"{path}: cannot read spec: {exc.strerror}", file=path, hint="check the path"
-        ) from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(
-            f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}",
-            file=path,
-            hint="check indentation and quoting",
-        ) from exc
-    return parse_spec(raw, file=path, source=text)
+def load_spec(path: Path, *, max_cases: int | None = None) -> BenchSpec:
+    """Read and validate a spec file (see :mod:`vmlab.spec.source` for what is refused)."""
+    text = read_spec_text(path)
+    return parse_spec(parse_yaml(text, path), file=path, source=text, max_cases=max_cases)
 
 
 DEFAULT_LAB = """\

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field
 
-from vmlab.spec.models import Guest, Model
+from vmlab.spec.base import Model
+from vmlab.spec.models import Guest
 
 # Keys of the spec file that describe one guest and can therefore be matrix axes.
 _VARIANT_KEYS = ("launcher", "accel", "guest")
@@ -139,6 +140,12 @@ def expand_matrix(raw: Mapping[str, Any]) -> list[tuple[dict[str, str], dict[str
             params[path] = _label(path, value)
         out.append((params, variant))
     return out
+
+
+def matrix_axes(raw: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The axes of a raw spec's matrix as (path, number of values), without expanding it."""
+    base = {k: raw[k] for k in _VARIANT_KEYS if k in raw}
+    return [(path, len(values)) for path, values in _axes(base, _VariantFields, "")]
 
 
 def _deepcopy(data: Any) -> Any:

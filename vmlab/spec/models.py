@@ -1,4 +1,5 @@
-"""The spec's pydantic models: backends, disks, NICs, images, the guest, jobs, variants, sizes.
+"""The spec's pydantic models: disks, NICs, images, the guest, jobs, variants (the base model in
+:mod:`vmlab.spec.base`, backends in :mod:`vmlab.spec.backends`).
 
 Each model is frozen and forbids unknown keys. :mod:`vmlab.spec.load` validates every variant
 of the matrix into them on its own, so an error names the exact field path that is wrong.
@@ -8,152 +9,29 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
 from vmlab.errors import SpecError
 from vmlab.spdk.cpumask import parse_cpumask
-
-SLUG = r"^[a-z0-9][a-z0-9_.-]{0,39}$"
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(value: str | int) -> int:
-    """'1G', '512M', '4k', 1048576 -> bytes (binary units, as QEMU and fio read them)."""
-    if isinstance(value, int):
-        return value
-    match = _SIZE_RE.match(value)
-    if not match:
-        raise ValueError(f"not a size: {value!r} (expected e.g. 512M, 1G, 4k or a byte count)")
-    number, unit, _ = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit.lower()])
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class FileBackend(Model):
-    """A file on the host, raw or qcow2. Without a path, a scratch file made for the run.
-
-    With `overlay: true` every guest writes to its own qcow2 overlay over the file (or over
-    a shared scratch base), so the base is never written.
-    """
-
-    type: Literal["file"] = "file"
-    path: Path | None = None
-    format: Literal["raw", "qcow2"] = "raw"
-    size: str = "1G"
-    overlay: bool = False
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        parse_size(v)
-        return v
-
-    @property
-    def size_bytes(self) -> int:
-        return parse_size(self.size)
-
-
-class BlockBackend(Model):
-    """A host block device (a partition, an LV, a krbd /dev/rbdN). Its contents are overwritten."""
-
-    type: Literal["block"] = "block"
-    path: Path
-
-    @property
-    def format(self) -> str:
-        return "raw"
-
-
-class CephCluster(Model):
-    """A Ceph cluster by ceph.conf, client id and keyring; no conf: vmlab's micro cluster."""
-
-    conf: Path | None = None
-    client_id: str = Field(default="admin", pattern=r"^[A-Za-z0-9_.-]+$")
-    keyring: Path | None = None
-
-    @property
-    def is_micro(self) -> bool:
-        return self.conf is None
-
-
-class RbdBackend(Model):
-    """An RBD image. Without `image`, vmlab creates one of `size` for the run and removes it
-    afterwards; a named image is used as it is (and created, then removed, if missing)."""
-
-    type: Literal["rbd"] = "rbd"
-    pool: str = Field(default="vmlab", pattern=r"^[A-Za-z0-9_.-]+$")
-    image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
-    size: str = "1G"
-    cluster: CephCluster = Field(default_factory=CephCluster)
-    krbd: bool = Field(
-        default=False,
-        description="map it on the host (rbd device map) and "
-        "serve /dev/rbdN as a host block device",
-    )
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        parse_size(v)
-        return v
-
-    @property
-    def size_bytes(self) -> int:
-        return parse_size(self.size)
-
-    @property
-    def format(self) -> str:
-        return "raw"
-
-
-class Throttle(Model):
-    """QEMU I/O limits on one disk (a throttle group of its own): the ground truth."""
-
-    iops_total: int | None = Field(default=None, gt=0)
-    iops_read: int | None = Field(default=None, gt=0)
-    iops_write: int | None = Field(default=None, gt=0)
-    bps_total: int | None = Field(default=None, gt=0)
-
-
-class MallocBackend(Model):
-    """A RAM disk inside the SPDK target (bdev_malloc_create): the ceiling of the vhost-user
-    path itself. Only an SPDK target serves it (target: spdk)."""
-
-    type: Literal["malloc"] = "malloc"
-    size: str = "256M"
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        if parse_size(v) % (1 << 20):
-            raise ValueError("a malloc disk's size is whole MiB (e.g. 256M)")
-        return v
-
-    @property
-    def size_bytes(self) -> int:
-        return parse_size(self.size)
-
-    @property
-    def format(self) -> str:
-        return "raw"
-
-
-Backend = Annotated[
-    Union[FileBackend, BlockBackend, RbdBackend, MallocBackend],  # noqa: UP007
-    Field(discriminator="type"),
-]
+from vmlab.spec.backends import (
+    Backend,
+    FileBackend,
+    MallocBackend,
+    RbdBackend,
+    Throttle,
+)
+from vmlab.spec.base import (
+    CPU_MODEL,
+    DAY_S,
+    MACHINE,
+    MAX_CPU,
+    SLUG,
+    Model,
+    parse_size,
+)
+from vmlab.spec.fiooptions import check_fio_options
 
 
 class Spdk(Model):
@@ -166,7 +44,7 @@ class Spdk(Model):
     binary: Path | None = None
     rpc_socket: Path | None = None
     cpumask: str = "0x1"
-    mem_mib: int = Field(default=1024, ge=512)  # v23.01: less fails in its bdev_io pool
+    mem_mib: int = Field(default=1024, ge=512, le=1 << 20)  # v23.01: less fails in its bdev_io pool
 
     @field_validator("cpumask")
     @classmethod
@@ -205,11 +83,21 @@ class Disk(Model):
         default=False,
         description="true: its own iothread; a name: a shared one from guest.iothreads",
     )
-    iothread_cpu: int | None = Field(default=None, ge=0, description="pin its own iothread")
+    iothread_cpu: int | None = Field(
+        default=None, ge=0, le=MAX_CPU, description="pin its own iothread"
+    )
     num_queues: int | None = Field(default=None, ge=1, le=64)
     queue_size: int | None = Field(default=None, ge=4, le=1024)
     discard: bool = False
     throttle: Throttle | None = None
+
+    @field_validator("queue_size")
+    @classmethod
+    def _power_of_two(cls, v: int | None) -> int | None:
+        if v is not None and v & (v - 1):
+            lower = 1 << (v.bit_length() - 1)
+            raise ValueError(f"QEMU needs a power of two: {lower} or {lower * 2}, not {v}")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Disk:
@@ -323,7 +211,14 @@ class CloudImageSpec(Model):
     runcmd: list[str] = Field(default_factory=list)
     network: Literal["static", "dhcp"] = "static"
     disk_size: str | None = None
-    cloud_init_timeout_s: int = Field(default=600, ge=10)
+    cloud_init_timeout_s: int = Field(default=600, ge=10, le=DAY_S)
+
+    @field_validator("disk_size")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_size(v)
+        return v
 
 
 ImageSpec = Annotated[Union[RootfsImageSpec, CloudImageSpec], Field(discriminator="kind")]  # noqa: UP007
@@ -333,7 +228,7 @@ class IOThread(Model):
     """A shared iothread that several disks can name."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,13}$")
-    cpu: int | None = Field(default=None, ge=0, description="host CPU to pin it to")
+    cpu: int | None = Field(default=None, ge=0, le=MAX_CPU, description="host CPU to pin it to")
 
 
 class Guest(Model):
@@ -343,8 +238,10 @@ class Guest(Model):
     memory_backend: Literal["default", "memfd", "hugepages", "file"] = "default"
     memory_path: Path | None = Field(default=None, description="for memory_backend file")
     cpus: int = Field(default=2, ge=1, le=256)
-    vcpu_pinning: list[int] | None = Field(default=None, description="host CPU per vCPU")
-    machine: str = "q35"
+    vcpu_pinning: list[Annotated[int, Field(ge=0, le=MAX_CPU)]] | None = Field(
+        default=None, description="host CPU per vCPU"
+    )
+    machine: str = Field(default="q35", description="a machine type name: q35, pc, microvm")
     cpu_model: str | None = None
     image: Literal["default"] | ImageSpec = "default"
     iothreads: list[IOThread] = Field(default_factory=list)
@@ -354,6 +251,27 @@ class Guest(Model):
         default_factory=list, description="host PCI devices passed through with VFIO"
     )
     kernel_args: str = ""
+
+    @field_validator("machine")
+    @classmethod
+    def _machine(cls, v: str) -> str:
+        if not re.fullmatch(MACHINE, v):
+            raise ValueError(
+                "a machine type is a name such as q35, pc or pc-q35-7.2 (`qemu-system-x86_64 "
+                "-machine help` lists them); vmlab sets accel= and memory-backend= itself"
+            )
+        return v
+
+    @field_validator("cpu_model")
+    @classmethod
+    def _cpu_model(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(CPU_MODEL, v):
+            raise ValueError(
+                "a CPU model is a name with optional feature flags, such as host, max or "
+                "Skylake-Server,-hle,+pcid (`qemu-system-x86_64 -cpu help` lists them); "
+                "leave it out for host under KVM and max under TCG"
+            )
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Guest:
@@ -411,9 +329,9 @@ class FioJob(Model):
     iodepth: int = Field(default=1, ge=1, le=4096)
     numjobs: int = Field(default=1, ge=1, le=256)
     direct: bool = True
-    ioengine: str = "libaio"
-    runtime_s: int = Field(default=120, ge=1)
-    ramp_s: int = Field(default=0, ge=0)
+    ioengine: str = Field(default="libaio", pattern=r"^[a-z0-9_]{1,32}$")
+    runtime_s: int = Field(default=120, ge=1, le=DAY_S)
+    ramp_s: int = Field(default=0, ge=0, le=DAY_S)
     size: str | None = None
     options: dict[str, str | int] = Field(default_factory=dict)
 
@@ -423,13 +341,26 @@ class FioJob(Model):
         parse_size(v)
         return v
 
+    @field_validator("size")
+    @classmethod
+    def _job_size(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[1-9][0-9]?%|100%", v.strip()):
+            parse_size(v)
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, str | int]) -> dict[str, str | int]:
+        check_fio_options(v)
+        return v
+
 
 class IperfJob(Model):
     """iperf3 between the guest (client) and a server on the lab network, over one NIC."""
 
     name: str = Field(pattern=SLUG)
     nic: str = "lab0"
-    duration_s: int = Field(default=10, ge=1)
+    duration_s: int = Field(default=10, ge=1, le=DAY_S)
     reverse: bool = Field(default=False, description="the server sends, the guest receives")
     parallel: int = Field(default=1, ge=1, le=128)
 
@@ -460,9 +391,14 @@ class Variant(Model):
 
 
 class BenchSpec(Model):
+    _free_text: ClassVar[frozenset[str]] = frozenset({"description"})
+    _verbatim: ClassVar[frozenset[str]] = frozenset({"source"})
+
     name: str = Field(pattern=SLUG)
     description: str = ""
-    runtime_s: int | None = Field(default=None, ge=1, description="overrides every job's runtime")
+    runtime_s: int | None = Field(
+        default=None, ge=1, le=DAY_S, description="overrides every job's runtime"
+    )
     baseline: bool = Field(default=False, description="also run each job with fio on the host")
     repeat: int = Field(default=1, ge=1, le=100, description="repetitions of every job")
     net_jobs: list[IperfJob] = Field(default_factory=list)
