@@ -179,6 +179,7 @@ class BarChart:
     labels: tuple[Label, ...]
     ticks: tuple[Tick, ...]
     legend: tuple[LegendItem, ...]
+    axis_label: str = ""
 
 
 def _clip(text: str, limit: int) -> str:
@@ -193,12 +194,13 @@ def bar_chart(
     width: float = 1000,
     left: float = 200,
     right: float = 300,
+    axis_label: str = "",
 ) -> BarChart | None:
     """Horizontal grouped bars with confidence whiskers; ``None`` when there is nothing to draw."""
     items = [i for i in items if math.isfinite(i.value)]
     if not items:
         return None
-    bar_h, gap, group_gap, top, bottom = 16.0, 3.0, 12.0, 8.0, 26.0
+    bar_h, gap, group_gap, top, bottom = 16.0, 3.0, 12.0, 8.0, 44.0
     highest = max(max(i.value, i.ci_high or 0.0) for i in items) or 1.0
     scale = _scale(highest, unit)
     step = nice_step(highest / scale[0]) * scale[0]  # round numbers in the unit shown
@@ -267,6 +269,7 @@ def bar_chart(
         labels=tuple(labels),
         ticks=tuple(ticks),
         legend=tuple(legend),
+        axis_label=axis_label or title,
     )
 
 
