@@ -332,11 +332,11 @@ def percentile_chart(
     curves: Sequence[CurveInput],
     *,
     width: float = 1000,
-    height: float = 300,
+    height: float = 314,
     left: float = 80,
     right: float = 20,
     top: float = 12,
-    bottom: float = 30,
+    bottom: float = 44,
 ) -> LineChart | None:
     """Latency (log axis) against percentile (nines axis), one line per curve."""
     usable = [

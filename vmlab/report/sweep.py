@@ -25,7 +25,8 @@ from vmlab.report.charts import (
     human_fixed,
     nice_step,
 )
-from vmlab.report.model import JobView, MetricView, Report
+from vmlab.report.heatmap import HeatMap, heat_map
+from vmlab.report.model import JobView, MetricView, Report, Stat
 
 PREFERRED_X = ("iodepth", "numjobs", "bs", "num_queues", "iothreads", "queue_size", "cpus")
 """Which varying numeric parameter goes on the x axis first."""
@@ -103,35 +104,6 @@ class SweepChart:
     x_ticks: tuple[Tick, ...]
     y_ticks: tuple[Tick, ...]
     lines: tuple[SweepLine, ...]
-
-
-@dataclass(frozen=True)
-class HeatCell:
-    x: float
-    y: float
-    width: float
-    height: float
-    fill: str
-    text: str
-    text_fill: str
-    title: str
-
-
-@dataclass(frozen=True)
-class HeatMap:
-    title: str
-    x_label: str
-    y_label: str
-    width: float
-    height: float
-    left: float
-    top: float
-    plot_width: float
-    plot_height: float
-    x_ticks: tuple[Tick, ...]
-    y_ticks: tuple[Tick, ...]
-    cells: tuple[HeatCell, ...]
-    note: str
 
 
 @dataclass(frozen=True)
@@ -356,90 +328,17 @@ def _line_chart(
 
 
 # --------------------------------------------------------------------------------------------
-# Heat-maps
 
 
-def _heat_fill(t: float) -> tuple[str, str]:
-    """A light-to-dark blue for t in [0, 1], and the text colour that reads on it."""
-    lo, hi = (239, 246, 255), (30, 58, 138)
-    rgb = tuple(round(a + (b - a) * t) for a, b in zip(lo, hi, strict=True))
-    return "#{:02x}{:02x}{:02x}".format(*rgb), ("#ffffff" if t > 0.55 else "#1a202c")
-
-
-def heat_map(
-    title: str,
-    x: str,
-    y: str,
-    points: Sequence[Point],
-    metric: str,
-    label: str,
-    unit: str,
-) -> HeatMap | None:
-    """``metric`` over the grid of x and y values; every cell shows its value."""
-    grid: dict[tuple[float, float], MetricView] = {}
+def _grid(points: Sequence[Point], x: str, y: str, metric: str) -> dict[tuple[float, float], Stat]:
+    """(x value, y value) -> the metric's statistics, for the points that have all three."""
+    grid: dict[tuple[float, float], Stat] = {}
     for p in points:
         xv, yv = param_number(x, p.params.get(x, "")), param_number(y, p.params.get(y, ""))
         m = p.job.get(metric)
         if xv is not None and yv is not None and m is not None:
-            grid[(xv, yv)] = m
-    xs = sorted({k[0] for k in grid})
-    ys = sorted({k[1] for k in grid})
-    if len(xs) < 2 or len(ys) < 2:
-        return None
-    cell_w, cell_h, left, top, bottom = 84.0, 28.0, 96.0, 10.0, 48.0
-    values = [m.stat.mean for m in grid.values() if m.stat.mean > 0]
-    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-    log = lo > 0 and hi / lo > 20
-
-    def shade(v: float) -> float:
-        if hi <= lo or v <= 0:
-            return 0.0
-        if log:
-            return (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
-        return (v - lo) / (hi - lo)
-
-    cells = []
-    for (xv, yv), m in grid.items():
-        col, row = xs.index(xv), len(ys) - 1 - ys.index(yv)
-        fill, ink = _heat_fill(shade(m.stat.mean))
-        text = human(m.stat.mean, unit)
-        cells.append(
-            HeatCell(
-                x=left + col * cell_w,
-                y=top + row * cell_h,
-                width=cell_w - 2,
-                height=cell_h - 2,
-                fill=fill,
-                text=text,
-                text_fill=ink,
-                title=f"{x}={_value_label(x, xv)}, {y}={_value_label(y, yv)}: {label} {text}"
-                f" (n={m.stat.n})",
-            )
-        )
-    plot_w, plot_h = len(xs) * cell_w, len(ys) * cell_h
-    return HeatMap(
-        title=title,
-        x_label=x,
-        y_label=y,
-        width=left + plot_w + 16,
-        height=top + plot_h + bottom,
-        left=left,
-        top=top,
-        plot_width=plot_w,
-        plot_height=plot_h,
-        x_ticks=tuple(
-            Tick(left + i * cell_w + cell_w / 2, _value_label(x, v)) for i, v in enumerate(xs)
-        ),
-        y_ticks=tuple(
-            Tick(top + (len(ys) - 1 - i) * cell_h + cell_h / 2, _value_label(y, v))
-            for i, v in enumerate(ys)
-        ),
-        cells=tuple(cells),
-        note=f"{label}; darker = higher" + (" (log colour scale)" if log else ""),
-    )
-
-
-# --------------------------------------------------------------------------------------------
+            grid[(xv, yv)] = m.stat
+    return grid
 
 
 def sweeps(report: Report) -> list[Sweep]:
@@ -498,7 +397,7 @@ def _sweep(rw: str, d: str, pts: Sequence[Point], *, several_runs: bool) -> Swee
                 (lat_metric, f"{d} {lat_title}", "ns"),
             ):
                 name = f"{what}{where}: {label} by {x} × {y}"
-                found = heat_map(name, x, y, mine, metric, label, unit)
+                found = heat_map(name, (x, y), _grid(mine, x, y, metric), label, unit, _value_label)
                 if found is not None:
                     heatmaps.append(found)
     drawn = tuple(c for c in charts if c is not None)
