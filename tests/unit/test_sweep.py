@@ -179,3 +179,35 @@ def test_repetitions_give_whiskers_and_a_case_parameter_can_be_the_x_axis(
     assert iops.x_label == "num_queues"  # 1..4: a linear axis
     assert found.charts[1].y_label.startswith("read clat mean")
     assert not found.heatmaps  # one parameter varies
+
+
+def test_a_comparison_that_pairs_nothing_says_so(tmp_path: Path) -> None:
+    """Two configurations a side, none in common: the same fio parameters do not pair cells
+    of different configurations, and the report says that nothing paired."""
+    cell = {"read_iops": [1.0, 2.0]}
+    a = scan_run(make_run(tmp_path, "a", {("nvme", "x"): cell, ("virtio", "x"): cell}))
+    b = scan_run(make_run(tmp_path, "b", {("scsi", "x"): cell, ("ide", "x"): cell}))
+    report = build_report([a, b], comparison=compare_runs(a, [b]))
+    assert not report.comparisons
+    assert "No cell pairs with one of a" in render_html(report)
+    assert "No cell pairs with one of a" in render_markdown(report)
+    assert "a: nvme/x" in report.unmatched
+
+
+def test_cli_report_of_two_imports_says_what_paired(
+    corpora: tuple[RunRecord, RunRecord], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from vmlab.cli.report import app
+
+    raid, ssd = corpora
+    out = tmp_path / "out"
+    shown = CliRunner().invoke(
+        app,
+        ["report", str(raid.path), str(ssd.path), "--out", str(out), "--format", "html"],
+        env={"COLUMNS": "200"},
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "14 cells paired, 86 without a partner" in shown.output
+    assert '<section id="comparison">' in (out / "report.html").read_text()

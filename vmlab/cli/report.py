@@ -328,5 +328,11 @@ def report(
     target = out if out is not None else records[0].path / "report"
     written = write_report(data, target, chosen)
     console = _console()
+    if comparison is not None:
+        paired = len({(c.candidate, c.case_id, c.job) for c in comparison.cells})
+        console.print(
+            f"compared with {escape(comparison.baseline)}: {paired} cells paired, "
+            f"{len(comparison.unmatched)} without a partner (listed in the report)"
+        )
     for path in written:
         console.print(f"wrote {escape(str(path))}")
