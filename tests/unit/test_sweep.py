@@ -75,6 +75,10 @@ def test_queue_depth_by_numjobs_sweep_of_the_raid_corpus(
     assert "clat" in heat_lat.title
     # read and write never share a chart
     assert all("write" not in c.y_label for c in read.charts)
+    # the same numbers as a table, in Markdown: a row per iodepth, a column per numjobs
+    text = render_markdown(build_report([raid]))
+    assert "| iodepth | numjobs=1 | numjobs=2 |" in text
+    assert "| 1 | 6.61k | 12.9k |" in text
 
 
 def test_bars_and_table_keep_read_and_write_apart(corpora: tuple[RunRecord, RunRecord]) -> None:

@@ -23,6 +23,7 @@ from vmlab.report.charts import (
     _scale,
     human,
     human_fixed,
+    human_pm,
     nice_step,
 )
 from vmlab.report.heatmap import HeatMap, heat_map
@@ -88,6 +89,8 @@ class SweepLine:
     dash: str
     points: str
     dots: tuple[Dot, ...]
+    values: Mapping[str, str]
+    """x value as labelled -> the mean ± CI as text: the same numbers as a table."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class SweepChart:
     x_ticks: tuple[Tick, ...]
     y_ticks: tuple[Tick, ...]
     lines: tuple[SweepLine, ...]
+    x_values: tuple[str, ...] = ()
+    """Every x value, labelled: the rows of the chart as a table."""
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,7 @@ def _line_chart(
                 dash=dash,
                 points=" ".join(f"{d.x:.1f},{d.y:.1f}" for d in dots),
                 dots=tuple(dots),
+                values={_value_label(x, xv): _stat_text(m, unit) for xv, m, _ in got},
             )
         )
     return SweepChart(
@@ -324,7 +330,14 @@ def _line_chart(
         x_ticks=x_ticks,
         y_ticks=y_ticks,
         lines=tuple(lines),
+        x_values=tuple(_value_label(x, v) for v in xs),
     )
+
+
+def _stat_text(metric: MetricView, unit: str) -> str:
+    s = metric.stat
+    half = None if s.ci_low is None or s.ci_high is None else (s.ci_high - s.ci_low) / 2
+    return human_pm(s.mean, half, unit) + (" noisy" if s.noisy else "")
 
 
 # --------------------------------------------------------------------------------------------
