@@ -4,6 +4,7 @@ corpora (tests/data/fio) and from synthetic runs with repetitions."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -215,3 +216,22 @@ def test_cli_report_of_two_imports_says_what_paired(
     assert shown.exit_code == 0, shown.output
     assert "14 cells paired, 86 without a partner" in shown.output
     assert '<section id="comparison">' in (out / "report.html").read_text()
+
+
+def test_block_size_sweep_reads_sizes(tmp_path: Path) -> None:
+    """bs 4k..1M as the x axis: sizes as numbers (log axis), ticks as people write them."""
+    cells = {
+        ("disk", f"seq-{bs}"): {"read_iops": [1e6 / n, 1.1e6 / n]}
+        for bs, n in (("4k", 4), ("64k", 64), ("1m", 1024))
+    }
+    run = make_run(tmp_path, "bs", cells)
+    spec = json.loads((run / "spec.json").read_text())
+    for job, bs in zip(spec["jobs"], ("4k", "64k", "1m"), strict=True):
+        job.update(rw="read", bs=bs)
+    (run / "spec.json").write_text(json.dumps(spec))
+    (found,) = sweeps(build_report([scan_run(run)]))
+    assert (found.title, found.x_param) == ("read", "bs")
+    iops = found.charts[0]
+    assert [t.label for t in iops.x_ticks] == ["4k", "64k", "1M"]
+    assert iops.x_label == "bs (bytes), log scale"
+    assert iops.lines[0].values["4k"].startswith("262k ±")

@@ -319,7 +319,7 @@ def _line_chart(
         )
     return SweepChart(
         title=title,
-        x_label=x + (", log scale" if log_x else ""),
+        x_label=x + (" (bytes)" if x == "bs" else "") + (", log scale" if log_x else ""),
         y_label=y_label + (", log scale" if log_y else ""),
         width=width,
         height=height,
