@@ -235,3 +235,16 @@ def test_block_size_sweep_reads_sizes(tmp_path: Path) -> None:
     assert [t.label for t in iops.x_ticks] == ["4k", "64k", "1M"]
     assert iops.x_label == "bs (bytes), log scale"
     assert iops.lines[0].values["4k"].startswith("262k ±")
+
+
+def test_bar_value_text_gets_the_room_it_needs() -> None:
+    from vmlab.report.charts import CHAR_WIDTH_PX, BarInput, bar_chart
+
+    short = bar_chart("t", "IOPS", [BarInput("g", "read", 1000.0)])
+    note = "0.83× limit, noisy, a fleet host's long note"
+    long = bar_chart("t", "IOPS", [BarInput("g", "read", 1000.0, 900.0, 1100.0, note=note)])
+    assert short is not None and long is not None
+    assert short.plot_width == 1000 - 200 - 300
+    (bar,) = long.bars
+    assert long.plot_width < short.plot_width
+    assert long.left + long.plot_width + 6 + CHAR_WIDTH_PX * len(bar.text) <= long.width

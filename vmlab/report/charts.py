@@ -186,6 +186,16 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+CHAR_WIDTH_PX = 6.6
+"""A generous width of one character of the charts' 11 px sans-serif, to leave room for text."""
+
+
+def _bar_value_text(item: BarInput, unit: str) -> str:
+    if item.ci_low is not None and item.ci_high is not None:
+        return human_pm(item.value, (item.ci_high - item.ci_low) / 2, unit)
+    return human(item.value, unit)
+
+
 def bar_chart(
     title: str,
     unit: str,
@@ -207,6 +217,9 @@ def bar_chart(
     axis_max = step * math.ceil(highest / step)
     if axis_max < highest * 1.02:
         axis_max += step
+    texts = {id(i): _bar_value_text(i, unit) for i in items}
+    longest = max(len(f"{i.series} {texts[id(i)]} · {i.note}") for i in items)
+    right = min(max(right, 12 + CHAR_WIDTH_PX * longest), width - left - 300)  # text fits
     plot_w = width - left - right
 
     def xpos(v: float) -> float:
@@ -224,9 +237,7 @@ def bar_chart(
             whisker = None
             if item.ci_low is not None and item.ci_high is not None:
                 whisker = (xpos(item.ci_low), xpos(item.ci_high))
-            text = human(item.value, unit)
-            if item.ci_low is not None and item.ci_high is not None:
-                text = human_pm(item.value, (item.ci_high - item.ci_low) / 2, unit)
+            text = texts[id(item)]
             bars.append(
                 Bar(
                     x=left,
@@ -244,7 +255,7 @@ def bar_chart(
                 )
             )
             y += bar_h + gap
-        labels.append(Label(left - 8, (start + y - gap) / 2, _clip(group, 30), group))
+        labels.append(Label(left - 8, (start + y - gap) / 2, _clip(group, 28), group))
         y += group_gap - gap
     plot_h = y - top
     ticks = []
