@@ -101,6 +101,22 @@ def _lab_run(results: Path) -> Path:
     return run
 
 
+def _screenshot(binary: str, profile: Path, html: Path, window: tuple[int, int], name: str) -> Path:
+    """A screenshot of ``html`` at ``window`` size, kept as artifacts/NAME for people."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / name
+    shot.unlink(missing_ok=True)
+    _run_browser(
+        binary,
+        profile,
+        f"--screenshot={shot}",
+        f"--window-size={window[0]},{window[1]}",
+        "--hide-scrollbars",
+        html.as_uri(),
+    )
+    return shot
+
+
 def _png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()[:24]
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -127,17 +143,7 @@ def test_html_report_draws_in_chromium(tmp_path: Path) -> None:
     assert '&lt;script&gt;alert("x")&lt;/script&gt;' in dom
     assert dom.count("<script>") == 1  # the report's own
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "report.png"
-    shot.unlink(missing_ok=True)
-    _run_browser(
-        binary,
-        tmp_path / "profile-shot",
-        f"--screenshot={shot}",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}",
-        "--hide-scrollbars",
-        html.as_uri(),
-    )
+    shot = _screenshot(binary, tmp_path / "profile-shot", html, WINDOW, "report.png")
     assert _png_size(shot) == WINDOW
     assert shot.stat().st_size > 20_000  # a blank page compresses to a few KB
 
@@ -191,16 +197,6 @@ def test_sweep_report_of_the_raid_corpus_in_chromium(tmp_path: Path) -> None:
     assert len(re.findall(r'<text class="tick y"', svg)) >= 3
     assert '<section id="comparison">' in dom
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "report-sweep.png"
-    shot.unlink(missing_ok=True)
-    _run_browser(
-        binary,
-        tmp_path / "profile-shot",
-        f"--screenshot={shot}",
-        f"--window-size={width},{height}",
-        "--hide-scrollbars",
-        html.as_uri(),
-    )
+    shot = _screenshot(binary, tmp_path / "profile-shot", html, SWEEP_WINDOW, "report-sweep.png")
     assert _png_size(shot) == SWEEP_WINDOW
     assert shot.stat().st_size > 50_000

@@ -46,6 +46,7 @@ from vmlab.report.stats import (
     describe,
 )
 from vmlab.results.rundir import RunRecord
+from vmlab.spec import parse_size
 
 DEFAULT_METRICS = (
     "total_iops",
@@ -243,7 +244,6 @@ MATCH_PARAMS = ("rw", "bs", "iodepth", "numjobs")
 """The fio options that say which workload a cell measured, whatever its job is called."""
 _FIO_DEFAULTS = {"rw": "read", "bs": "4096", "iodepth": "1", "numjobs": "1"}
 _RW_ALIASES = {"readwrite": "rw", "randreadwrite": "randrw"}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 
 def _normal(param: str, value: str) -> str:
@@ -252,11 +252,10 @@ def _normal(param: str, value: str) -> str:
     if param == "rw":
         return _RW_ALIASES.get(text, text)
     if param == "bs":
-        match = _SIZE.match(text)
-        if match is None:
+        try:
+            return str(parse_size(text))
+        except ValueError:
             return text
-        power = " kmgtp".index(match.group(2) or " ")
-        return _number(float(match.group(1)) * 1024**power)
     try:
         return _number(float(text))
     except ValueError:

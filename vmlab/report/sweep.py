@@ -12,7 +12,6 @@ latency mean for the whole chart, and the axis title says which one it shows.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,13 +27,13 @@ from vmlab.report.charts import (
 )
 from vmlab.report.heatmap import HeatMap, heat_map
 from vmlab.report.model import JobView, MetricView, Report, Stat
+from vmlab.spec import parse_size
 
 PREFERRED_X = ("iodepth", "numjobs", "bs", "num_queues", "iothreads", "queue_size", "cpus")
 """Which varying numeric parameter goes on the x axis first."""
 IGNORED = frozenset({"name", "rw", "disk", "runtime_s", "ramp_s", "size", "filename"})
 """Parameters that say nothing about what a sweep varies."""
 MAX_SERIES = 16
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmgt]?)(?:i?b)?$", re.IGNORECASE)
 _DASHES = ("", "6 3", "2 3", "8 3 2 3")
 
 
@@ -42,10 +41,10 @@ def param_number(name: str, value: str) -> float | None:
     """A parameter value as a number (``bs`` sizes in bytes: ``4k`` = 4096), else ``None``."""
     text = value.strip().lower()
     if name == "bs":
-        match = _SIZE.match(text)
-        if match is None:
+        try:
+            return float(parse_size(text))
+        except ValueError:
             return None
-        return float(match.group(1)) * 1024.0 ** " kmgt".index(match.group(2) or " ")
     try:
         number = float(text)
     except ValueError:
