@@ -248,3 +248,28 @@ def test_bar_value_text_gets_the_room_it_needs() -> None:
     (bar,) = long.bars
     assert long.plot_width < short.plot_width
     assert long.left + long.plot_width + 6 + CHAR_WIDTH_PX * len(bar.text) <= long.width
+
+
+def test_a_lab_with_a_host_baseline_gets_a_line_per_configuration(tmp_path: Path) -> None:
+    """The default lab's shape: jobs latency (iodepth 1) and throughput (iodepth 64), cases
+    that differ in their model, and the host baseline (params host=baseline, no model)."""
+    cells = {
+        (case, job): {"read_iops": [iops * k, iops * k * 1.05]}
+        for case, k in (("host-baseline", 3.0), ("virtio-blk", 1.0), ("nvme", 1.5))
+        for job, iops in (("latency", 4000.0), ("throughput", 9000.0))
+    }
+    params = {
+        "host-baseline": {"host": "baseline"},
+        "virtio-blk": {"disks.0.model": "virtio-blk"},
+        "nvme": {"disks.0.model": "nvme"},
+    }
+    run = make_run(tmp_path, "lab", cells, case_params=params)
+    spec = json.loads((run / "spec.json").read_text())
+    for job in spec["jobs"]:
+        job["iodepth"] = 1 if job["name"] == "latency" else 64
+    (run / "spec.json").write_text(json.dumps(spec))
+    (found,) = sweeps(build_report([scan_run(run)]))
+    assert found.x_param == "iodepth"
+    labels = [line.label for line in found.charts[0].lines]
+    assert sorted(labels) == ["disks.0.model=nvme", "disks.0.model=virtio-blk", "host=baseline"]
+    assert all(len(line.dots) == 2 for line in found.charts[0].lines)

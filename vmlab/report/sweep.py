@@ -185,7 +185,11 @@ def _series(points: Sequence[Point], x: str, by: Sequence[str]) -> list[_Series]
     found: dict[tuple[str, ...], _Series] = {}
     for p in points:
         key = tuple(p.params.get(k, "") for k in by)
-        label = ", ".join(f"{k}={v}" if k != "run" else v for k, v in zip(by, key, strict=True))
+        label = ", ".join(
+            v if k in ("run", "case") else f"{k}={v}"
+            for k, v in zip(by, key, strict=True)
+            if v  # a parameter this cell does not have (the host baseline's model) says nothing
+        )
         value = param_number(x, p.params.get(x, ""))
         assert value is not None
         found.setdefault(key, _Series(label or "all", key, [])).points.append((value, p))
