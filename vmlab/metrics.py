@@ -57,7 +57,8 @@ def _fio_metrics() -> list[Metric]:
         metrics += [
             Metric(f"{d}_iops", "IOPS", True, f"{d} IOPS"),
             Metric(f"{d}_bw_kib_s", "KiB/s", True, f"{d} bandwidth"),
-            Metric(f"{d}_lat_mean_ns", "ns", False, f"{d} mean latency"),
+            Metric(f"{d}_lat_mean_ns", "ns", False, f"{d} mean total latency (slat + clat)"),
+            Metric(f"{d}_clat_mean_ns", "ns", False, f"{d} mean completion latency (clat)"),
             Metric(f"{d}_lat_stdev_ns", "ns", False, f"{d} latency stdev"),
             Metric(f"{d}_lat_max_ns", "ns", False, f"{d} max latency"),
             Metric(f"{d}_lat_p50_ns", "ns", False, f"{d} p50 completion latency"),

@@ -223,3 +223,72 @@ def test_junit_escapes_and_skips(results: Path) -> None:
     assert cases[0].get("classname") == "cand.a<&>.j"  # escaped in the file, parsed back
     assert cases[0].find("skipped") is not None  # n=1: inconclusive
     assert "write_iops" in (cases[1].find("skipped").get("message") or "")  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------------------------
+# Two real imports whose jobs are named differently: cells pair on their fio parameters
+
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "fio"
+
+
+@pytest.fixture(scope="module")
+def two_imports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    from vmlab.results.importer import import_tree
+
+    root = tmp_path_factory.mktemp("imports") / "results"
+    raid = import_tree(DATA / "fio-3.1-raid-ssd", root).runs[0].run_id
+    ssd = import_tree(DATA / "fio-2.18-ssd", root).runs[0].run_id
+    return root, raid, ssd
+
+
+def test_imports_pair_on_rw_bs_iodepth_numjobs(two_imports: tuple[Path, str, str]) -> None:
+    """fio-3.1-raid-ssd names its jobs randread-qd1-nj1, fio-2.18-ssd randread-qd1 (its case
+    ids are the folder names): the 7 queue depths with numjobs=1 they share pair per rw, and
+    every other cell is named as having no partner."""
+    root, raid, ssd = two_imports
+    result = compare_runs(scan_run(root / raid), [scan_run(root / ssd)], metrics=["read_iops"])
+    pairs = {(c.baseline_job, c.job) for c in result.cells}
+    assert ("randread-qd1-nj1", "randread-qd1") in pairs
+    assert ("randread-qd64-nj1", "randread-qd64") in pairs
+    assert len(pairs) == 7  # read_iops: the randread cells only
+    assert result.matched_by_params == (ssd,)
+    assert not result.matched_by_job
+    alone = {(u.run, u.job) for u in result.unmatched}
+    assert (ssd, "randread-qd128") in alone and (ssd, "randwrite-qd128") in alone
+    assert (raid, "randread-qd1-nj2") in alone
+    assert len(alone) == 98 - 14 + 2
+    every = compare_runs(scan_run(root / raid), [scan_run(root / ssd)])
+    assert {c.job for c in every.cells if c.metric == "write_iops"} == {
+        f"randwrite-qd{q}" for q in (1, 2, 4, 8, 16, 32, 64)
+    }
+
+
+def test_cli_compare_of_two_imports_exits_0_and_names_the_unpaired(
+    two_imports: tuple[Path, str, str],
+) -> None:
+    root, raid, ssd = two_imports
+    shown = _invoke(root, raid, ssd)
+    assert shown.exit_code == 0, shown.output
+    assert "randread-qd1 = randread-qd1-nj1" in shown.output
+    assert "fio parameters" in shown.output
+    assert f"{ssd} only: fio-2.18-ssd/randread-qd128" in shown.output
+    gated = _invoke(root, raid, ssd, "--rule", "read_iops:-5%")
+    assert gated.exit_code in (0, GATE_FAILED), gated.output  # n=1: inconclusive, not an error
+
+
+def test_workload_keys_spell_one_value_one_way(results: Path) -> None:
+    from vmlab.report.compare import workload_key
+
+    assert workload_key({"rw": "randread", "bs": "4k", "iodepth": "01"}) == workload_key(
+        {"rw": "RandRead", "bs": "4096", "iodepth": "1", "numjobs": "1"}
+    )
+    assert workload_key({"rw": "readwrite", "bs": "1M"}) == ("rw", "1048576", "1", "1")
+    assert workload_key({"bs": "4k"}) is None  # no rw: nothing to say what ran
+    # two jobs of one run with the same parameters: ambiguous, so neither is paired
+    base = {("a", "x1"): {"read_iops": [1.0, 2.0]}, ("a", "x2"): {"read_iops": [1.0, 2.0]}}
+    cand = {("b", "y"): {"read_iops": [1.0, 2.0]}}
+    result = compare_runs(
+        scan_run(make_run(results, "twins", base)), [scan_run(make_run(results, "one", cand))]
+    )
+    assert not result.cells

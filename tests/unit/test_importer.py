@@ -196,3 +196,20 @@ def test_cli_import_with_a_name(tmp_path: Path) -> None:
     failed = runner.invoke(app, ["import", str(empty), "--results", str(results)])
     assert isinstance(failed.exception, ResultError)
     assert "notes.txt" in failed.output
+
+
+def test_mean_and_p99_columns_are_the_same_latency_kind(
+    imported: tuple[Path, ImportResult],
+) -> None:
+    """fio-3.1 randread-qd1-nj1: lat mean 147.8 µs, clat mean 135.6 µs, clat p99 142.3 µs. The
+    table's mean comes from clat, as its p99 does, so the mean no longer exceeds the p99."""
+    from vmlab.report.table import row_values
+
+    run = _run_for(imported, FIO_31)
+    got = _summary(run, "fio-3.1-raid-ssd", "randread-qd1-nj1")
+    raw = json.loads((FIO_31 / "randread-1-1.json").read_text())["jobs"][0]["read"]
+    assert got["read_clat_mean_ns"] == pytest.approx(raw["clat_ns"]["mean"])
+    assert got["read_lat_mean_ns"] == pytest.approx(raw["lat_ns"]["mean"])  # still offered
+    _, mean_us, p99_us = row_values(got)
+    assert mean_us == pytest.approx(raw["clat_ns"]["mean"] / 1000)
+    assert p99_us is not None and mean_us is not None and mean_us < p99_us

@@ -21,6 +21,17 @@ def test_row_values_weight_latency_by_iops_and_take_worse_p99() -> None:
     assert p99_us == pytest.approx(20.0)
 
 
+def test_row_values_take_the_completion_latency_mean_when_stored() -> None:
+    """The p99 is a completion-latency percentile: the mean beside it is too (clat_mean),
+    and a summary stored without it still gives its total-latency mean."""
+    _, mean_us, _ = row_values(
+        {"read_iops": 1.0, "read_lat_mean_ns": 9000.0, "read_clat_mean_ns": 8000.0}
+    )
+    assert mean_us == pytest.approx(8.0)
+    _, mean_us, _ = row_values({"read_iops": 1.0, "read_lat_mean_ns": 9000.0})
+    assert mean_us == pytest.approx(9.0)
+
+
 def test_ratio_is_against_the_first_configuration_of_the_same_job() -> None:
     rows = build_rows(
         [

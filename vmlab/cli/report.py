@@ -150,7 +150,7 @@ def print_comparison(console: Console, result: CompareResult) -> None:
         row = [escape(cell.candidate)] if several else []
         row += [
             escape(cell.case_id),
-            escape(cell.job),
+            escape(cell.pair_label),
             c.metric,
             _fmt_cell(c.baseline, unit),
             _fmt_cell(c.candidate, unit),
@@ -169,13 +169,18 @@ def print_comparison(console: Console, result: CompareResult) -> None:
             f"[yellow]note[/] {escape(cand)}: one configuration on each side with different "
             "ids: matched by job name"
         )
-    if result.unmatched:
-        shown = ", ".join(f"{u.run}:{u.case_id}/{u.job}" for u in result.unmatched[:8])
-        more = f" and {len(result.unmatched) - 8} more" if len(result.unmatched) > 8 else ""
+    for cand in result.matched_by_params:
         console.print(
-            f"[yellow]unmatched[/] {len(result.unmatched)} cells on one side only: "
-            f"{escape(shown)}{more}"
+            f"[yellow]note[/] {escape(cand)}: cells with other names matched on their fio "
+            "parameters (rw, bs, iodepth, numjobs); the job column says which pair"
         )
+    if result.unmatched:
+        console.print(f"[yellow]unmatched[/] {len(result.unmatched)} cells have no partner:")
+        for run in dict.fromkeys(u.run for u in result.unmatched):
+            names = [f"{u.case_id}/{u.job}" for u in result.unmatched if u.run == run]
+            shown = ", ".join(names[:12])
+            more = f" and {len(names) - 12} more" if len(names) > 12 else ""
+            console.print(f"  {escape(run)} only: {escape(shown)}{more}")
 
 
 def print_checks(console: Console, result: CompareResult, *, fail_inconclusive: bool) -> None:
@@ -244,7 +249,8 @@ def compare(
     ] = DEFAULT_ALPHA,
     results: ResultsOpt = Path("results"),
 ) -> None:
-    """Compare runs cell by cell (same configuration id and job) and gate on rules.
+    """Compare runs cell by cell (same configuration and job, else same fio parameters) and
+    gate on rules.
 
     Each candidate RUN is compared with the baseline (--baseline, else the first RUN): mean ±
     confidence interval per side, change of the mean, Welch's t-test, verdict. A rule
@@ -276,8 +282,8 @@ def compare(
     if not result.cells:
         raise ResultError(
             f"no cell of {', '.join(result.candidates)} matches one of {result.baseline}",
-            hint="cells match by configuration id and job name; "
-            "`vmlab results show RUN` lists them",
+            hint="cells match by configuration id and job name, else by the fio parameters "
+            "rw, bs, iodepth and numjobs; `vmlab results show RUN` lists them",
         )
     print_comparison(console, result)
     print_checks(console, result, fail_inconclusive=fail_inconclusive)
@@ -335,5 +341,11 @@ def report(
             hint="pass --out a folder you can write to",
         ) from exc
     console = _console()
+    if comparison is not None:
+        paired = len({(c.candidate, c.case_id, c.job) for c in comparison.cells})
+        console.print(
+            f"compared with {escape(comparison.baseline)}: {paired} cells paired, "
+            f"{len(comparison.unmatched)} without a partner (listed in the report)"
+        )
     for path in written:
         console.print(f"wrote {escape(str(path))}")

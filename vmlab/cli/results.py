@@ -134,16 +134,18 @@ def show(run: RunArg, results: ResultsOpt = Path("results")) -> None:
         console.print("no measured repetitions")
         return
     table = Table(title="results (mean ± 95% CI)", title_justify="left")
-    for column in ("configuration", "job", "n", "IOPS", "mean latency", "p99", "× limit", "flags"):
+    columns = ("configuration", "job", "I/O", "n", "IOPS", "clat mean", "clat p99", "× limit")
+    for column in (*columns, "flags"):
         table.add_column(column)
     for r in rows:
         table.add_row(
             escape(r.case),
             escape(r.job),
+            r.direction,
             r.n,
             escape(r.iops),
-            escape(r.lat_mean),
-            escape(r.lat_p99),
+            escape(r.clat_mean),
+            escape(r.clat_p99),
             r.of_limit,
             f"[yellow]{escape(r.flags)}[/]" if r.flags else "",
         )

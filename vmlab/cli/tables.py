@@ -31,8 +31,8 @@ def print_results(
         table.add_column(name, justify="left")
     for name in (
         "IOPS",
-        "lat mean µs",
-        "lat p99 µs",
+        "clat mean µs",
+        "clat p99 µs",
         "× first",
         *(("of host",) if with_host else ()),
     ):

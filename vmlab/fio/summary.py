@@ -9,7 +9,8 @@ def summarize(job: JobResult) -> dict[str, float]:
     """Flat metrics of one job, named as in :data:`vmlab.metrics.FIO_METRICS`.
 
     Per direction that did I/O: IOPS, bandwidth, mean/stdev/max latency from the total latency
-    (``lat``) when fio reported it, else the completion latency (``clat``); p50/p90/p99/p99.9
+    (``lat``) when fio reported it, else the completion latency (``clat``); the mean completion
+    latency apart (``clat_mean``), the one that agrees with the percentiles; p50/p90/p99/p99.9
     from the completion-latency percentiles (fio's default), else from ``lat`` percentiles.
     A direction without I/O, or a percentile fio did not report, gives no key at all.
     """
@@ -28,6 +29,8 @@ def summarize(job: JobResult) -> dict[str, float]:
             out[f"{name}_lat_mean_ns"] = whole.mean_ns
             out[f"{name}_lat_stdev_ns"] = whole.stdev_ns
             out[f"{name}_lat_max_ns"] = whole.max_ns
+        if d.clat is not None:
+            out[f"{name}_clat_mean_ns"] = d.clat.mean_ns
         ranked = d.clat if d.clat is not None and d.clat.percentiles_ns else d.lat
         if ranked is None:
             continue

@@ -179,10 +179,21 @@ class BarChart:
     labels: tuple[Label, ...]
     ticks: tuple[Tick, ...]
     legend: tuple[LegendItem, ...]
+    axis_label: str = ""
 
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+CHAR_WIDTH_PX = 6.6
+"""A generous width of one character of the charts' 11 px sans-serif, to leave room for text."""
+
+
+def _bar_value_text(item: BarInput, unit: str) -> str:
+    if item.ci_low is not None and item.ci_high is not None:
+        return human_pm(item.value, (item.ci_high - item.ci_low) / 2, unit)
+    return human(item.value, unit)
 
 
 def bar_chart(
@@ -193,18 +204,22 @@ def bar_chart(
     width: float = 1000,
     left: float = 200,
     right: float = 300,
+    axis_label: str = "",
 ) -> BarChart | None:
     """Horizontal grouped bars with confidence whiskers; ``None`` when there is nothing to draw."""
     items = [i for i in items if math.isfinite(i.value)]
     if not items:
         return None
-    bar_h, gap, group_gap, top, bottom = 16.0, 3.0, 12.0, 8.0, 26.0
+    bar_h, gap, group_gap, top, bottom = 16.0, 3.0, 12.0, 8.0, 44.0
     highest = max(max(i.value, i.ci_high or 0.0) for i in items) or 1.0
     scale = _scale(highest, unit)
     step = nice_step(highest / scale[0]) * scale[0]  # round numbers in the unit shown
     axis_max = step * math.ceil(highest / step)
     if axis_max < highest * 1.02:
         axis_max += step
+    texts = {id(i): _bar_value_text(i, unit) for i in items}
+    longest = max(len(f"{i.series} {texts[id(i)]} · {i.note}") for i in items)
+    right = min(max(right, 12 + CHAR_WIDTH_PX * longest), width - left - 300)  # text fits
     plot_w = width - left - right
 
     def xpos(v: float) -> float:
@@ -222,9 +237,7 @@ def bar_chart(
             whisker = None
             if item.ci_low is not None and item.ci_high is not None:
                 whisker = (xpos(item.ci_low), xpos(item.ci_high))
-            text = human(item.value, unit)
-            if item.ci_low is not None and item.ci_high is not None:
-                text = human_pm(item.value, (item.ci_high - item.ci_low) / 2, unit)
+            text = texts[id(item)]
             bars.append(
                 Bar(
                     x=left,
@@ -242,7 +255,7 @@ def bar_chart(
                 )
             )
             y += bar_h + gap
-        labels.append(Label(left - 8, (start + y - gap) / 2, _clip(group, 30), group))
+        labels.append(Label(left - 8, (start + y - gap) / 2, _clip(group, 28), group))
         y += group_gap - gap
     plot_h = y - top
     ticks = []
@@ -267,6 +280,7 @@ def bar_chart(
         labels=tuple(labels),
         ticks=tuple(ticks),
         legend=tuple(legend),
+        axis_label=axis_label or title,
     )
 
 
@@ -329,11 +343,11 @@ def percentile_chart(
     curves: Sequence[CurveInput],
     *,
     width: float = 1000,
-    height: float = 300,
+    height: float = 314,
     left: float = 80,
     right: float = 20,
     top: float = 12,
-    bottom: float = 30,
+    bottom: float = 44,
 ) -> LineChart | None:
     """Latency (log axis) against percentile (nines axis), one line per curve."""
     usable = [

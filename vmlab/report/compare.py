@@ -6,7 +6,10 @@ specs: case ids are readable labels of the axis values (``virtio-blk_iothread``)
 configuration gets the same id in both, and a cell that exists on one side only is listed as
 unmatched, never guessed. One exception: when no cell matches that way and both runs have exactly
 one case (typically two imports, whose single case is named after its folder), cells are matched
-by job name alone.
+by job name alone. Cells still without a partner are then matched on the fio parameters of their
+job (``rw``, ``bs``, ``iodepth``, ``numjobs``, fio's defaults where a job does not say; in the same
+case, or ignoring cases when each run has one): ``randread-qd1-nj1`` of one import finds
+``randread-qd1`` of another. A parameter set that two jobs of one run share matches nothing.
 
 Rules. ``METRIC:LIMIT%`` bounds the change of a metric's mean from baseline to candidate:
 
@@ -43,6 +46,7 @@ from vmlab.report.stats import (
     describe,
 )
 from vmlab.results.rundir import RunRecord
+from vmlab.spec import parse_size
 
 DEFAULT_METRICS = (
     "total_iops",
@@ -53,6 +57,9 @@ DEFAULT_METRICS = (
     "read_lat_mean_ns",
     "write_lat_mean_ns",
     "mixed_lat_mean_ns",
+    "read_clat_mean_ns",
+    "write_clat_mean_ns",
+    "mixed_clat_mean_ns",
     "read_lat_p99_ns",
     "write_lat_p99_ns",
     "mixed_lat_p99_ns",
@@ -145,6 +152,14 @@ class CellComparison:
     job: str
     comparison: Comparison
     baseline_case: str
+    baseline_job: str = ""
+    """The baseline's job, when it has another name (cells matched on parameters)."""
+
+    @property
+    def pair_label(self) -> str:
+        """``job``, or ``job = baseline job`` when the two are named differently."""
+        other = self.baseline_job
+        return self.job if not other or other == self.job else f"{self.job} = {other}"
 
     @property
     def metric(self) -> str:
@@ -206,6 +221,8 @@ class CompareResult:
     """Rules whose metric no matched cell has."""
     matched_by_job: tuple[str, ...] = ()
     """Candidates matched by job name alone (one case on each side, different ids)."""
+    matched_by_params: tuple[str, ...] = ()
+    """Candidates with cells matched on their fio parameters (rw, bs, iodepth, numjobs)."""
     options: StatOptions = field(default_factory=StatOptions)
 
     @property
@@ -221,17 +238,76 @@ class CompareResult:
 
 
 Cells = dict[tuple[str, str], dict[str, list[float]]]
+CellKey = tuple[str, str]
+
+MATCH_PARAMS = ("rw", "bs", "iodepth", "numjobs")
+"""The fio options that say which workload a cell measured, whatever its job is called."""
+_FIO_DEFAULTS = {"rw": "read", "bs": "4096", "iodepth": "1", "numjobs": "1"}
+_RW_ALIASES = {"readwrite": "rw", "randreadwrite": "randrw"}
 
 
-def match_cells(baseline: RunRecord, candidate: RunRecord) -> tuple[list[tuple[Any, Any]], bool]:
-    """Pairs of (baseline cell key, candidate cell key), and whether job names alone matched."""
+def _normal(param: str, value: str) -> str:
+    """One spelling per value: ``4k`` = ``4096``, ``01`` = ``1``, ``readwrite`` = ``rw``."""
+    text = value.strip().lower()
+    if param == "rw":
+        return _RW_ALIASES.get(text, text)
+    if param == "bs":
+        try:
+            return str(parse_size(text))
+        except ValueError:
+            return text
+    try:
+        return _number(float(text))
+    except ValueError:
+        return text
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def workload_key(params: Mapping[str, str]) -> tuple[str, ...] | None:
+    """(rw, bs, iodepth, numjobs) of a job's options, or ``None`` if it does not say ``rw``."""
+    if not params.get("rw"):
+        return None
+    return tuple(_normal(p, params.get(p) or _FIO_DEFAULTS[p]) for p in MATCH_PARAMS)
+
+
+def _by_params(
+    run: RunRecord, keys: Iterable[CellKey], one_case: bool
+) -> dict[tuple[Any, ...], CellKey]:
+    """Workload key -> cell, for keys that exactly one cell of ``run`` has."""
+    found: dict[tuple[Any, ...], list[CellKey]] = {}
+    for case, job in keys:
+        work = workload_key(run.job_params.get(job, {}))
+        if work is not None:
+            found.setdefault(("", *work) if one_case else (case, *work), []).append((case, job))
+    return {k: v[0] for k, v in found.items() if len(v) == 1}
+
+
+def match_cells(
+    baseline: RunRecord, candidate: RunRecord
+) -> tuple[list[tuple[CellKey, CellKey]], str | None]:
+    """Pairs of (baseline cell key, candidate cell key), and how the pairs beyond the same
+    (case, job) were found: ``"job"`` (job name, one case a side), ``"params"`` (fio
+    parameters), or ``None``."""
     base, cand = baseline.cells(), candidate.cells()
     pairs = [(key, key) for key in cand if key in base]
-    if pairs or len(baseline.cases) != 1 or len(candidate.cases) != 1:
-        return pairs, False
-    base_by_job = {job: (case, job) for case, job in base}
-    by_job = [(base_by_job[job], (case, job)) for case, job in cand if job in base_by_job]
-    return by_job, bool(by_job)
+    one_case = len(baseline.cases) == 1 and len(candidate.cases) == 1
+    how: str | None = None
+    if not pairs and one_case:
+        base_by_job = {job: (case, job) for case, job in base}
+        pairs = [(base_by_job[job], (case, job)) for case, job in cand if job in base_by_job]
+        how = "job" if pairs else None
+    left_base = [k for k in base if k not in {b for b, _ in pairs}]
+    left_cand = [k for k in cand if k not in {c for _, c in pairs}]
+    base_work = _by_params(baseline, left_base, one_case)
+    cand_work = _by_params(candidate, left_cand, one_case)
+    by_params = [(base_work[w], cell) for w, cell in cand_work.items() if w in base_work]
+    if by_params:
+        pairs += by_params
+        how = "params" if how is None else how
+    return pairs, how
 
 
 def _metrics_for(
@@ -260,12 +336,15 @@ def compare_runs(
     checks: list[RuleCheck] = []
     unmatched: list[Unmatched] = []
     by_job: list[str] = []
+    by_params: list[str] = []
     used_rules: set[str] = set()
     for candidate in candidates:
         cand_cells = candidate.cells()
-        pairs, job_only = match_cells(baseline, candidate)
-        if job_only:
+        pairs, how = match_cells(baseline, candidate)
+        if how == "job":
             by_job.append(candidate.id)
+        elif how == "params":
+            by_params.append(candidate.id)
         matched_base = {b for b, _ in pairs}
         matched_cand = {c for _, c in pairs}
         unmatched += [Unmatched(baseline.id, *k) for k in base_cells if k not in matched_base]
@@ -292,7 +371,9 @@ def compare_runs(
                     options=opts,
                 )
                 found[metric] = comparison
-                cells.append(CellComparison(candidate.id, case_id, job, comparison, base_key[0]))
+                cells.append(
+                    CellComparison(candidate.id, case_id, job, comparison, base_key[0], base_key[1])
+                )
             for rule in rules:
                 if rule.metric in found:
                     used_rules.add(rule.text)
@@ -313,5 +394,6 @@ def compare_runs(
         unmatched=tuple(dict.fromkeys(unmatched)),
         idle_rules=tuple(r for r in rules if r.text not in used_rules),
         matched_by_job=tuple(by_job),
+        matched_by_params=tuple(by_params),
         options=opts,
     )

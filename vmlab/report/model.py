@@ -113,7 +113,8 @@ class CaseView(BaseModel):
     error: str | None
     params: dict[str, str]
     is_limit: bool
-    command_kind: Literal["argv", "xml"] | None
+    command_kind: Literal["argv", "xml", "fio"] | None
+    """"fio": an imported case, its jobs' own fio options (no QEMU ran it under vmlab)."""
     command: str | None
     jobs: list[JobView]
 
@@ -182,6 +183,10 @@ class Report(BaseModel):
     baseline: str | None = None
     comparisons: list[ComparisonRow] = []
     rules: list[RuleRow] = []
+    unmatched: list[str] = []
+    """Cells of a compared run that found no partner: "run: case/job"."""
+    matched_on_params: list[str] = []
+    """Runs whose cells were paired on fio parameters (other job names)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,6 +232,29 @@ def _curves(samples: Sequence[Sample]) -> list[Curve]:
         if points:
             curves.append(Curve(direction=direction, latency=kind, points=points))
     return curves
+
+
+def _fio_options(samples: Sequence[Sample]) -> str | None:
+    """The fio options each job of an imported case ran with, as a fio job file: the report's
+    global options overlaid with the job's own, from the first measured repetition."""
+    first: dict[str, Sample] = {}
+    for sample in sorted(samples, key=lambda s: s.repetition):
+        if sample.repetition >= 1:
+            first.setdefault(sample.job, sample)
+    sections = []
+    for job, sample in first.items():
+        try:
+            data = ArtifactDir(sample.path).read_json("summary.json")
+            report = FioOutput.model_validate(data["fio"])
+        except (ResultError, KeyError, TypeError, ValidationError) as exc:
+            log.warning("%s: no fio options (%s)", sample.path, exc)
+            continue
+        if not report.jobs:
+            continue
+        options = report.jobs[0].options  # the global options overlaid with the job's
+        lines = [f"[{job}]", *(f"{k}={v}" if v else k for k, v in options.items())]
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)[:MAX_COMMAND_CHARS] or None
 
 
 def _metric_order(names: Sequence[str]) -> list[str]:
@@ -286,7 +314,12 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
                     curves=_curves(reps) if curves else [],
                 )
             )
+        kind: Literal["argv", "xml", "fio"] | None
         kind, command = CaseDir(case.path, case.case_id).command(MAX_COMMAND_CHARS)
+        if command is None and run.source == "import":
+            mine = [s for s in run.samples if s.case_id == case.case_id]
+            command = _fio_options(mine)
+            kind = "fio" if command else None
         cases.append(
             CaseView(
                 id=case.case_id,
@@ -324,7 +357,7 @@ def _comparison_rows(result: CompareResult) -> list[ComparisonRow]:
             ComparisonRow(
                 candidate=cell.candidate,
                 case_id=cell.case_id,
-                job=cell.job,
+                job=cell.pair_label,
                 metric=c.metric,
                 unit=info.unit if info else "",
                 higher_is_better=c.higher_is_better,
@@ -374,4 +407,8 @@ def build_report(
             )
             for check in (comparison.checks if comparison else ())
         ],
+        unmatched=[f"{u.run}: {u.case_id}/{u.job}" for u in comparison.unmatched]
+        if comparison
+        else [],
+        matched_on_params=list(comparison.matched_by_params) if comparison else [],
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jinja2
 
-from vmlab.metrics import METRICS
+from vmlab.metrics import DIRECTIONS, METRICS
 from vmlab.render import environment
 from vmlab.report.charts import (
     BarChart,
@@ -34,6 +34,7 @@ from vmlab.report.charts import (
 )
 from vmlab.report.compare import CompareResult
 from vmlab.report.model import CaseView, JobView, MetricView, Report, RunView
+from vmlab.report.sweep import sweeps
 
 FORMATS = ("md", "csv", "json", "junit", "html")
 FILE_NAMES = {
@@ -103,32 +104,28 @@ def _half(metric: MetricView) -> float | None:
 
 @dataclass(frozen=True)
 class ResultRow:
+    """One direction of one job of one configuration: read and write never share a cell."""
+
     case: str
     job: str
+    direction: str
     is_limit: bool
     n: str
     iops: str
     iops_value: float
     bandwidth: str
+    clat_mean: str
+    clat_p99: str
     lat_mean: str
-    lat_p99: str
     of_limit: str
     flags: str
 
 
-def _per_direction(job: JobView, suffix: str) -> str:
-    parts = []
-    for d in job.directions:
-        metric = job.get(f"{d}_{suffix}")
-        if metric is not None:
-            parts.append(f"{d} {stat_text(metric)}")
-    return "; ".join(parts) or "-"
-
-
-def _flags(job: JobView) -> str:
-    """'single sample', and 'noisy' with the worst CV among throughput and latency metrics."""
-    keys = [m for m in job.metrics if m.endswith(("_iops", "_bw_kib_s", "_lat_mean_ns"))]
-    noisy = [job.metrics[m].stat for m in keys if job.metrics[m].stat.noisy]
+def _flags(job: JobView, direction: str) -> str:
+    """'single sample', and 'noisy' with the worst CV among this direction's throughput and
+    latency metrics."""
+    keys = [f"{direction}_{m}" for m in ("iops", "bw_kib_s", "lat_mean_ns", "clat_mean_ns")]
+    noisy = [job.metrics[m].stat for m in keys if m in job.metrics and job.metrics[m].stat.noisy]
     flags = []
     if job.repetitions < 2:
         flags.append("single sample")
@@ -138,29 +135,41 @@ def _flags(job: JobView) -> str:
     return "; ".join(flags)
 
 
+def _p99_text(job: JobView, direction: str) -> str:
+    """The p99 as stored: completion latency, marked "(total)" where fio had only total
+    latency percentiles."""
+    text = stat_text(job.get(f"{direction}_lat_p99_ns"))
+    kinds = {c.direction: c.latency for c in job.curves}
+    return f"{text} (total)" if kinds.get(direction) == "lat" and text != "-" else text
+
+
 def result_rows(run: RunView) -> list[ResultRow]:
     rows = []
     for case in run.cases:
         for job in case.jobs:
             total = job.get("total_iops")
             of_limit = total.of_limit if total else None
-            rows.append(
-                ResultRow(
-                    case=case.id,
-                    job=job.name,
-                    is_limit=case.is_limit,
-                    n=f"{job.repetitions}" + (" (+warm-up)" if job.warmup else ""),
-                    iops=_per_direction(job, "iops"),
-                    iops_value=total.stat.mean if total else 0.0,
-                    bandwidth=stat_text(job.get("total_bw_kib_s")),
-                    lat_mean=_per_direction(job, "lat_mean_ns"),
-                    lat_p99=_per_direction(job, "lat_p99_ns"),
-                    of_limit="limit"
-                    if case.is_limit
-                    else ("-" if of_limit is None else f"{of_limit:.2f}×"),
-                    flags=_flags(job),
+            for d in job.directions:
+                iops = job.get(f"{d}_iops")
+                rows.append(
+                    ResultRow(
+                        case=case.id,
+                        job=job.name,
+                        direction=d,
+                        is_limit=case.is_limit,
+                        n=f"{job.repetitions}" + (" (+warm-up)" if job.warmup else ""),
+                        iops=stat_text(iops),
+                        iops_value=iops.stat.mean if iops else 0.0,
+                        bandwidth=stat_text(job.get(f"{d}_bw_kib_s")),
+                        clat_mean=stat_text(job.get(f"{d}_clat_mean_ns")),
+                        clat_p99=_p99_text(job, d),
+                        lat_mean=stat_text(job.get(f"{d}_lat_mean_ns")),
+                        of_limit="limit"
+                        if case.is_limit
+                        else ("-" if of_limit is None else f"{of_limit:.2f}×"),
+                        flags=_flags(job, d),
+                    )
                 )
-            )
     return rows
 
 
@@ -176,33 +185,33 @@ class RunCharts:
     latency: tuple[LineChart, ...]
 
 
-def _bar_inputs(run: RunView, job_names: Sequence[str], suffix: str) -> list[BarInput]:
+def _bar_inputs(
+    run: RunView, job_names: Sequence[str], suffix: str, direction: str
+) -> list[BarInput]:
     several_cases = sum(1 for c in run.cases if c.jobs) > 1
     items = []
     for case in run.cases:
         for job in case.jobs:
             if job.name not in job_names:
                 continue
-            group = case.id if several_cases else job.name
-            for d in job.directions:
-                metric = job.get(f"{d}_{suffix}")
-                if metric is None:
-                    continue
-                notes = []
-                if metric.of_limit is not None:
-                    notes.append(f"{metric.of_limit:.2f}× limit")
-                notes += metric.stat.flags
-                items.append(
-                    BarInput(
-                        group=group,
-                        series=d,
-                        value=metric.stat.mean,
-                        ci_low=metric.stat.ci_low,
-                        ci_high=metric.stat.ci_high,
-                        note=", ".join(notes),
-                        limit=case.is_limit,
-                    )
+            metric = job.get(f"{direction}_{suffix}")
+            if metric is None:
+                continue
+            notes = []
+            if metric.of_limit is not None:
+                notes.append(f"{metric.of_limit:.2f}× limit")
+            notes += metric.stat.flags
+            items.append(
+                BarInput(
+                    group=case.id if several_cases else job.name,
+                    series=direction,
+                    value=metric.stat.mean,
+                    ci_low=metric.stat.ci_low,
+                    ci_high=metric.stat.ci_high,
+                    note=", ".join(notes),
+                    limit=case.is_limit,
                 )
+            )
     return items
 
 
@@ -214,9 +223,15 @@ def run_charts(run: RunView) -> RunCharts:
     bars: list[BarChart] = []
     for label, jobs in groups:
         for suffix, unit, what in (("iops", "IOPS", "IOPS"), ("bw_kib_s", "KiB/s", "bandwidth")):
-            chart = bar_chart(f"{what}, {label}", unit, _bar_inputs(run, jobs, suffix))
-            if chart is not None:
-                bars.append(chart)
+            for d in DIRECTIONS:  # read and write apart: one chart each
+                chart = bar_chart(
+                    f"{d} {what}, {label}",
+                    unit,
+                    _bar_inputs(run, jobs, suffix, d),
+                    axis_label=f"{d} {what}",
+                )
+                if chart is not None:
+                    bars.append(chart)
     latency: list[LineChart] = []
     for job_name in run.jobs:
         curves = [
@@ -261,6 +276,7 @@ def _context(report: Report) -> dict[str, object]:
     return {
         "report": report,
         "charts": [run_charts(run) for run in report.runs],
+        "sweeps": sweeps(report),
         "metrics": METRICS,
         "open_latency": OPEN_LATENCY_CHARTS,
     }

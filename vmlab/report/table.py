@@ -36,11 +36,18 @@ def _get(metrics: Mapping[str, float], key: str) -> float:
     return float(metrics.get(key, 0.0) or 0.0)
 
 
+def _clat_mean(metrics: Mapping[str, float], direction: str) -> float | None:
+    found = metrics.get(f"{direction}_clat_mean_ns")
+    return found if found is not None else metrics.get(f"{direction}_lat_mean_ns")
+
+
 def row_values(metrics: Mapping[str, float]) -> tuple[float, float | None, float | None]:
-    """Total IOPS; latency mean over all I/O (weighted by IOPS); the worse p99 direction."""
+    """Total IOPS; completion-latency mean over all I/O (weighted by IOPS); the worse p99
+    direction. Both latencies are completion latency (clat), so the mean and the p99 agree;
+    a summary stored before vmlab kept ``clat_mean`` gives its total-latency mean instead."""
     r_iops, w_iops = _get(metrics, "read_iops"), _get(metrics, "write_iops")
     iops = r_iops + w_iops
-    means = [(r_iops, metrics.get("read_lat_mean_ns")), (w_iops, metrics.get("write_lat_mean_ns"))]
+    means = [(r_iops, _clat_mean(metrics, "read")), (w_iops, _clat_mean(metrics, "write"))]
     weighted = [(w, m) for w, m in means if m is not None and w > 0]
     total = sum(w for w, _ in weighted)
     mean_us = sum(w * m for w, m in weighted) / total / 1000 if total else None
