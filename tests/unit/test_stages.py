@@ -76,3 +76,14 @@ def test_results_show_prints_each_cases_stages(tmp_path: Path) -> None:
     assert "kernel + /init to ready marker" in table and "2.00" in table
     assert "overhead" in table and "5.50" in table
     assert "1.27×" in table  # 25.5 s of wall for 20 s of asked runtime
+
+
+def test_only_a_guest_with_its_root_on_a_disk_waits_for_acpi() -> None:
+    """The initramfs guest stops with QMP quit at once; rootfs and cloud guests unmount first."""
+    from vmlab.launch.base import needs_acpi
+    from vmlab.render.model import BootImage
+
+    initramfs = BootImage(Path("vmlinux"), Path("initrd.img"), "console=ttyS0")
+    rootfs = BootImage(Path("vmlinux"), None, "root=LABEL=vmlab-root", root_disk=Path("r.qcow2"))
+    assert not needs_acpi(initramfs)
+    assert needs_acpi(rootfs)
