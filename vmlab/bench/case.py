@@ -184,7 +184,8 @@ def measure_case(
         )
         ssh = stack.enter_context(reach(where, stage))
         watchdog.on_trip(ssh.close)  # a fio call blocked on a dead server returns at once
-        devices = record_facts(ssh, case, case_dir)
+        known_fio = env.image.fio_version if guest.image == "default" else None
+        devices = record_facts(ssh, case, case_dir, fio_version=known_fio)
         configure_nics(ssh, nics)
         if storage.guest_ceph is not None:
             storage.guest_ceph.push_client(ssh)
