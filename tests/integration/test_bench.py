@@ -80,10 +80,72 @@ def test_default_lab_prints_a_table_from_three_real_guests(
             metrics = json.loads((jdir / "summary.json").read_text())["metrics"]
             assert metrics["read_iops"] > 0 and metrics["write_iops"] > 0
             assert metrics["read_lat_p99_ns"] >= metrics["read_lat_p50_ns"] > 0
+            done_job = json.loads((jdir / "exit.json").read_text())
+            assert done_job["command"] == "fio --output-format=json+ -"  # job file on stdin
+            assert done_job["wall_s"] >= 2
+        # every stage timed; the initramfs guest stops with QMP quit, no ACPI wait
+        timings = json.loads((cdir / "status.json").read_text())["timings"]
+        assert timings["workload_s"] == 4
+        assert 0 < timings["ssh_ready_s"] < timings["facts_s"] < timings["jobs_done_s"]
+        assert timings["total_s"] > timings["prepare_s"] + timings["jobs_done_s"]
+        qemu_log = (cdir / "qemu.log").read_text()
+        assert "sending quit" in qemu_log and "system_powerdown" not in qemu_log
+    shown = vmlab("results", "show", str(run), env={**lab_env, "COLUMNS": "200"})
+    assert shown.returncode == 0 and "stages (seconds)" in shown.stdout, shown.stdout
     # nothing left running or lying around
     assert qemu_pids(str(run)) == []
     assert list(Path(lab_env["VMLAB_RUNTIME"]).iterdir()) == []
     assert list(Path(lab_env["VMLAB_SCRATCH"]).iterdir()) == []
+
+
+QUIT_SPEC = """\
+name: quit-keeps-data
+runtime_s: 2
+guest:
+  memory_mib: 512
+  cpus: 1
+  disks:
+    - name: data
+      model: virtio-blk
+      backend: {{type: file, format: qcow2, path: {path}}}
+      cache: writeback
+jobs:
+  - name: fill
+    rw: write
+    bs: 64k
+    iodepth: 4
+    size: 8M
+    options: {{buffer_pattern: "0xab"}}
+"""
+
+
+def test_qmp_quit_leaves_a_writeback_qcow2_consistent_and_written(
+    guest_image: GuestImage, lab_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The default guest stops with QMP quit, without the ACPI power button: what the guest
+    wrote through QEMU's write-back cache is in the qcow2 and its metadata is consistent."""
+    disk = tmp_path / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    spec = tmp_path / "quit.yaml"
+    spec.write_text(QUIT_SPEC.format(path=disk))
+    results = Path(lab_env["RESULTS"])
+    done = vmlab("bench", str(spec), "--results", str(results), "--ci", env=lab_env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (case_dir,) = (only_run(results) / "cases").iterdir()
+    qemu_log = (case_dir / "qemu.log").read_text()
+    assert "sending quit" in qemu_log and "system_powerdown" not in qemu_log
+    check = subprocess.run(
+        ["qemu-img", "check", str(disk)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0 and "No errors were found" in check.stdout, check.stdout
+    read = subprocess.run(
+        ["qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0xab 0 8M", str(disk)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert read.returncode == 0 and "read 8388608/8388608 bytes" in read.stdout, read.stdout
+    assert "Pattern verification failed" not in read.stdout + read.stderr
 
 
 def test_sigint_stops_everything_and_keeps_finished_cases_then_resume_finishes(

@@ -201,3 +201,42 @@ def test_facts_script_runs_under_this_sh() -> None:
     out = subprocess.run(["sh", "-s"], input=script, capture_output=True, check=True, timeout=60)
     facts = facts_mod.parse_facts(out.stdout.decode())
     assert facts.kernel and facts.cpus and facts.memory_kib
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
+def test_a_known_fio_version_is_reported_without_starting_fio(tmp_path: Path) -> None:
+    """The default image's fio version is known from its build: the script takes it from the
+    command line instead of starting fio (~0.6 s under TCG). A fake fio notes each start."""
+    script = (templates_dir() / "guest" / "facts.sh").read_bytes()
+    seen: dict[str, object] = {}
+
+    class SSH:
+        where = "guest"
+
+        def run(
+            self, command: str, *, timeout_s: float, check: bool = True, stdin: bytes | None = None
+        ) -> CommandResult:
+            seen["command"] = command
+            env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}  # the fake fio first
+            done = subprocess.run(
+                ["sh", "-c", command], input=stdin, capture_output=True, env=env, check=False
+            )
+            return CommandResult(command, done.returncode, done.stdout, done.stderr)
+
+    fake_fio = tmp_path / "fio"
+    fake_fio.write_text("#!/bin/sh\necho started >> " + str(tmp_path / "ran") + "\n")
+    fake_fio.chmod(0o755)
+    facts = facts_mod.collect_facts(SSH(), fio_version="fio-3.33")  # type: ignore[arg-type]
+    assert seen["command"] == "VMLAB_FIO_VERSION=fio-3.33 sh -s"
+    assert facts.fio == "fio-3.33"
+    assert not (tmp_path / "ran").exists()
+    unknown = subprocess.run(
+        ["sh", "-s"],
+        input=script,
+        capture_output=True,
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+        check=True,
+        timeout=60,
+    )
+    assert (tmp_path / "ran").exists()  # without it, the script asks fio itself
+    assert facts_mod.parse_facts(unknown.stdout.decode()).fio == ""

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -144,6 +145,41 @@ def test_a_failing_close_neither_hides_the_timeout_nor_escapes_the_watchdog(
     assert info.value.timed_out
     time.sleep(0.2)  # let the watchdog's thread finish
     assert escaped == []
+
+
+@pytest.mark.parametrize("hung_server", [True], ids=["command-silent"], indirect=True)
+def test_a_silent_command_is_waited_for_without_polling(
+    hung_server: tuple[int, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a command (fio) runs silently, run() sleeps until something arrives or the
+    deadline passes: a handful of wake-ups, not one every few milliseconds that would take
+    CPU from the guest being measured."""
+    import vmlab.guest.ssh as ssh_module
+
+    port, host_key = hung_server
+    wakeups: list[str] = []
+    real_select, real_sleep = ssh_module.select.select, ssh_module.time.sleep
+
+    def counted_select(*args: Any) -> Any:
+        wakeups.append("select")
+        return real_select(*args)
+
+    def counted_sleep(seconds: float) -> None:
+        wakeups.append("sleep")
+        real_sleep(seconds)
+
+    with GuestSSH.connect(
+        "127.0.0.1", port, user="vmlab", key=_key(), host_key=host_key, timeout_s=10
+    ) as ssh:
+        monkeypatch.setattr(ssh_module.select, "select", counted_select)
+        monkeypatch.setattr(ssh_module.time, "sleep", counted_sleep)
+        start = time.monotonic()
+        with pytest.raises(GuestError) as info:
+            ssh.run("fio -", timeout_s=1.5, stdin=b"[job]\n")
+        took_s = time.monotonic() - start
+    assert info.value.timed_out
+    assert 1.4 < took_s < 2.5
+    assert len(wakeups) <= 5, wakeups
 
 
 # --- the lab key -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -112,7 +113,12 @@ def measure_case(
     jobs: JobContext,
     timings: dict[str, float],
 ) -> None:
-    """Boot the case's guest once and run every job of the case in it."""
+    """Boot the case's guest once and run every job of the case in it.
+
+    ``timings`` gets each stage's mark (vmlab.report.stages reads them): ``prepare_s`` before
+    the launch, marks in seconds since the launch (``qmp_s`` ... ``jobs_done_s``), the nominal
+    ``workload_s``, and the ``shutdown_s`` and ``total_s`` durations."""
+    t0 = time.monotonic()
     guest = case.variant.guest
     deadlines = deadlines_for(guest, accel, env.timeout_scale)
     nonce = secrets.token_hex(8)
@@ -164,6 +170,7 @@ def measure_case(
             nics=nics,
         )
         vm = stack.enter_context(launcher.launch(request))
+        timings["prepare_s"] = vm.started_at - t0
         timings.update(vm.timings)
         where = Reach(
             vm=vm,
@@ -177,13 +184,29 @@ def measure_case(
         )
         ssh = stack.enter_context(reach(where, stage))
         watchdog.on_trip(ssh.close)  # a fio call blocked on a dead server returns at once
-        devices = record_facts(ssh, case, case_dir)
+        known_fio = env.image.fio_version if guest.image == "default" else None
+        devices = record_facts(ssh, case, case_dir, fio_version=known_fio)
         configure_nics(ssh, nics)
         if storage.guest_ceph is not None:
             storage.guest_ceph.push_client(ssh)
+        where.mark("facts_s")
+        timings["workload_s"] = workload_s(case, env.repetitions, env.spec if lab else None)
         run_guest_jobs(
             jobs, ssh, devices, slack_s=deadlines.login_s * 4, guest_ceph=storage.guest_ceph
         )
         if lab is not None:
             run_net_jobs(jobs, ssh, lab, env.spec.net_jobs)
+        where.mark("jobs_done_s")
         stage("powering off")
+        off = time.monotonic()
+    timings["shutdown_s"] = time.monotonic() - off
+    timings["total_s"] = time.monotonic() - t0
+
+
+def workload_s(case: Case, repetitions: range, spec: BenchSpec | None) -> float:
+    """How long the case's jobs are asked to measure: every fio job's runtime and ramp (and
+    with ``spec``, every iperf3 job's duration), per repetition. The rest of a case's wall
+    time is vmlab's overhead."""
+    fio = sum(job.runtime_s + job.ramp_s for job in case.jobs)
+    net = sum(job.duration_s for job in spec.net_jobs) if spec is not None else 0
+    return float((fio + net) * len(repetitions))

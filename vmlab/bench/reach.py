@@ -96,9 +96,16 @@ def check_identity(ssh: GuestSSH, nonce: str) -> None:
         )
 
 
-def record_facts(ssh: GuestSSH, case: Case, case_dir: CaseDir) -> dict[str, str]:
-    """Stage 6: what the guest is, saved raw and parsed; its device node per spec disk."""
-    facts = collect_facts(ssh, save=lambda raw: case_dir.write_bytes("guest-facts.txt", raw))
+def record_facts(
+    ssh: GuestSSH, case: Case, case_dir: CaseDir, *, fio_version: str | None = None
+) -> dict[str, str]:
+    """Stage 6: what the guest is, saved raw and parsed; its device node per spec disk.
+    ``fio_version``: the guest's fio version when the image build knows it."""
+    facts = collect_facts(
+        ssh,
+        save=lambda raw: case_dir.write_bytes("guest-facts.txt", raw),
+        fio_version=fio_version,
+    )
     case_dir.write_json("guest.json", facts.as_dict())
     return find_disks(case, facts)
 

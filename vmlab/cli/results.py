@@ -17,6 +17,7 @@ from rich.table import Table
 from vmlab.errors import ResultError
 from vmlab.report.model import build_run
 from vmlab.report.render import result_rows
+from vmlab.report.stages import Stage, case_stages, overhead_s
 from vmlab.report.stats import StatOptions
 from vmlab.results.index import (
     default_index_path,
@@ -129,6 +130,7 @@ def show(run: RunArg, results: ResultsOpt = Path("results")) -> None:
         status = case.status + (f": {case.error}" if case.error else "")
         cases.add_row(escape(case.id), escape(status), escape(params))
     console.print(cases)
+    _print_stages(console, {c.case_id: case_stages(c.timings) for c in record.cases})
     rows = result_rows(view)
     if not rows:
         console.print("no measured repetitions")
@@ -149,6 +151,35 @@ def show(run: RunArg, results: ResultsOpt = Path("results")) -> None:
             r.of_limit,
             f"[yellow]{escape(r.flags)}[/]" if r.flags else "",
         )
+    console.print(table)
+
+
+def _print_stages(console: Console, stages: dict[str, list[Stage]]) -> None:
+    """Where each case's seconds went, stage by stage (cases that recorded timings only)."""
+    stages = {case: found for case, found in stages.items() if found}
+    if not stages:
+        return
+    names = list(dict.fromkeys(s.name for found in stages.values() for s in found))
+    table = Table(title="stages (seconds)", title_justify="left")
+    table.add_column("stage")
+    for case in stages:
+        table.add_column(escape(case), justify="right")
+    for name in names:
+        cells = [
+            next((f"{s.seconds:.2f}" for s in found if s.name == name), "-")
+            for found in stages.values()
+        ]
+        table.add_row(escape(name), *cells)
+    overheads = [overhead_s(found) for found in stages.values()]
+    measured = [sum(s.seconds for s in found if not s.overhead) for found in stages.values()]
+    table.add_row("[bold]overhead[/]", *(f"{o:.2f}" for o in overheads))
+    table.add_row(
+        "[bold]wall / asked runtime[/]",
+        *(
+            f"{(o + m) / m:.2f}×" if m > 0 else "-"
+            for o, m in zip(overheads, measured, strict=True)
+        ),
+    )
     console.print(table)
 
 

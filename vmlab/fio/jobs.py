@@ -13,7 +13,8 @@ def render_job(job: FioJob, *, filename: str, case_id: str) -> str:
 
 
 def fio_command(job_path: str) -> str:
-    """The command run in the guest: JSON (with latency histograms) to stdout."""
+    """The command run in the guest: JSON (with latency histograms) to stdout. ``job_path``
+    ``-`` makes fio read the job file from stdin."""
     return shlex.join(["fio", "--output-format=json+", job_path])
 
 

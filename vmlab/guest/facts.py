@@ -3,6 +3,7 @@ and PCI address (templates/guest/facts.sh prints it; parsed here into typed fact
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,12 +90,21 @@ def parse_facts(text: str) -> GuestFacts:
 
 
 def collect_facts(
-    ssh: GuestSSH, *, timeout_s: float = 60, save: Callable[[bytes], object] | None = None
+    ssh: GuestSSH,
+    *,
+    timeout_s: float = 60,
+    save: Callable[[bytes], object] | None = None,
+    fio_version: str | None = None,
 ) -> GuestFacts:
     """Run templates/guest/facts.sh in the guest through ``sh -s`` (stdin: no SFTP needed, any
-    POSIX sh: busybox ash, dash, bash) and parse it; ``save`` gets the raw output first."""
+    POSIX sh: busybox ash, dash, bash) and parse it; ``save`` gets the raw output first.
+    ``fio_version``: the guest's fio is known (the default image ran it at build time), so the
+    script does not start fio again just to ask."""
     script = template_file("guest/facts.sh").read_bytes()
-    result = ssh.run("sh -s", stdin=script, timeout_s=timeout_s, check=False)
+    command = "sh -s"
+    if fio_version is not None:
+        command = f"VMLAB_FIO_VERSION={shlex.quote(fio_version)} sh -s"
+    result = ssh.run(command, stdin=script, timeout_s=timeout_s, check=False)
     if save is not None:
         save(result.stdout)
     if result.exit_code != 0:

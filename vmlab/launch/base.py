@@ -27,6 +27,16 @@ class LaunchRequest:
     nics: Sequence[LabNic] = ()
 
 
+def needs_acpi(boot: BootImage) -> bool:
+    """Whether the guest must power off through ACPI before QEMU quits.
+
+    A guest whose root file system is on a disk (rootfs and cloud images) unmounts it first.
+    The default guest lives in its initramfs: the disks under test hold nothing to keep beyond
+    what QMP ``quit`` itself writes (QEMU drains and flushes every block device as it exits),
+    so waiting for the guest's power button handler is only seconds lost per case."""
+    return boot.root_disk is not None
+
+
 class RunningGuest(Protocol):
     """A guest that printed its readiness marker; SSH is reachable at ssh_host:ssh_port."""
 

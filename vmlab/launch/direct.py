@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from vmlab.errors import LaunchError
-from vmlab.launch.base import LaunchRequest
+from vmlab.launch.base import LaunchRequest, needs_acpi
 from vmlab.launch.pinning import apply_pinning
 from vmlab.launch.qemu import QemuProcess, new_guest_dir
 from vmlab.render.model import GuestRuntime
@@ -113,6 +113,7 @@ class QemuLauncher:
                 deadlines=request.deadlines,
                 pass_fds=[fd for nic in request.nics for fd in nic.fds],
                 accel=request.accel,
+                acpi=needs_acpi(request.boot),
             ) as vm:
                 guest = QemuGuest("127.0.0.1", runtime.ssh_port, vm.started_at)
                 guest.timings["qmp_s"] = time.monotonic() - vm.started_at

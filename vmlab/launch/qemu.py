@@ -104,8 +104,10 @@ class QemuProcess:
         kind: Literal["vm", "daemon"] = "vm",
         pass_fds: Sequence[int] = (),
         accel: str = "tcg",
+        acpi: bool = True,
     ) -> None:
         self.pass_fds = tuple(pass_fds)
+        self.acpi = acpi  # False: a vm stops with QMP quit, without the ACPI power button first
         self.accel = accel  # under kvm, QEMU's log is watched for KVM failures
         self.argv = argv
         self.kind = kind
@@ -209,7 +211,8 @@ class QemuProcess:
         return self.process.wait(timeout_s) is not None
 
     def stop(self) -> None:
-        """Graceful first: ACPI power button, then QMP quit, then SIGTERM, then SIGKILL."""
+        """Graceful first: ACPI power button (unless ``acpi`` is off), then QMP quit, then
+        SIGTERM, then SIGKILL."""
         try:
             if self.process is not None and self.process.running():
                 self._powerdown_then_quit()
@@ -247,7 +250,7 @@ class QemuProcess:
             return
         try:
             self.save_events()
-            if self.kind == "vm":
+            if self.kind == "vm" and self.acpi:
                 self.note("sending system_powerdown")
                 self.qmp.cmd("system_powerdown")
                 if self._wait_exit(self.deadlines.powerdown_s):

@@ -305,6 +305,7 @@ class CaseRecord:
     params: Mapping[str, str]
     path: Path
     error: str | None = None
+    timings: Mapping[str, float] = field(default_factory=dict)  # stage marks (status.json)
 
 
 @dataclass(frozen=True)
@@ -421,6 +422,14 @@ def _fleet_hosts(run: RunDir) -> str | None:
     return ",".join(labels) or None
 
 
+def _timings(value: object) -> dict[str, float]:
+    return {
+        str(k): float(v)
+        for k, v in _mapping(value).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
 def scan_run(run_dir: Path) -> RunRecord:
     """Read a run directory into a record. Raises ResultError if it is not a run directory."""
     run = RunDir.open(run_dir)
@@ -452,6 +461,7 @@ def scan_run(run_dir: Path) -> RunRecord:
                 params=params,
                 path=path,
                 error=str(error) if error else None,
+                timings=_timings(case_status.get("timings")),
             )
         )
         if path.is_dir():

@@ -3,6 +3,7 @@ JSON saved before it is parsed, flat metrics out."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from vmlab.bench.workloads import JobContext
@@ -14,8 +15,6 @@ from vmlab.guest.ssh import GuestSSH
 from vmlab.results.rundir import ArtifactDir, now_iso
 from vmlab.storage.guest import GuestCeph
 
-GUEST_JOB_PATH = "/tmp/vmlab-job.fio"
-
 
 def run_guest_jobs(
     ctx: JobContext,
@@ -25,21 +24,23 @@ def run_guest_jobs(
     slack_s: float,
     guest_ceph: GuestCeph | None,
 ) -> None:
-    """Every fio job of the case, each repetition in turn, in the guest."""
+    """Every fio job of the case, each repetition in turn, in the guest. fio reads its job file
+    from stdin (``fio -``): no copy step, one SSH channel per repetition."""
     for spec_job in ctx.case.jobs:
         job = guest_ceph.fio_job(spec_job) if guest_ceph is not None else spec_job
         for repetition in ctx.repetitions:
             job_dir = ctx.case_dir.job(job.name, repetition)
             text = render_job(job, filename=devices.get(job.disk, ""), case_id=ctx.case.id)
             job_dir.write_text("job.fio", text)
-            ssh.put(text.encode(), GUEST_JOB_PATH)
             ctx.events.stage(ctx.case, f"fio {job.name} r{repetition} ({job.runtime_s} s)")
-            started = now_iso()
+            started, t0 = now_iso(), time.monotonic()
             result = ssh.run(
-                fio_command(GUEST_JOB_PATH),
+                fio_command("-"),
                 check=False,
+                stdin=text.encode(),
                 timeout_s=fio_timeout_s(job, slack_s=slack_s),
             )
+            wall_s = time.monotonic() - t0
             metrics = store_fio(
                 job_dir,
                 result.stdout,
@@ -48,6 +49,7 @@ def run_guest_jobs(
                 result.command,
                 started,
                 job.name,
+                wall_s=wall_s,
             )
             ctx.finished(job.name, repetition, metrics)
 
@@ -60,14 +62,21 @@ def store_fio(
     command: str,
     started: str,
     job: str,
+    *,
+    wall_s: float | None = None,
 ) -> dict[str, float]:
     """Save fio's raw output first, then parse it; returns the flat metrics."""
     raw = job_dir.write_bytes("fio.json", stdout)
     job_dir.write_bytes("fio.stderr", stderr)
-    job_dir.write_json(
-        "exit.json",
-        {"exit_code": exit_code, "started": started, "finished": now_iso(), "command": command},
-    )
+    record: dict[str, object] = {
+        "exit_code": exit_code,
+        "started": started,
+        "finished": now_iso(),
+        "command": command,
+    }
+    if wall_s is not None:  # the whole SSH command, fio's start and exit included
+        record["wall_s"] = round(wall_s, 3)
+    job_dir.write_json("exit.json", record)
     if exit_code != 0:
         err = stderr.decode(errors="replace").strip()[-400:]
         raise GuestError(f"fio job {job} exited {exit_code}: {err}", hint=f"see {raw.parent}")

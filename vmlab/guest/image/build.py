@@ -24,6 +24,7 @@ from typing import Any
 
 from vmlab import paths, proc
 from vmlab.errors import HostError
+from vmlab.guest.image.aptcache import cached_resolve
 from vmlab.guest.image.cache import (
     ProgressFn,
     compute_key,
@@ -142,7 +143,7 @@ def build_image(
     cache = cache_root if cache_root is not None else paths.cache_dir()
     images = kind_dir(cache, IMAGES)
     note(progress, "resolving guest packages with apt")
-    records = resolve_packages()
+    records = cached_resolve(images / ".apt-resolved.json", resolve_packages)
     init_text = render_init()
     material = key_material(records, init_text, host_library_packages(records))
     key = compute_key(material)
