@@ -5,9 +5,11 @@ be re-read from its directory (``scan_run``) and the whole index rebuilt (``rein
 
 Schema versions are counted in ``PRAGMA user_version`` and reached through ``MIGRATIONS``, an
 ordered tuple of functions: migration *k* takes a database at version *k - 1* to version *k*.
-To change the schema, append a function (never edit a released one). Each migration runs in its
-own transaction together with the version bump, under ``BEGIN IMMEDIATE``, so two processes
-opening an old index at once apply it exactly once.
+To change the schema, append a function (never edit a released one). The file is in WAL mode
+with ``synchronous = NORMAL``: readers do not block the writer, and a commit does not wait for
+the disk (a crash may lose the last transactions, never consistency; reindex restores them).
+Each migration runs in its own transaction together with the version bump, under
+``BEGIN IMMEDIATE``, so two processes opening an old index at once apply it exactly once.
 
 Tables (v1):
     runs(id, path, name, status, started, finished, source, host, stamp, indexed)
@@ -149,6 +151,10 @@ def open_index(
         raise ResultError(f"cannot open the results index: {exc}", path=db_path) from exc
     try:
         conn.execute("PRAGMA foreign_keys = ON")
+        # A cache of the run directories: a commit need not wait for the disk (fsync cost
+        # ~8 ms per run when importing); the write-ahead log keeps the file consistent.
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
         migrate(conn, migrations)
         yield conn
     except sqlite3.DatabaseError as exc:
