@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from vmlab.errors import ResultError
 from vmlab.metrics import METRICS
 
@@ -160,6 +158,8 @@ def describe(
 @contextmanager
 def _quiet_numerics() -> Iterator[None]:
     """No floating-point warnings from numpy or scipy: results are checked for finiteness."""
+    import numpy as np  # here, not at import: every vmlab command imports this module
+
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
@@ -250,6 +250,8 @@ def bootstrap_ratio_ci(
     opts = options or StatOptions()
     if baseline.single or candidate.single:
         return None
+    import numpy as np  # here, not at import: every vmlab command imports this module
+
     rng = np.random.default_rng(opts.seed)
     base = np.asarray(baseline.values, dtype=float)
     cand = np.asarray(candidate.values, dtype=float)
