@@ -375,10 +375,12 @@ def write_import_record(
                 "variant": {"source": "import", "folder": str(case.folder)},
             },
         )
+        (case_dir.path / "jobs").mkdir(parents=True)
         for job in case.jobs:
+            (case_dir.path / "jobs" / job.name).mkdir()
             for repetition, unit in enumerate(job.repetitions, start=1):
                 job_dir = case_dir.job(job.name, repetition)
-                job_dir.path.mkdir(parents=True)  # new: one mkdir, not one per file
+                job_dir.path.mkdir()  # new: one mkdir per folder, none per file written
                 job_dir.write_bytes("fio.json", unit.raw)  # the truth, before interpretation
                 measured = unit.fio.model_copy(update={"jobs": [unit.job], "all_clients": None})
                 metrics = summarize(unit.job)
