@@ -420,7 +420,7 @@ def parse_fio_file(path: Path) -> FioOutput:
     """Parse a saved fio output file; errors carry the path."""
     ctx = _Context(None, path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_bytes().decode("utf-8", errors="replace")  # as the importer reads
     except OSError as exc:
         raise ResultError(
             f"cannot read fio output: {exc.strerror or exc}",
