@@ -15,6 +15,7 @@ Needs root, iproute2, openssh-server and vmlab[fleet].
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import statistics
@@ -46,7 +47,37 @@ jobs:
 """
 
 
-def fleet_once(inventory: Path, spec: Path, results: Path, limit: str | None) -> float:
+def task_times(run: Path) -> list[tuple[str, dict[str, float], float]]:
+    """From ansible-runner's events of a fleet run: per task (in the order they started), each
+    host's seconds in it and the wall span from the first host's start to the last one's end.
+    A task whose span is well over its hosts' seconds is where they waited for each other."""
+    spans: dict[str, dict[str, tuple[dt.datetime, dt.datetime]]] = {}
+    for path in sorted((run / "ansible").glob("artifacts/*/job_events/*.json")):
+        event = json.loads(path.read_text())
+        data = event.get("event_data", {})
+        if not event.get("event", "").startswith("runner_on_") or not data.get("start"):
+            continue
+        start = dt.datetime.fromisoformat(data["start"])
+        end = dt.datetime.fromisoformat(data["end"])
+        spans.setdefault(data.get("task", "?"), {})[data["host"]] = (start, end)
+    rows = []
+    for task, hosts in sorted(spans.items(), key=lambda t: min(s for s, _ in t[1].values())):
+        per_host = {h: (e - s).total_seconds() for h, (s, e) in hosts.items()}
+        wall = max(e for _, e in hosts.values()) - min(s for s, _ in hosts.values())
+        rows.append((task, per_host, wall.total_seconds()))
+    return rows
+
+
+def print_task_times(label: str, rows: list[tuple[str, dict[str, float], float]]) -> None:
+    hosts = sorted({h for _, per_host, _ in rows for h in per_host})
+    print(f"\n{label}: seconds per task and host (ansible-runner events), and its wall span")
+    print(f"  {'task':44} " + " ".join(f"{h:>7}" for h in hosts) + f" {'span':>7}")
+    for task, per_host, wall in rows:
+        cells = " ".join(f"{per_host[h]:7.2f}" if h in per_host else f"{'-':>7}" for h in hosts)
+        print(f"  {task[:44]:44} {cells} {wall:7.2f}")
+
+
+def fleet_once(inventory: Path, spec: Path, results: Path, limit: str | None) -> tuple[float, Path]:
     started = time.monotonic()
     outcome = run_fleet(
         FleetOptions(
@@ -60,7 +91,7 @@ def fleet_once(inventory: Path, spec: Path, results: Path, limit: str | None) ->
     seconds = time.monotonic() - started
     if not outcome.ok:
         raise SystemExit(f"fleet run failed: {[(h.host, h.error) for h in outcome.failed]}")
-    return seconds
+    return seconds, outcome.run.path
 
 
 def bench_once(spec: Path, results: Path, env_root: Path) -> float:
@@ -104,14 +135,16 @@ def main() -> None:
         with TestHosts(["hv-a", "hv-b"]) as hosts:
             inventory = root / "inventory.json"
             inventory.write_text(json.dumps(hosts.vmlab_inventory(root, vmlab_bin=BIN / "vmlab")))
+            breakdown: dict[str, list[tuple[str, dict[str, float], float]]] = {}
             for n in range(args.runs):
                 times["vmlab bench"].append(bench_once(spec, root / "local", root / "local-env"))
-                times["fleet, 1 host"].append(
-                    fleet_once(inventory, spec, root / f"one-{n}", limit="hv-a")
-                )
-                times["fleet, 2 hosts"].append(
-                    fleet_once(inventory, spec, root / f"two-{n}", limit=None)
-                )
+                for label, limit in (("fleet, 1 host", "hv-a"), ("fleet, 2 hosts", None)):
+                    seconds, run = fleet_once(inventory, spec, root / f"{label[7]}-{n}", limit)
+                    times[label].append(seconds)
+                    breakdown[label] = task_times(run)  # the last round's
+    for label, rows in breakdown.items():
+        print_task_times(label, rows)
+    print()
     base = statistics.median(times["fleet, 1 host"])
     print(f"{'':16} {'median s':>9} {'× 1 host':>9}  runs")
     for name, values in times.items():

@@ -9,9 +9,15 @@ warning line in front of the JSON, as captured stdout often has) into a temporar
 - import: ``vmlab.results.importer.import_tree`` (parse, infer parameters, copy the raw file,
   write summary.json and the run directories, index them in SQLite).
 
+Then the results index at 10,000 runs (``--runs``; each a real imported run of one file): the
+wall time of the commands ``vmlab results list`` (the index is synced with the run directories
+first, then every run printed) and ``vmlab compare`` of two of them, each against ``vmlab
+version`` (the same interpreter and CLI start-up) and against the same command on a results
+root of 10 runs; issue 18 asks for under 0.5 s.
+
 Prints each time and its ratio to the baseline. Not a test: nothing is asserted.
 
-    /work/venv/bin/python benchmarks/import.py [--files 10000] [--folders 100]
+    .venv/bin/python benchmarks/import.py [--files 10000] [--folders 100] [--runs 10000]
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -61,10 +70,55 @@ def load_plain(paths: list[Path]) -> int:
     return jobs
 
 
+def command_s(*args: str, repeat: int = 3) -> float:
+    """Median wall time of ``vmlab ARGS`` (a new process, as a user runs it)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "vmlab.cli", *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def index_bench(tmp: Path, runs: int) -> None:
+    source = samples()[0]
+    roots = {}
+    for count in (10, runs):
+        tree = tmp / f"runs-{count}"
+        for i in range(count):
+            folder = tree / f"run{i:05d}"
+            folder.mkdir(parents=True)
+            shutil.copyfile(source, folder / source.name)
+        start = time.perf_counter()
+        result = import_tree(tree, tmp / f"results-{count}")
+        print(f"  ({count} runs imported in {time.perf_counter() - start:.1f} s)")
+        roots[count] = (tmp / f"results-{count}", [r.run_id for r in result.runs])
+    startup = command_s("version")
+    print(f"results index: {runs} runs, each command a new process (median of 3)")
+    print(f"  {'':28} {'seconds':>8} {'x start-up':>10} {'x 10 runs':>10}")
+    print(f"  {'vmlab version (start-up)':28} {startup:8.2f} {1.0:10.1f}")
+    for label, args in (
+        ("vmlab results list", lambda root, ids: ["results", "list", "--results", str(root)]),
+        (
+            "vmlab compare A B",
+            lambda root, ids: ["compare", ids[0], ids[-1], "--results", str(root)],
+        ),
+    ):
+        small = command_s(*args(*roots[10]))
+        big = command_s(*args(*roots[runs]))
+        print(f"  {label:28} {big:8.2f} {big / startup:10.1f} {big / small:10.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--folders", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=10_000, help="runs in the index bench")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vmlab-bench-import-"))
     try:
@@ -94,6 +148,8 @@ def main() -> None:
             f"  -> {len(result.runs)} runs, {len(result.rejected)} files rejected, "
             f"{import_s / len(paths) * 1000:.2f} ms per file imported"
         )
+        if args.runs:
+            index_bench(tmp, args.runs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

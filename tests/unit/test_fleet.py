@@ -482,3 +482,31 @@ def test_ci_example_spec_rules_and_workflow_fit_vmlab() -> None:
     for option in ("--baseline", "--rules", "--junit"):  # options `vmlab compare` has
         assert option in scripts
     assert any(str(s.get("uses", "")).startswith("actions/upload-artifact@") for s in steps)
+
+
+def test_fetched_archives_are_unpacked_and_bench_log_comes_from_the_events(
+    tmp_path: Path,
+) -> None:
+    """bench.yml leaves unpacking and bench.log to `vmlab fleet run` (vmlab_fetch_unpack)."""
+    import tarfile
+
+    from vmlab.fleet.run import _unpack_fetched
+
+    made = tmp_path / "made" / "20260101-000000-lab"
+    made.mkdir(parents=True)
+    (made / "spec.json").write_text("{}")
+    fetch = tmp_path / "fetch"
+    (fetch / "hv-a").mkdir(parents=True)
+    with tarfile.open(fetch / "hv-a" / "results.tar.gz", "w:gz") as tar:
+        tar.add(made.parent, arcname=".")
+    collect = EventCollector(Recorder())
+    collect(event("runner_on_ok", host="hv-a", task="Run vmlab bench", res={"stdout": "✓ ok"}))
+    collect(
+        event("runner_on_failed", host="hv-b", task="Run vmlab bench", res={"stderr": "error: x"})
+    )
+    _unpack_fetched(fetch, ["hv-a", "hv-b", "hv-c"], collect)
+    assert (fetch / "hv-a" / "20260101-000000-lab" / "spec.json").read_text() == "{}"
+    assert not (fetch / "hv-a" / "results.tar.gz").exists()
+    assert (fetch / "hv-a" / "bench.log").read_text() == "✓ ok\n\n"
+    assert (fetch / "hv-b" / "bench.log").read_text() == "\nerror: x\n"  # nothing came back
+    assert not (fetch / "hv-c").exists()  # never ran the bench: nothing to write

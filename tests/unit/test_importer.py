@@ -92,8 +92,8 @@ def test_each_fio_plot_file_lands_in_the_job_its_name_says(
     imported: tuple[Path, ImportResult],
 ) -> None:
     run = _run_for(imported, FIO_31)
-    for source in (run / "cases" / "fio-3.1-raid-ssd" / "jobs").glob("*/r1/source.json"):
-        original = Path(json.loads(source.read_text())["path"])
+    for source in (run / "cases" / "fio-3.1-raid-ssd" / "jobs").glob("*/r1/summary.json"):
+        original = Path(json.loads(source.read_text())["source"]["path"])
         rw, depth, numjobs = original.stem.split("-")
         assert source.parent.parent.name == f"{rw}-qd{depth}-nj{numjobs}"
 
@@ -213,3 +213,17 @@ def test_mean_and_p99_columns_are_the_same_latency_kind(
     _, mean_us, p99_us = row_values(got)
     assert mean_us == pytest.approx(raw["clat_ns"]["mean"] / 1000)
     assert p99_us is not None and mean_us is not None and mean_us < p99_us
+
+
+def test_the_indexed_record_is_what_the_directory_says(tmp_path: Path) -> None:
+    """import_tree indexes the record it built while writing; it must be what scan_run reads
+    back from the run directory (the truth)."""
+    from vmlab.results.importer import group_folder, read_units, write_import_record
+    from vmlab.results.rundir import scan_run
+
+    units = [u for f in sorted(FIO_31.glob("*.json"))[:12] for u in read_units(f)[0]]
+    units += [u for u in read_units(FIO_31 / "randread-16-4.json")[0]]  # a repetition
+    case = group_folder(units, "raid", FIO_31)
+    run, record = write_import_record(tmp_path, [case], name="raid", source=FIO_31)
+    assert any(s.repetition == 2 for s in record.samples)
+    assert record == scan_run(run.path)

@@ -16,6 +16,7 @@ from vmlab.cli.results import app
 from vmlab.errors import ResultError
 from vmlab.results.index import (
     MIGRATIONS,
+    SyncResult,
     default_index_path,
     get_run,
     index_run,
@@ -190,6 +191,27 @@ def test_sync_indexes_new_and_changed_runs(results: Path) -> None:
     os.utime(run / "status.json", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert sync_index(results).indexed == ("run-a",)
     assert get_run(db, "run-a").status == "complete"
+
+
+def test_sync_reads_only_what_changed_and_drops_what_is_gone(results: Path) -> None:
+    db = default_index_path(results)
+    kept = make_run(results, "run-a", CELLS)
+    bare = make_run(results, "run-b", CELLS)
+    (bare / "status.json").unlink()  # stamped by its spec.json instead
+    gone = make_run(results, "run-c", CELLS)
+    (results / "not-a-run").mkdir()
+    (results / "index-notes.txt").write_text("a file, not a run")
+    assert sorted(sync_index(results).indexed) == ["run-a", "run-b", "run-c"]
+    assert sync_index(results) == SyncResult()  # nothing changed: nothing read
+    shutil.rmtree(gone)
+    (kept / "spec.json").touch()  # only status.json marks a change
+    again = sync_index(results)
+    assert again.indexed == () and again.removed == ("run-c",)
+    # every run at once counts what one run's query counts
+    assert {r.id: (r.cases, r.samples) for r in list_runs(db)} == {
+        "run-a": (get_run(db, "run-a").cases, get_run(db, "run-a").samples),
+        "run-b": (get_run(db, "run-b").cases, get_run(db, "run-b").samples),
+    }
 
 
 def test_query_by_case_and_job_parameters(results: Path) -> None:

@@ -206,3 +206,22 @@ def test_options_are_validated() -> None:
         StatOptions(alpha=0)
     with pytest.raises(ValueError):
         StatOptions(bootstrap=10)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "candidate"),
+    [
+        ([100.0, 102.0, 99.0], [110.0, 111.5, 108.0, 109.0]),
+        ([5.0, 5.1], [5.0, 5.2, 5.3, 4.9, 5.05]),
+        ([1e-3, 2e-3, 1.5e-3, 1.2e-3], [1.1e-3, 2.1e-3, 1.4e-3]),
+    ],
+)
+def test_welch_p_is_scipy_ttest_ind_without_importing_scipy_stats(
+    baseline: list[float], candidate: list[float]
+) -> None:
+
+    expected = float(sps.ttest_ind(candidate, baseline, equal_var=False).pvalue)
+    assert welch_p(describe(baseline), describe(candidate)) == pytest.approx(expected, rel=1e-9)
+    half = float(sps.t.ppf(0.975, len(baseline) - 1)) * statistics.stdev(baseline)
+    cell = describe(baseline)
+    assert cell.ci_high - cell.mean == pytest.approx(half / math.sqrt(len(baseline)))  # type: ignore[operator]

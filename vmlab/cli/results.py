@@ -6,6 +6,7 @@ Errors are raised as VmlabError; vmlab.cli prints them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Span, Text
 
 from vmlab.errors import ResultError
 from vmlab.report.model import build_run
@@ -20,6 +22,7 @@ from vmlab.report.render import result_rows
 from vmlab.report.stages import Stage, case_stages, overhead_s
 from vmlab.report.stats import StatOptions
 from vmlab.results.index import (
+    RunRow,
     default_index_path,
     index_run,
     list_runs,
@@ -62,47 +65,50 @@ def list_command(results: ResultsOpt = Path("results")) -> None:
     if not rows:
         console.print(f"no runs under {escape(str(results))}")
         return
-    table = Table(title=f"runs in {escape(str(results))}", title_justify="left")
-    # The run id is what people copy: never cut or wrapped, and the short columns stay whole;
-    # on a narrow terminal name, start and host are cut short (…) instead, one line per run.
-    whole = {
-        "run": max(len(r.id) for r in rows),
-        "status": max(len(r.status) for r in rows),
-        "source": max(len(r.source) for r in rows),
-        "cases": 5,
-        "samples": 7,
-    }
-    for column, justify in (
-        ("run", "left"),
-        ("name", "left"),
-        ("status", "left"),
-        ("source", "left"),
-        ("started", "left"),
-        ("cases", "right"),
-        ("samples", "right"),
-        ("host", "left"),
-    ):
-        table.add_column(
-            column,
-            justify=justify,  # type: ignore[arg-type]
-            no_wrap=True,
-            overflow="ellipsis",
-            min_width=whole.get(column),
-        )
-    for row in rows:
-        color = {"complete": "green", "failed": "red", "interrupted": "yellow"}.get(row.status)
-        status = f"[{color}]{escape(row.status)}[/]" if color else escape(row.status)
-        table.add_row(
-            escape(row.id),
-            escape(row.name),
-            status,
-            row.source,
-            escape(row.started or "-"),
-            str(row.cases),
-            str(row.samples),
-            escape(row.host or "-"),
-        )
-    console.print(table)
+    listing = _run_list(rows, f"runs in {results}")
+    if console.is_terminal:
+        console.print(listing, end="", soft_wrap=True)
+    else:  # piped: the same text without styles, and without rich rendering 10,000 lines
+        console.file.write(listing.plain)
+
+
+_STATUS_STYLE = {"complete": "green", "failed": "red", "interrupted": "yellow"}
+
+
+def _cells(r: RunRow) -> tuple[str, ...]:
+    started, host = r.started or "-", r.host or "-"
+    return (r.id, r.name, r.status, r.source, started, str(r.cases), str(r.samples), host)
+
+
+def _run_list(rows: Sequence[RunRow], title: str) -> Text:
+    """The runs as aligned columns in one Text: a rich Table measures every cell and takes
+    seconds for 10,000 runs; this takes milliseconds."""
+    header = ("run", "name", "status", "source", "started", "cases", "samples", "host")
+    cells = [_cells(r) for r in rows]
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
+    right = {5, 6}  # counts
+
+    def line(values: Sequence[str]) -> tuple[str, int, int]:
+        """The line, and where its status column starts and ends."""
+        padded = [
+            v.rjust(w) if i in right else v.ljust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ]
+        start = len(padded[0]) + len(padded[1]) + 4
+        return "  ".join(padded).rstrip() + "\n", start, start + len(values[2])
+
+    head = line(header)[0]
+    parts = [title + "\n", head]
+    spans = [Span(len(parts[0]), len(parts[0]) + len(head), "bold")]
+    offset = len(parts[0]) + len(head)
+    for values in cells:
+        text, start, end = line(values)
+        style = _STATUS_STYLE.get(values[2])
+        if style:
+            spans.append(Span(offset + start, offset + end, style))
+        parts.append(text)
+        offset += len(text)
+    return Text("".join(parts), spans=spans)
 
 
 @app.command()

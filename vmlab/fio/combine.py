@@ -25,14 +25,20 @@ def percentiles_from_bins(bins_ns: Mapping[int, int], percents: Sequence[str]) -
     result: dict[str, float] = {}
     if not total:
         return result
-    for key in sorted(percents, key=float):
-        threshold = Fraction(key) / 100 * total
-        running = 0
-        for value, count in ordered:
+    # One pass over the bins: the running count is an integer, so "reaches p/100 of all
+    # samples" is "reaches the ceiling of it" (exact: the threshold is a fraction).
+    wanted = sorted((math.ceil(Fraction(key) / 100 * total), float(key), key) for key in percents)
+    bins = iter(ordered)
+    running = 0
+    value: int | None = None
+    for threshold, _, key in wanted:
+        while value is None or running < threshold:  # at least the first bin, as fio
+            step = next(bins, None)
+            if step is None:
+                return result  # beyond the last bin
+            value, count = step
             running += count
-            if running >= threshold:
-                result[key] = float(value)
-                break
+        result[key] = float(value)
     return result
 
 

@@ -21,6 +21,9 @@ _NAMED_PERCENTILES = {"p50_ns": 50.0, "p90_ns": 90.0, "p99_ns": 99.0, "p99_9_ns"
 
 
 def _find_percentile(percentiles: Mapping[str, Any], percent: float) -> Any:
+    exact = percentiles.get(f"{percent:.6f}")  # how fio prints its keys: "99.900000"
+    if exact is not None:
+        return exact
     for key, value in percentiles.items():
         try:
             if math.isclose(float(key), percent, abs_tol=1e-6):
@@ -55,10 +58,13 @@ class Latency(BaseModel):
     def _named_percentiles(cls, data: Any) -> Any:
         """Fill ``p50_ns``... from ``percentiles_ns`` when they are not given."""
         if isinstance(data, dict) and isinstance(data.get("percentiles_ns"), Mapping):
-            data = dict(data)
-            for field, percent in _NAMED_PERCENTILES.items():
-                if data.get(field) is None:
-                    data[field] = _find_percentile(data["percentiles_ns"], percent)
+            missing = [f for f in _NAMED_PERCENTILES if data.get(f) is None]
+            if missing:
+                data = dict(data)
+                for field in missing:
+                    data[field] = _find_percentile(
+                        data["percentiles_ns"], _NAMED_PERCENTILES[field]
+                    )
         return data
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from vmlab.errors import ResultError
+from vmlab.fio.fastparse import FALLBACK_ERRORS, fast_report
 from vmlab.fio.model import Direction, FioOutput, JobResult, Latency
 from vmlab.metrics import DIRECTIONS
 
@@ -66,6 +67,7 @@ _HINT_LAYOUT = (
 # Where a JSON object may start: "{" then a key or "}" (cheap filter before decoding).
 _LINE_START_OBJECT = re.compile(r'^[ \t]*\{(?=\s*["}])', re.MULTILINE)
 _ANY_OBJECT = re.compile(r'\{(?=\s*["}])')
+_DECODER = json.JSONDecoder()
 
 
 class _Context:
@@ -116,7 +118,26 @@ def _decode_candidates(
     return reports, others, broken
 
 
+def _single_report(text: str) -> dict[str, Any] | None:
+    """The common case, cheaply: the first object that starts a line is a fio report and
+    nothing but whitespace follows it. The full search would find the same report (every
+    later start lies inside it); anything else is left to the full search."""
+    first = _LINE_START_OBJECT.search(text)
+    if first is None:
+        return None
+    try:
+        obj, end = _DECODER.raw_decode(text, first.end() - 1)
+    except json.JSONDecodeError:
+        return None
+    if not _is_fio_report(obj) or text[end:].strip():
+        return None
+    return obj  # type: ignore[no-any-return]
+
+
 def _find_report(text: str, ctx: _Context) -> dict[str, Any]:
+    single = _single_report(text)
+    if single is not None:
+        return single
     line_starts = (m.end() - 1 for m in _LINE_START_OBJECT.finditer(text))
     reports, others, broken = _decode_candidates(text, line_starts)
     if not reports:  # a report glued to other text on its first line
@@ -379,7 +400,11 @@ def _report(doc: _Obj) -> FioOutput:
 
 
 def _parse(text: str, ctx: _Context) -> FioOutput:
-    return _report(_Obj(_find_report(text, ctx), "", ctx))
+    doc = _find_report(text, ctx)
+    try:
+        return fast_report(doc)
+    except FALLBACK_ERRORS:
+        return _report(_Obj(doc, "", ctx))  # the same model, or the error naming the field
 
 
 def parse_fio_output(text: str, *, source: str | None = None) -> FioOutput:
@@ -395,7 +420,7 @@ def parse_fio_file(path: Path) -> FioOutput:
     """Parse a saved fio output file; errors carry the path."""
     ctx = _Context(None, path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_bytes().decode("utf-8", errors="replace")  # as the importer reads
     except OSError as exc:
         raise ResultError(
             f"cannot read fio output: {exc.strerror or exc}",

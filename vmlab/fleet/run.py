@@ -22,6 +22,7 @@ import re
 import secrets
 import shutil
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,9 @@ spec, fetching results)."""
 CANCEL_TIMEOUT_S = 60.0
 POLL_S = 0.2
 ERROR_LINES = 12
+BENCH_TASK = "Run vmlab bench"
+"""The task of bench.yml whose result holds vmlab's output (bench.log)."""
+ARCHIVE = "results.tar.gz"
 NO_HOSTS = "leaves us with no hosts to target"
 """What ansible-playbook says when the inventory and --limit select no host."""
 
@@ -140,6 +144,7 @@ class EventCollector:
         self._lock = threading.Lock()
         self._hosts: dict[str, _HostState] = {}
         self._stats: dict[str, dict[str, int]] = {}
+        self._output: dict[str, str] = {}
         self.no_hosts_matched = False
 
     def __call__(self, event: Mapping[str, Any]) -> bool:
@@ -178,6 +183,8 @@ class EventCollector:
         update: HostUpdate | None = None
         with self._lock:
             state = self._seen(host)
+            if task == BENCH_TASK and kind in ("runner_on_ok", "runner_on_failed"):
+                self._output[host] = f"{res.get('stdout') or ''}\n{res.get('stderr') or ''}\n"
             if kind == "runner_on_start":
                 update = HostUpdate(host, task, "running")
             elif kind == "runner_on_ok":
@@ -196,6 +203,11 @@ class EventCollector:
                 update = HostUpdate(host, task, "unreachable", error)
         if update is not None:
             self.events.host_update(update)
+
+    def bench_output(self, host: str) -> str | None:
+        """What `vmlab bench` printed on the host (stdout, then stderr), if it ran."""
+        with self._lock:
+            return self._output.get(host)
 
     def outcomes(self) -> list[HostOutcome]:
         """Every host the play touched, in the order they first appeared."""
@@ -378,6 +390,7 @@ def run_fleet(options: FleetOptions, events: FleetEvents | None = None) -> Fleet
         "vmlab_run_tag": run_tag,
         "vmlab_bench_extra_args": list(options.bench_args),
         "vmlab_bench_timeout_s": options.host_timeout_s,
+        "vmlab_fetch_unpack": False,  # done here: _unpack_fetched
     }
     collector = EventCollector(events or QuietFleetEvents())
     status, rc, interrupted = "unknown", None, False
@@ -400,6 +413,7 @@ def run_fleet(options: FleetOptions, events: FleetEvents | None = None) -> Fleet
         artifacts = private / "artifacts" / RUNNER_IDENT
         _scrub_command_artifact(artifacts)
         outcomes = collector.outcomes()
+        _unpack_fetched(fetch_dir, [o.host for o in outcomes], collector)
         if interrupted:  # hosts still busy when Ctrl-C came: not failed, stopped
             outcomes = [
                 replace(o, status="interrupted", error="interrupted (Ctrl-C on the controller)")
@@ -456,6 +470,28 @@ def run_fleet(options: FleetOptions, events: FleetEvents | None = None) -> Fleet
     if interrupted:
         raise KeyboardInterrupt
     return FleetOutcome(run=run, hosts=merged.hosts, ansible_status=status, ansible_rc=rc)
+
+
+def _unpack_fetched(fetch_dir: Path, hosts: Sequence[str], collector: EventCollector) -> None:
+    """What bench.yml leaves to vmlab (``vmlab_fetch_unpack: false``): each host's fetched
+    archive unpacked beside it, and its bench.log written from the runner's events. Four
+    module runs less per host on the controller, which shares its CPU with the hosts' guests
+    when they run on it."""
+    for host in hosts:
+        host_dir = fetch_dir / host
+        archive = host_dir / ARCHIVE
+        if archive.is_file():
+            try:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(host_dir, filter="data")
+            except (OSError, tarfile.TarError) as exc:
+                log.warning("%s: cannot unpack %s: %s", host, archive, exc)
+            else:
+                archive.unlink()
+        output = collector.bench_output(host)
+        if output is not None and not (host_dir / "bench.log").exists():
+            host_dir.mkdir(parents=True, exist_ok=True)
+            (host_dir / "bench.log").write_text(output)
 
 
 def _index(results_root: Path, run: RunDir) -> None:

@@ -25,9 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-from scipy import stats as sps
-
 from vmlab.errors import ResultError
 from vmlab.metrics import METRICS
 
@@ -147,7 +144,9 @@ def describe(
         stdev = statistics.stdev(xs)
     except OverflowError as exc:
         raise out_of_range from exc
-    t = float(sps.t.ppf((1 + opts.confidence) / 2, n - 1))
+    from scipy.special import stdtrit  # what scipy.stats.t.ppf calls; stats takes seconds
+
+    t = float(stdtrit(n - 1, (1 + opts.confidence) / 2))
     half = t * stdev / math.sqrt(n)
     if not math.isfinite(mean - half) or not math.isfinite(mean + half):
         raise out_of_range
@@ -159,6 +158,8 @@ def describe(
 @contextmanager
 def _quiet_numerics() -> Iterator[None]:
     """No floating-point warnings from numpy or scipy: results are checked for finiteness."""
+    import numpy as np  # here, not at import: every vmlab command imports this module
+
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
@@ -213,9 +214,20 @@ def welch_p(baseline: CellStats, candidate: CellStats) -> float | None:
     if not baseline.stdev and not candidate.stdev:
         # No spread on either side: the means are either exactly equal or certainly different.
         return 1.0 if baseline.mean == candidate.mean else 0.0
-    with _quiet_numerics():  # nearly equal samples: scipy warns of precision loss
-        result = sps.ttest_ind(candidate.values, baseline.values, equal_var=False)
-    return _finite(float(result.pvalue))
+    from scipy.special import stdtr  # what scipy.stats.ttest_ind calls; stats takes seconds
+
+    # Welch's t and Welch-Satterthwaite degrees of freedom, as scipy.stats.ttest_ind computes
+    # them with equal_var=False.
+    with _quiet_numerics():
+        try:
+            v1 = (candidate.stdev or 0.0) ** 2 / candidate.n
+            v2 = (baseline.stdev or 0.0) ** 2 / baseline.n
+            t = (candidate.mean - baseline.mean) / math.sqrt(v1 + v2)
+            df = (v1 + v2) ** 2 / (v1**2 / (candidate.n - 1) + v2**2 / (baseline.n - 1))
+        except (OverflowError, ZeroDivisionError):
+            return None
+        p = 2 * float(stdtr(df, -abs(t)))
+    return _finite(p)
 
 
 def hedges_g(baseline: CellStats, candidate: CellStats) -> float | None:
@@ -238,6 +250,8 @@ def bootstrap_ratio_ci(
     opts = options or StatOptions()
     if baseline.single or candidate.single:
         return None
+    import numpy as np  # here, not at import: every vmlab command imports this module
+
     rng = np.random.default_rng(opts.seed)
     base = np.asarray(baseline.values, dtype=float)
     cand = np.asarray(candidate.values, dtype=float)

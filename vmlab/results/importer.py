@@ -14,7 +14,9 @@ bs, iodepth, numjobs, ioengine, direct, size, unified_rw_reporting) and its serv
   name order); units of one file that would collide keep their fio job name as a parameter.
 
 The raw file is copied byte-for-byte as ``fio.json`` before anything is interpreted; beside it
-``summary.json`` (flat metrics + the parsed unit), ``source.json`` (original path, fio job).
+``summary.json``: flat metrics, the parsed unit, and its ``source`` (original path, fio job,
+server). One folder and two files per repetition, one index transaction per run: on a disk
+where creating a file costs more than parsing one, that is what an import costs.
 The run's ``spec.json``, ``status.json`` and ``import.json`` say ``"source": "import"``.
 
 Only ``*.json``, ``*.txt`` and ``*.out`` files are candidates (fio's bandwidth/latency ``.log``
@@ -35,14 +37,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic_core import to_json
+
 from vmlab import __version__
 from vmlab.errors import ResultError
 from vmlab.fio.combine import combine_jobs
 from vmlab.fio.model import FioOutput, JobResult
 from vmlab.fio.parse import parse_fio_output
 from vmlab.fio.summary import summarize
-from vmlab.results.index import default_index_path, index_run
-from vmlab.results.rundir import RunDir, is_run_dir, now_iso
+from vmlab.results.index import default_index_path, index_record, open_index
+from vmlab.results.rundir import (
+    CaseRecord,
+    RunDir,
+    RunRecord,
+    Sample,
+    is_run_dir,
+    now_iso,
+    run_stamp,
+)
 from vmlab.spec import parse_size
 
 log = logging.getLogger(__name__)
@@ -300,6 +312,19 @@ def write_import(
     rejected: Sequence[Rejected] = (),
 ) -> RunDir:
     """Write one run directory holding ``cases``, laid out as the bench lays out its runs."""
+    return write_import_record(results_root, cases, name=name, source=source, rejected=rejected)[0]
+
+
+def write_import_record(
+    results_root: Path,
+    cases: Sequence[ImportedCase],
+    *,
+    name: str,
+    source: Path,
+    rejected: Sequence[Rejected] = (),
+) -> tuple[RunDir, RunRecord]:
+    """:func:`write_import`, returning also the run's record for the index: what
+    ``scan_run`` would read back from the directory, without reading it back."""
     run = RunDir.create(results_root, name)
     units = [u for c in cases for j in c.jobs for u in j.repetitions]
     stamps = [u.fio.timestamp for u in units if u.fio.timestamp is not None]
@@ -308,11 +333,12 @@ def write_import(
     for case in cases:
         for job in case.jobs:
             jobs.setdefault(job.name, job.params)
+    spec_name, description = slug(name) or "import", f"imported from {source}"
     run.write_json(
         "spec.json",
         {
-            "name": slug(name) or "import",
-            "description": f"imported from {source}",
+            "name": spec_name,
+            "description": description,
             "source": "import",
             "runtime_s": None,
             "jobs": [{"name": n, **p} for n, p in jobs.items()],
@@ -337,6 +363,8 @@ def write_import(
         },
     )
     run.set_status("running", source="import", started=started, cases=[c.case_id for c in cases])
+    case_records: list[CaseRecord] = []
+    samples: list[Sample] = []
     for case in cases:
         case_dir = run.case(case.case_id)
         case_dir.write_json(
@@ -347,25 +375,31 @@ def write_import(
                 "variant": {"source": "import", "folder": str(case.folder)},
             },
         )
+        (case_dir.path / "jobs").mkdir(parents=True)
         for job in case.jobs:
+            (case_dir.path / "jobs" / job.name).mkdir()
             for repetition, unit in enumerate(job.repetitions, start=1):
                 job_dir = case_dir.job(job.name, repetition)
+                job_dir.path.mkdir()  # new: one mkdir per folder, none per file written
                 job_dir.write_bytes("fio.json", unit.raw)  # the truth, before interpretation
-                job_dir.write_json(
-                    "source.json",
-                    {
+                measured = unit.fio.model_copy(update={"jobs": [unit.job], "all_clients": None})
+                metrics = summarize(unit.job)
+                summary = {
+                    "metrics": metrics,
+                    "fio": measured,
+                    "source": {
                         "path": str(unit.path),
                         "fio_job": unit.job.name,
                         "hostname": unit.job.hostname,
                         "port": unit.job.port,
                     },
-                )
-                measured = unit.fio.model_copy(update={"jobs": [unit.job], "all_clients": None})
-                job_dir.write_json(
-                    "summary.json",
-                    {"metrics": summarize(unit.job), "fio": measured.model_dump(mode="json")},
-                )
+                }
+                # pydantic-core writes the JSON (the stdlib's indenting encoder is pure
+                # Python and was the largest cost of an import)
+                job_dir.write_bytes("summary.json", to_json(summary, indent=2) + b"\n")
+                samples.append(Sample(case.case_id, job.name, repetition, metrics, job_dir.path))
         case_dir.set_status("ok", source="import")
+        case_records.append(CaseRecord(case.case_id, "ok", dict(case.params), case_dir.path))
     run.set_status(
         "complete",
         source="import",
@@ -374,7 +408,23 @@ def write_import(
         cases=[c.case_id for c in cases],
         failed={},
     )
-    return run
+    # What scan_run would read back from the directory, without reading it back.
+    record = RunRecord(
+        id=run.run_id,
+        path=run.path.resolve(),
+        name=spec_name,
+        description=description,
+        status="complete",
+        started=started,
+        finished=finished,
+        source="import",
+        host=None,
+        cases=tuple(case_records),
+        samples=tuple(sorted(samples, key=lambda s: str(s.path))),
+        job_params={n: {k: str(v) for k, v in p.items()} for n, p in jobs.items()},
+        stamp=run_stamp(run.path),
+    )
+    return run, record
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,31 +483,55 @@ def import_tree(
     runs: list[ImportedRun] = []
     rejected: list[Rejected] = []
     root = source.resolve() if source.is_dir() else source.resolve().parent
-    for folder, files in folders.items():
-        units: list[Unit] = []
-        here: list[Rejected] = []
-        for path in files:
-            try:
-                found, refused = read_units(path)
-            except ResultError as exc:
-                here.append(Rejected(path, exc.message))
+    with open_index(db) as conn:  # one connection; one transaction per run
+        for folder, files in folders.items():
+            imported, refused = _import_folder(
+                folder, files, results_root, root, name, len(folders)
+            )
+            rejected.extend(refused)
+            if imported is None:
                 continue
-            except OSError as exc:
-                here.append(Rejected(path, f"cannot read: {exc.strerror or exc}"))
-                continue
-            units.extend(found)
-            here.extend(refused)
-        rejected.extend(here)
-        if not units:
-            continue
-        relative = folder.relative_to(root).as_posix() if folder != root else ""
-        label = slug(relative.replace("/", "-")) or slug(folder.name) or "import"
-        run_name = (name if len(folders) == 1 else f"{name}-{label}") if name else label
-        case = group_folder(units, folder.name, folder)
-        run = write_import(results_root, [case], name=run_name, source=folder, rejected=here)
-        index_run(db, run.path)
-        runs.append(
-            ImportedRun(run.run_id, run.path, folder, len(case.jobs), len({u.path for u in units}))
-        )
-        log.info("imported %s as %s (%d jobs)", folder, run.run_id, len(case.jobs))
+            run, record, case = imported
+            index_record(conn, record)
+            runs.append(ImportedRun(run.run_id, run.path, folder, len(case.jobs), _files(case)))
+            log.info("imported %s as %s (%d jobs)", folder, run.run_id, len(case.jobs))
     return ImportResult(tuple(runs), tuple(rejected), ignored)
+
+
+def _files(case: ImportedCase) -> int:
+    return len({u.path for j in case.jobs for u in j.repetitions})
+
+
+def _import_folder(
+    folder: Path,
+    files: Sequence[Path],
+    results_root: Path,
+    root: Path,
+    name: str | None,
+    folders: int,
+) -> tuple[tuple[RunDir, RunRecord, ImportedCase] | None, list[Rejected]]:
+    """One folder -> one run directory (None when no file in it is usable), and what was
+    refused."""
+    units: list[Unit] = []
+    here: list[Rejected] = []
+    for path in files:
+        try:
+            found, refused = read_units(path)
+        except ResultError as exc:
+            here.append(Rejected(path, exc.message))
+            continue
+        except OSError as exc:
+            here.append(Rejected(path, f"cannot read: {exc.strerror or exc}"))
+            continue
+        units.extend(found)
+        here.extend(refused)
+    if not units:
+        return None, here
+    relative = folder.relative_to(root).as_posix() if folder != root else ""
+    label = slug(relative.replace("/", "-")) or slug(folder.name) or "import"
+    run_name = (name if folders == 1 else f"{name}-{label}") if name else label
+    case = group_folder(units, folder.name, folder)
+    run, record = write_import_record(
+        results_root, [case], name=run_name, source=folder, rejected=here
+    )
+    return (run, record, case), here

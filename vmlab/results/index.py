@@ -5,9 +5,11 @@ be re-read from its directory (``scan_run``) and the whole index rebuilt (``rein
 
 Schema versions are counted in ``PRAGMA user_version`` and reached through ``MIGRATIONS``, an
 ordered tuple of functions: migration *k* takes a database at version *k - 1* to version *k*.
-To change the schema, append a function (never edit a released one). Each migration runs in its
-own transaction together with the version bump, under ``BEGIN IMMEDIATE``, so two processes
-opening an old index at once apply it exactly once.
+To change the schema, append a function (never edit a released one). The file is in WAL mode
+with ``synchronous = NORMAL``: readers do not block the writer, and a commit does not wait for
+the disk (a crash may lose the last transactions, never consistency; reindex restores them).
+Each migration runs in its own transaction together with the version bump, under
+``BEGIN IMMEDIATE``, so two processes opening an old index at once apply it exactly once.
 
 Tables (v1):
     runs(id, path, name, status, started, finished, source, host, stamp, indexed)
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -149,6 +152,10 @@ def open_index(
         raise ResultError(f"cannot open the results index: {exc}", path=db_path) from exc
     try:
         conn.execute("PRAGMA foreign_keys = ON")
+        # A cache of the run directories: a commit need not wait for the disk (fsync cost
+        # ~8 ms per run when importing); the write-ahead log keeps the file consistent.
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
         migrate(conn, migrations)
         yield conn
     except sqlite3.DatabaseError as exc:
@@ -282,12 +289,25 @@ def _row(values: Sequence[Any]) -> RunRow:
     )
 
 
+# _RUN_QUERY for every run at once: the counts grouped once, not one subquery per run.
+_ALL_RUNS_QUERY = """
+    SELECT r.id, r.path, r.name, r.status, r.started, r.finished, r.source, r.host,
+           COALESCE(c.n, 0), COALESCE(m.n, 0), r.indexed
+    FROM runs r
+    LEFT JOIN (SELECT run, COUNT(*) AS n FROM cases GROUP BY run) c ON c.run = r.id
+    LEFT JOIN (
+        SELECT run, COUNT(*) AS n
+        FROM (SELECT DISTINCT run, case_id, job, repetition FROM metrics WHERE repetition >= 1)
+        GROUP BY run
+    ) m ON m.run = r.id
+    ORDER BY COALESCE(r.started, '') DESC, r.id DESC
+"""
+
+
 def list_runs(db_path: Path) -> list[RunRow]:
     """Every indexed run, newest first (by start time, then id)."""
     with open_index(db_path) as conn:
-        rows = conn.execute(
-            _RUN_QUERY + " ORDER BY COALESCE(r.started, '') DESC, r.id DESC"
-        ).fetchall()
+        rows = conn.execute(_ALL_RUNS_QUERY).fetchall()
     return [_row(r) for r in rows]
 
 
@@ -332,30 +352,50 @@ class SyncResult:
     """Directory -> why it could not be read."""
 
 
+def _subdirs(results_root: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(results_root) as entries:
+            return [e for e in entries if e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def sync_index(results_root: Path, db_path: Path | None = None) -> SyncResult:
     """Index run directories that are new or changed since they were indexed (their status.json
     changed), and drop rows of runs whose directory is gone."""
     db = db_path or default_index_path(results_root)
     indexed, removed, skipped = [], [], {}
     with open_index(db) as conn:
-        known = {
-            row[0]: (Path(row[1]), int(row[2]))
+        known: dict[str, tuple[str, int]] = {
+            row[0]: (row[1], int(row[2]))
             for row in conn.execute("SELECT id, path, stamp FROM runs")
         }
-        dirs = run_dirs(results_root)
-        present = {p.name for p in dirs}
-        for path in dirs:
-            seen = known.get(path.name)
-            if seen is not None and seen[1] == run_stamp(path):
-                continue
+        present: set[str] = set()
+        changed: list[Path] = []
+        # One stat per indexed run that did not change (10,000 runs: a few tens of ms).
+        for entry in _subdirs(results_root):
+            seen = known.get(entry.name)
+            if seen is not None:
+                try:
+                    stamp = os.stat(f"{entry.path}/status.json").st_mtime_ns  # noqa: PTH116
+                except OSError:
+                    stamp = run_stamp(Path(entry.path))  # no status.json: spec.json's
+                if stamp == seen[1]:
+                    present.add(entry.name)
+                    continue
+            path = Path(entry.path)
+            if is_run_dir(path):
+                present.add(entry.name)
+                changed.append(path)
+        for path in sorted(changed):
             try:
                 index_record(conn, scan_run(path))
             except ResultError as exc:
                 skipped[str(path)] = str(exc)
                 continue
             indexed.append(path.name)
-        for run_id, (path, _) in known.items():
-            if run_id not in present and not is_run_dir(path):
+        for run_id, (where, _) in known.items():
+            if run_id not in present and not is_run_dir(Path(where)):
                 with _transaction(conn):
                     _delete(conn, run_id)
                 removed.append(run_id)

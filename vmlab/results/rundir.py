@@ -53,9 +53,13 @@ class ArtifactDir:
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         target = self.path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with target.open("xb") as fh:
+            try:
+                fh = target.open("xb")
+            except FileNotFoundError:  # the first file of its folder
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fh = target.open("xb")
+            with fh:
                 fh.write(data)
         except FileExistsError as exc:
             raise ResultError(
