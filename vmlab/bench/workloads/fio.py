@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from vmlab.bench.workloads import JobContext
+from vmlab.bench.workloads import JobContext, raw_output_kept
 from vmlab.errors import GuestError, ResultError
 from vmlab.fio.jobs import fio_command, fio_timeout_s, render_job
 from vmlab.fio.parse import parse_fio_output
@@ -35,11 +35,12 @@ def run_guest_jobs(
             ssh.put(text.encode(), GUEST_JOB_PATH)
             ctx.events.stage(ctx.case, f"fio {job.name} r{repetition} ({job.runtime_s} s)")
             started = now_iso()
-            result = ssh.run(
-                fio_command(GUEST_JOB_PATH),
-                check=False,
-                timeout_s=fio_timeout_s(job, slack_s=slack_s),
-            )
+            with raw_output_kept(job_dir, stdout="fio.json", stderr="fio.stderr", started=started):
+                result = ssh.run(
+                    fio_command(GUEST_JOB_PATH),
+                    check=False,
+                    timeout_s=fio_timeout_s(job, slack_s=slack_s),
+                )
             metrics = store_fio(
                 job_dir,
                 result.stdout,
