@@ -17,7 +17,7 @@ import yaml
 
 from vmlab.ceph import proc
 from vmlab.ceph.info import ClusterInfo
-from vmlab.errors import HostError
+from vmlab.errors import CommandError, HostError
 from vmlab.plan import Case, plan
 from vmlab.proc import Completed
 from vmlab.spec import CephCluster, parse_spec
@@ -104,6 +104,7 @@ class FakeCeph:
     def __init__(self, pools: dict[Path, dict[str, list[str]]]) -> None:
         self.pools = pools
         self.calls: list[tuple[Path, tuple[str, ...]]] = []
+        self.denied: set[Path] = set()  # clusters whose client may not list pools
 
     def run(self, argv: Sequence[str], **_: object) -> Completed:
         conf = Path(argv[argv.index("--conf") + 1])
@@ -115,6 +116,10 @@ class FakeCeph:
         pools = self.pools[conf]
         out: object = ""
         if args == ("osd", "pool", "ls"):
+            if conf in self.denied:
+                raise CommandError(
+                    "ceph osd pool ls failed", argv=argv, returncode=13, output="Error EACCES"
+                )
             out = sorted(pools)
         elif args[:3] == ("osd", "pool", "create"):
             pools.setdefault(args[3], [])
@@ -134,11 +139,18 @@ class FakeCeph:
 
 
 MICRO_CONF = Path("/state/ceph/ceph.conf")
+OTHER_CONF = Path("/etc/ceph/other.conf")
 
 
 @pytest.fixture
 def sessions(monkeypatch: pytest.MonkeyPatch) -> tuple[CephSessions, FakeCeph, list[Path | None]]:
-    fake = FakeCeph({MICRO_CONF: {"vmlab": []}, USER_CONF: {"volumes": ["vol1"]}})
+    fake = FakeCeph(
+        {
+            MICRO_CONF: {"vmlab": []},
+            USER_CONF: {"volumes": ["vol1"]},
+            OTHER_CONF: {"rbd": []},
+        }
+    )
     monkeypatch.setattr(proc, "run", fake.run)
     reached: list[Path | None] = []
     sessions = CephSessions(run_id="r1")
@@ -209,3 +221,29 @@ def test_a_users_cluster_with_the_pool_is_used_as_it_is(
     s.cleanup()
     assert fake.changes() == []
     assert fake.pools[USER_CONF] == {"volumes": ["vol1"]}
+
+
+def test_only_the_pools_really_missing_are_named_when_several_clusters_are_used(
+    sessions: tuple[CephSessions, FakeCeph, list[Path | None]],
+) -> None:
+    s, _, _ = sessions
+    with pytest.raises(HostError) as caught:
+        s.prepare(
+            cases(
+                {"name": "data", "backend": rbd("rbd", conf=USER_CONF)},  # missing there
+                {"name": "logs", "backend": rbd("rbd", conf=OTHER_CONF)},  # there
+            )
+        )
+    text = str(caught.value)
+    assert str(USER_CONF) in text and "default/data" in text
+    assert str(OTHER_CONF) not in text and "logs" not in text
+
+
+def test_a_client_that_may_not_list_pools_is_not_refused(
+    sessions: tuple[CephSessions, FakeCeph, list[Path | None]],
+) -> None:
+    s, fake, _ = sessions
+    fake.denied.add(USER_CONF)
+    s.prepare(cases({"name": "data", "backend": rbd("rbd", conf=USER_CONF)}))
+    s.cleanup()
+    assert fake.changes() == []

@@ -104,27 +104,33 @@ class CephSessions:
         self.created_pools: list[tuple[ClusterInfo, str]] = []
 
     def prepare(self, cases: Sequence[Case]) -> None:
-        """Before any guest starts: every pool the cases' RBD disks name exists. A user's
-        cluster is asked first and a missing pool there raises HostError (naming the pool and
-        the cluster) before the micro cluster is even started; on the micro cluster missing
-        pools are made, and :meth:`cleanup` removes them again."""
+        """Before any guest starts: every pool the cases' RBD disks name exists. Users'
+        clusters are asked first, and a pool missing there raises HostError (naming the pool
+        and the cluster) before the micro cluster is even started; on the micro cluster
+        missing pools are made, and :meth:`cleanup` removes them again."""
         needs = pools_needed(cases)
-        existing: dict[Path | None, frozenset[str]] = {}
-        for need in sorted(needs, key=lambda n: n.cluster.is_micro):  # users' clusters first
-            conf = need.cluster.conf
-            if conf not in existing:
-                where = "vmlab's micro cluster" if conf is None else str(conf)
-                existing[conf] = list_pools(self.info(need.cluster), where)
-            if not need.cluster.is_micro and need.pool not in existing[conf]:
-                break  # refuse before starting anything more
-        plan = plan_pools(needs, existing)
-        if plan.missing:
-            raise missing_pools_error(plan.missing, existing)
-        for need in plan.create:
-            info = self.info(need.cluster)
-            log.info("creating pool %s on the micro cluster for %s", need.pool, need.users)
-            ensure_pool(info, need.pool)
-            self.created_pools.append((info, need.pool))
+        users = [n for n in needs if not n.cluster.is_micro]
+        micro = [n for n in needs if n.cluster.is_micro]
+        for group in (users, micro):
+            existing: dict[Path | None, frozenset[str]] = {}
+            unlisted: set[Path | None] = set()  # the client may not list them: unchecked
+            for need in group:
+                conf = need.cluster.conf
+                if conf not in existing and conf not in unlisted:
+                    where = "vmlab's micro cluster" if conf is None else str(conf)
+                    pools = list_pools(self.info(need.cluster), where)
+                    if pools is None:
+                        unlisted.add(conf)
+                    else:
+                        existing[conf] = pools
+            plan = plan_pools([n for n in group if n.cluster.conf not in unlisted], existing)
+            if plan.missing:
+                raise missing_pools_error(plan.missing, existing)
+            for need in plan.create:
+                info = self.info(need.cluster)
+                log.info("creating pool %s on the micro cluster for %s", need.pool, need.users)
+                ensure_pool(info, need.pool)
+                self.created_pools.append((info, need.pool))
 
     def info(self, cluster: CephCluster) -> ClusterInfo:
         if cluster.conf in self.infos:

@@ -12,6 +12,7 @@ the host baseline) starts, naming the pool, the cluster and what to do.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from vmlab.ceph.info import ClusterInfo
 from vmlab.ceph.proc import ceph_cli, rbd_cli
-from vmlab.errors import HostError, VmlabError
+from vmlab.errors import CommandError, HostError, VmlabError
 from vmlab.plan import Case
 from vmlab.spec import CephCluster, RbdBackend
 
@@ -105,22 +106,33 @@ def _users(users: Sequence[str]) -> str:
     return shown + (f" and {len(users) - 4} more" if len(users) > 4 else "")
 
 
-def list_pools(info: ClusterInfo, cluster: str) -> frozenset[str]:
-    """The pool names of a cluster (``ceph osd pool ls``); HostError naming ``cluster`` when
-    it cannot be asked."""
+def list_pools(info: ClusterInfo, cluster: str) -> frozenset[str] | None:
+    """The pool names of a cluster (``ceph osd pool ls``), or None when this client may not
+    list them (its caps allow I/O on its pools only: then the pools go unchecked, as before);
+    HostError naming ``cluster`` when it cannot be asked at all."""
     try:
         out = ceph_cli(info, ["osd", "pool", "ls", "--format", "json"], what="osd pool ls")
-        names = json.loads(out or "[]")
+    except CommandError as exc:
+        if exc.returncode == errno.EACCES or "EACCES" in exc.output:
+            log.warning("client.%s may not list the pools of %s", info.client_id, cluster)
+            return None
+        raise _unreachable(cluster, exc) from exc
     except VmlabError as exc:
-        raise HostError(
-            f"cannot list the pools of the Ceph cluster of {cluster}: {exc}",
-            hint=exc.hint or "check backend.cluster (conf, client_id, keyring)",
-        ) from exc
+        raise _unreachable(cluster, exc) from exc
+    try:
+        names = json.loads(out or "[]")
     except ValueError as exc:
         raise HostError(f"`ceph osd pool ls` of {cluster} is not JSON: {exc}") from exc
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise HostError(f"`ceph osd pool ls` of {cluster} is not a list of names: {names!r}")
     return frozenset(names)
+
+
+def _unreachable(cluster: str, exc: VmlabError) -> HostError:
+    return HostError(
+        f"cannot list the pools of the Ceph cluster of {cluster}: {exc}",
+        hint=exc.hint or "check backend.cluster (conf, client_id, keyring)",
+    )
 
 
 def remove_pool_if_empty(info: ClusterInfo, pool: str) -> bool:
