@@ -338,11 +338,11 @@ def test_a_hand_written_spec_with_pool_rbd_runs_on_the_micro_cluster(
         pytest.skip("Ceph is not installed: scripts/setup --dev")
     outcome = bench(POOL_RBD_SPEC % ("rbd", ""), Path(lab_env["RESULTS"]), guest_image)
     assert outcome.ok, outcome.failed
-    assert {r.case_id for r in outcome.results} == {"host-baseline", "virtio-blk"}
+    assert {r.case_id for r in outcome.results} == {"host-baseline", "default"}
     for result in outcome.results:
         assert result.metrics["read_iops"] > 0, result.case_id
     run = outcome.run.path
-    assert "pool=rbd" in (run / "cases/virtio-blk/argv.sh").read_text()
+    assert "pool=rbd" in (run / "cases/default/argv.sh").read_text()
     job = (run / "cases/host-baseline/jobs/qd1/r1/job.fio").read_text()
     assert "pool=rbd" in job and "rbdname=seedimg" in job
     assert qemu_pids(str(run)) == []
