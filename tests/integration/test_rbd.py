@@ -20,6 +20,7 @@ import yaml
 from vmlab.bench import BenchOptions, QuietEvents, run_bench
 from vmlab.ceph.cluster import MicroCluster
 from vmlab.ceph.rbd import RbdImages
+from vmlab.errors import HostError
 from vmlab.guest.image import GuestImage
 from vmlab.host import check_host
 from vmlab.paths import state_dir
@@ -309,3 +310,98 @@ jobs:
         assert list(Path(lab_env["VMLAB_RUNTIME"]).glob("*/rbd-*.key")) == []  # no key left
     finally:
         images.remove("vmlab", "keyring-test")
+
+
+POOL_RBD_SPEC = """
+name: pool-rbd
+baseline: true
+guest:
+  disks:
+    - {name: data, model: virtio-blk, cache: directsync,
+       backend: {type: rbd, pool: %s, image: seedimg, size: 2G%s}}
+jobs:
+  - {name: qd1, rw: randread, runtime_s: 1}
+"""
+
+
+def test_a_hand_written_spec_with_pool_rbd_runs_on_the_micro_cluster(
+    guest_image: GuestImage,
+    lab_env: dict[str, str],
+    micro: MicroCluster,
+    qemu_pids: Callable[[str], list[int]],
+) -> None:
+    """`pool: rbd` (the name every Ceph user types) on vmlab's micro cluster, which has only
+    its `vmlab` pool: the run makes the pool, the host baseline and the guest use it, and the
+    pool is gone again afterwards. Before, the baseline failed with rbd's "error opening
+    default pool 'rbd'"."""
+    if not os.access("/usr/bin/ceph-mon", os.X_OK):
+        pytest.skip("Ceph is not installed: scripts/setup --dev")
+    outcome = bench(POOL_RBD_SPEC % ("rbd", ""), Path(lab_env["RESULTS"]), guest_image)
+    assert outcome.ok, outcome.failed
+    assert {r.case_id for r in outcome.results} == {"host-baseline", "default"}
+    for result in outcome.results:
+        assert result.metrics["read_iops"] > 0, result.case_id
+    run = outcome.run.path
+    assert "pool=rbd" in (run / "cases/default/argv.sh").read_text()
+    job = (run / "cases/host-baseline/jobs/qd1/r1/job.fio").read_text()
+    assert "pool=rbd" in job and "rbdname=seedimg" in job
+    assert qemu_pids(str(run)) == []
+    # the cluster this run started is down again; the pool (and image) it made are gone
+    assert not micro.status().running
+    micro.up()
+    st = micro.status()
+    assert st.report is not None, st.problem
+    assert "rbd" not in {p.name for p in st.pools} and "vmlab" in {p.name for p in st.pools}
+    assert st.images == ()
+
+
+class Started(QuietEvents):
+    """Every case that started and every stage any case reached."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def case_started(self, case: Case, index: int, total: int) -> None:
+        self.seen.append(f"start {case.id}")
+
+    def stage(self, case: Case, what: str) -> None:
+        self.seen.append(f"{case.id}: {what}")
+
+
+def test_a_users_cluster_without_the_pool_fails_before_anything_boots(
+    guest_image: GuestImage,
+    lab_env: dict[str, str],
+    micro: MicroCluster,
+    qemu_pids: Callable[[str], list[int]],
+) -> None:
+    """The same spec against a cluster given by conf (a user's cluster, here the micro
+    cluster reached as one) that has no pool `rbd`: the run fails naming the pool and the
+    cluster, before the host baseline or any guest (no QEMU, no case started), and makes
+    nothing on the user's cluster."""
+    if not os.access("/usr/bin/ceph-mon", os.X_OK):
+        pytest.skip("Ceph is not installed: scripts/setup --dev")
+    info = micro.up()
+    cluster = f", cluster: {{conf: {info.conf_path}, keyring: {info.keyring_path}}}"
+    text = POOL_RBD_SPEC % ("rbd", cluster)
+    events = Started()
+    results = Path(lab_env["RESULTS"])
+    with pytest.raises(HostError) as caught:
+        run_bench(
+            parse_spec(yaml.safe_load(text), source=text),
+            facts=check_host(),
+            image=guest_image,
+            events=events,
+            options=BenchOptions(results_root=results),
+        )
+    message = str(caught.value)
+    assert "'rbd'" in message and str(info.conf_path) in message, message
+    assert "vmlab" in message  # the pools it does have
+    assert caught.value.hint is not None and "ceph osd pool create rbd" in caught.value.hint
+    assert events.seen == []
+    (run,) = [p for p in results.iterdir() if p.is_dir()]
+    assert list(run.rglob("argv.sh")) == [] and list(run.rglob("job.fio")) == []
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+    assert qemu_pids(str(run)) == []
+    st = micro.status()
+    assert st.report is not None, st.problem
+    assert "rbd" not in {p.name for p in st.pools}  # nothing made on a user's cluster

@@ -114,7 +114,7 @@ class Bench:
             # Run-scoped, entered before any guest starts and left when the run ends, on every
             # path: the backing stores, the hugepages the run reserved, its SPDK targets.
             with (
-                run_backing(run.run_id) as backing,
+                run_backing(run.run_id, cases) as backing,
                 reserved(hugepages_needed(cases, self.facts)),
                 SpdkTargets.for_cases(
                     cases, log_dir=run.path / "spdk", default_binary=self.facts.spdk_vhost

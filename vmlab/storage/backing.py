@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -144,9 +144,12 @@ def _create(path: Path, backend: FileBackend) -> None:
 
 
 @contextmanager
-def run_backing(run_id: str) -> Iterator[RunBacking]:
+def run_backing(run_id: str, cases: Sequence[Case] = ()) -> Iterator[RunBacking]:
+    """The run's backing stores, with the RBD pools ``cases`` name settled first (made on the
+    micro cluster, or a missing one on a user's cluster refused): before any guest starts."""
     backing = RunBacking(scratch_root() / run_id)
     try:
+        backing.ceph.prepare(cases)
         yield backing
     finally:
         backing.cleanup()

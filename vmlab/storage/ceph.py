@@ -10,16 +10,26 @@ from __future__ import annotations
 import base64
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from vmlab.ceph.bootstrap import ensure_pool
 from vmlab.ceph.cluster import MicroCluster
 from vmlab.ceph.info import ClusterInfo, read_key
 from vmlab.ceph.rbd import RbdImages
 from vmlab.errors import VmlabError
 from vmlab.paths import state_dir
+from vmlab.plan import Case
 from vmlab.render.model import DiskSource, RbdTarget
 from vmlab.spec import CephCluster, RbdBackend
+from vmlab.storage.pools import (
+    list_pools,
+    missing_pools_error,
+    plan_pools,
+    pools_needed,
+    remove_pool_if_empty,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +101,36 @@ class CephSessions:
         self.created: list[tuple[ClusterInfo, str, str]] = []
         self.mapped: dict[tuple[Path, str, str], Path] = {}
         self.devices: list[tuple[ClusterInfo, Path]] = []
+        self.created_pools: list[tuple[ClusterInfo, str]] = []
+
+    def prepare(self, cases: Sequence[Case]) -> None:
+        """Before any guest starts: every pool the cases' RBD disks name exists. Users'
+        clusters are asked first, and a pool missing there raises HostError (naming the pool
+        and the cluster) before the micro cluster is even started; on the micro cluster
+        missing pools are made, and :meth:`cleanup` removes them again."""
+        needs = pools_needed(cases)
+        users = [n for n in needs if not n.cluster.is_micro]
+        micro = [n for n in needs if n.cluster.is_micro]
+        for group in (users, micro):
+            existing: dict[Path | None, frozenset[str]] = {}
+            unlisted: set[Path | None] = set()  # the client may not list them: unchecked
+            for need in group:
+                conf = need.cluster.conf
+                if conf not in existing and conf not in unlisted:
+                    where = "vmlab's micro cluster" if conf is None else str(conf)
+                    pools = list_pools(self.info(need.cluster), where)
+                    if pools is None:
+                        unlisted.add(conf)
+                    else:
+                        existing[conf] = pools
+            plan = plan_pools([n for n in group if n.cluster.conf not in unlisted], existing)
+            if plan.missing:
+                raise missing_pools_error(plan.missing, existing)
+            for need in plan.create:
+                info = self.info(need.cluster)
+                log.info("creating pool %s on the micro cluster for %s", need.pool, need.users)
+                ensure_pool(info, need.pool)
+                self.created_pools.append((info, need.pool))
 
     def info(self, cluster: CephCluster) -> ClusterInfo:
         if cluster.conf in self.infos:
@@ -137,6 +177,11 @@ class CephSessions:
                     RbdImages(info).remove(pool, name)
                 except VmlabError as exc:
                     log.warning("could not remove RBD image %s/%s: %s", pool, name, exc)
+            for info, pool in reversed(self.created_pools):
+                try:
+                    remove_pool_if_empty(info, pool)
+                except VmlabError as exc:
+                    log.warning("could not remove pool %s that vmlab made: %s", pool, exc)
         finally:
             if self.started_micro is not None:
                 self.started_micro.down()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from vmlab.bench.workloads import JobContext
+from vmlab.bench.workloads import JobContext, raw_output_kept
 from vmlab.errors import GuestError, ResultError
 from vmlab.fio.jobs import fio_command, fio_timeout_s, render_job
 from vmlab.fio.parse import parse_fio_output
@@ -34,12 +34,13 @@ def run_guest_jobs(
             job_dir.write_text("job.fio", text)
             ctx.events.stage(ctx.case, f"fio {job.name} r{repetition} ({job.runtime_s} s)")
             started, t0 = now_iso(), time.monotonic()
-            result = ssh.run(
-                fio_command("-"),
-                check=False,
-                stdin=text.encode(),
-                timeout_s=fio_timeout_s(job, slack_s=slack_s),
-            )
+            with raw_output_kept(job_dir, stdout="fio.json", stderr="fio.stderr", started=started):
+                result = ssh.run(
+                    fio_command("-"),
+                    check=False,
+                    stdin=text.encode(),
+                    timeout_s=fio_timeout_s(job, slack_s=slack_s),
+                )
             wall_s = time.monotonic() - t0
             metrics = store_fio(
                 job_dir,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vmlab.bench.workloads import JobContext
+from vmlab.bench.workloads import JobContext, raw_output_kept
 from vmlab.guest.ssh import GuestSSH
 from vmlab.net.iperf import (
     IperfServer,
@@ -23,7 +23,10 @@ def run_net_jobs(ctx: JobContext, ssh: GuestSSH, lab: LabNetwork, jobs: Sequence
         for repetition in ctx.repetitions:
             job_dir = ctx.case_dir.job(job.name, repetition)
             ctx.events.stage(ctx.case, f"iperf3 {job.name} r{repetition} ({job.duration_s} s)")
-            with IperfServer(lab.netns, server, output=job_dir.file("server.json")):
+            with (
+                IperfServer(lab.netns, server, output=job_dir.file("server.json")),
+                raw_output_kept(job_dir, stdout="iperf.json", stderr="iperf.stderr"),
+            ):
                 result = ssh.run(
                     guest_client_command(
                         server,
