@@ -273,3 +273,24 @@ def test_a_lab_with_a_host_baseline_gets_a_line_per_configuration(tmp_path: Path
     labels = [line.label for line in found.charts[0].lines]
     assert sorted(labels) == ["disks.0.model=nvme", "disks.0.model=virtio-blk", "host=baseline"]
     assert all(len(line.dots) == 2 for line in found.charts[0].lines)
+
+
+def test_lines_beyond_the_limit_are_named_not_dropped_silently(tmp_path: Path) -> None:
+    """18 numjobs values against iodepth: the chart draws 16 lines and says which 2 it left out."""
+    from vmlab.report.sweep import MAX_SERIES
+
+    shape = [(qd, nj) for nj in range(1, 19) for qd in (1, 2)]
+    cells = {("disk", f"r-qd{qd}-nj{nj}"): {"read_iops": [1000.0 * nj + qd]} for qd, nj in shape}
+    run = make_run(tmp_path, "many", cells)
+    spec = json.loads((run / "spec.json").read_text())
+    for job, (qd, nj) in zip(spec["jobs"], shape, strict=True):
+        job.update(rw="randread", iodepth=qd, numjobs=nj)
+    (run / "spec.json").write_text(json.dumps(spec))
+    report = build_report([scan_run(run)])
+    (found,) = sweeps(report)
+    iops = found.charts[0]
+    assert found.x_param == "iodepth"
+    assert len(iops.lines) == MAX_SERIES
+    assert len(iops.left_out) == 18 - MAX_SERIES
+    assert "2 more lines not drawn" in render_html(report)
+    assert "2 more lines left out" in render_markdown(report)

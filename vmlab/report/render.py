@@ -34,7 +34,7 @@ from vmlab.report.charts import (
 )
 from vmlab.report.compare import CompareResult
 from vmlab.report.model import CaseView, JobView, MetricView, Report, RunView
-from vmlab.report.sweep import sweeps
+from vmlab.report.sweep import MAX_SERIES, sweeps
 
 FORMATS = ("md", "csv", "json", "junit", "html")
 FILE_NAMES = {
@@ -277,6 +277,7 @@ def _context(report: Report) -> dict[str, object]:
         "report": report,
         "charts": [run_charts(run) for run in report.runs],
         "sweeps": sweeps(report),
+        "max_series": MAX_SERIES,
         "metrics": METRICS,
         "open_latency": OPEN_LATENCY_CHARTS,
     }

@@ -108,6 +108,8 @@ class SweepChart:
     lines: tuple[SweepLine, ...]
     x_values: tuple[str, ...] = ()
     """Every x value, labelled: the rows of the chart as a table."""
+    left_out: tuple[str, ...] = ()
+    """Labels of the lines beyond MAX_SERIES, not drawn (the chart says so)."""
 
 
 @dataclass(frozen=True)
@@ -334,6 +336,7 @@ def _line_chart(
         y_ticks=y_ticks,
         lines=tuple(lines),
         x_values=tuple(_value_label(x, v) for v in xs),
+        left_out=tuple(s.label for s, _ in data[MAX_SERIES:]),
     )
 
 
