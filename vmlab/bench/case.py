@@ -51,7 +51,6 @@ class CaseEnv:
     events: BenchEvents
     qsd: str | None
     timeout_scale: float
-    repetitions: range
     spdk: SpdkTargets | None = None  # the run's SPDK targets
 
 

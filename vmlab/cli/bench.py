@@ -101,6 +101,18 @@ def bench(
         int | None,
         typer.Option("--runtime", min=1, help="seconds per fio job (overrides the spec)"),
     ] = None,
+    until_ci: Annotated[
+        float | None,
+        typer.Option(
+            "--until-ci",
+            min=0.01,
+            max=100,
+            metavar="PCT",
+            help="repeat each job until the confidence interval of its mean IOPS is within "
+            "±PCT %% (overrides the spec's ci_pct; a fixed repeat: N becomes min N (at least 3), "
+            "max 20)",
+        ),
+    ] = None,
     results: Annotated[Path, typer.Option(help="where run directories go")] = Path("results"),
     accel: Annotated[
         str | None,
@@ -134,14 +146,14 @@ def bench(
         raise typer.BadParameter("expected kvm or tcg", param_hint="--accel")
     resumed = RunDir.open(resume) if resume else None
     if resumed is not None:
-        if spec_path is not None or runtime is not None:
+        if spec_path is not None or runtime is not None or until_ci is not None:
             raise VmlabError(
                 "--resume runs the spec stored in the run directory",
-                hint="drop the SPEC argument and --runtime when resuming",
+                hint="drop the SPEC argument, --runtime and --until-ci when resuming",
             )
         spec = resumed.spec()
     else:
-        spec = load(spec_path, runtime)
+        spec = load(spec_path, runtime, until_ci)
     if shutil.which("qemu-system-x86_64") is None:
         raise VmlabError(
             "qemu-system-x86_64 is not installed", hint="apt-get install qemu-system-x86 qemu-utils"
@@ -169,7 +181,7 @@ def bench(
         libvirt_uri=libvirt_uri,
         skip_unsupported=skip_unsupported,
     )
-    reps = spec.repeat + spec.warmup
+    reps = spec.repeat.max + spec.warmup  # at most: a job may stop earlier
     total = sum(len(c.jobs) for c in plan(spec)) * reps + len(spec.jobs) * reps * spec.baseline
     try:
         if plain:

@@ -119,7 +119,9 @@ def show(run: RunArg, results: ResultsOpt = Path("results")) -> None:
         console.print("no measured repetitions")
         return
     table = Table(title="results (mean ± 95% CI)", title_justify="left")
-    for column in ("configuration", "job", "n", "IOPS", "mean latency", "p99", "× limit", "flags"):
+    stopped = any(r.stopped for r in rows)
+    columns = ("configuration", "job", "n", "IOPS", "mean latency", "p99", "× limit", "flags")
+    for column in (*columns, *(("stopped",) if stopped else ())):
         table.add_column(column)
     for r in rows:
         table.add_row(
@@ -131,6 +133,7 @@ def show(run: RunArg, results: ResultsOpt = Path("results")) -> None:
             escape(r.lat_p99),
             r.of_limit,
             f"[yellow]{escape(r.flags)}[/]" if r.flags else "",
+            *((escape(r.stopped or "-"),) if stopped else ()),
         )
     console.print(table)
 

@@ -114,6 +114,8 @@ class ResultRow:
     lat_p99: str
     of_limit: str
     flags: str
+    stopped: str = ""
+    """Why the repetitions stopped, e.g. "ci: mean ±1.80% ≤ ±2%" ("" when not recorded)."""
 
 
 def _per_direction(job: JobView, suffix: str) -> str:
@@ -159,6 +161,7 @@ def result_rows(run: RunView) -> list[ResultRow]:
                     if case.is_limit
                     else ("-" if of_limit is None else f"{of_limit:.2f}×"),
                     flags=_flags(job),
+                    stopped="" if job.stop is None else str(job.stop),
                 )
             )
     return rows

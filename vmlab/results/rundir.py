@@ -5,6 +5,7 @@
       cases/<case-id>/
         case.json  argv.json  argv.sh  qemu.log  serial.log  guest.json  status.json
         jobs/<job>/r<N>/  job.fio  fio.json (raw stdout)  fio.stderr  exit.json  summary.json
+        jobs/<job>/repeat.json   how many repetitions the job took and why it stopped
       attempts/<case-id>.<n>/   what an interrupted or failed case left before a --resume
 
 Artifacts are created exclusively: a second write to the same name is a bug and raises.
@@ -119,6 +120,10 @@ class CaseDir(ArtifactDir):
 
     def job(self, name: str, repetition: int) -> ArtifactDir:
         return ArtifactDir(self.path / "jobs" / name / f"r{repetition}")
+
+    def write_repeat(self, job: str, record: Mapping[str, Any]) -> Path:
+        """``jobs/<job>/repeat.json``: how many repetitions the job took and why it stopped."""
+        return ArtifactDir(self.path / "jobs" / job).write_json("repeat.json", dict(record))
 
     def exists(self) -> bool:
         return self.path.is_dir()
@@ -299,6 +304,16 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class RepeatStop:
+    """A job's ``repeat.json``: the repetitions it took and why it stopped (``fixed``, ``ci``,
+    ``differs``, ``within-margin``, ``max``; see vmlab.bench.repeat)."""
+
+    repetitions: int
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class CaseRecord:
     case_id: str
     status: str
@@ -325,6 +340,8 @@ class RunRecord:
     job_params: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """Options of each job (from spec.json), by job name."""
     stamp: int = 0
+    stops: Mapping[tuple[str, str], RepeatStop] = field(default_factory=dict)
+    """(case, job) -> why its repetitions stopped (runs before vmlab stored it: none)."""
 
     def case(self, case_id: str) -> CaseRecord | None:
         return next((c for c in self.cases if c.case_id == case_id), None)
@@ -413,6 +430,19 @@ def _samples(case_dir: Path, case_id: str) -> list[Sample]:
     return samples
 
 
+def _stops(case_dir: Path, case_id: str) -> dict[tuple[str, str], RepeatStop]:
+    stops = {}
+    for path in sorted(case_dir.glob("jobs/*/repeat.json")):
+        data = _mapping(_read_json(path))
+        try:
+            stop = RepeatStop(int(data["repetitions"]), str(data["reason"]), str(data["detail"]))
+        except (KeyError, TypeError, ValueError):
+            log.warning("%s: not a repetition record; ignored", path)
+            continue
+        stops[(case_id, path.parent.name)] = stop
+    return stops
+
+
 def _fleet_hosts(run: RunDir) -> str | None:
     """A fleet run's hosts, comma-joined (its host facts are under hosts/, not host.json)."""
     fleet = _mapping(_read_json(run.file("fleet.json")))
@@ -438,6 +468,7 @@ def scan_run(run_dir: Path) -> RunRecord:
                 case_dirs[path.name] = path
     cases = []
     samples: list[Sample] = []
+    stops: dict[tuple[str, str], RepeatStop] = {}
     failed = _mapping(status.get("failed"))
     for case_id in [*listed, *(c for c in case_dirs if c not in listed)]:
         path = case_dirs.get(case_id, cases_root / case_id)
@@ -456,6 +487,7 @@ def scan_run(run_dir: Path) -> RunRecord:
         )
         if path.is_dir():
             samples.extend(_samples(path, case_id))
+            stops.update(_stops(path, case_id))
     job_params = {
         str(job["name"]): _flat_options(job)
         for job in spec.get("jobs", [])
@@ -476,6 +508,7 @@ def scan_run(run_dir: Path) -> RunRecord:
         samples=tuple(samples),
         job_params=job_params,
         stamp=run_stamp(run.path),
+        stops=stops,
     )
 
 
