@@ -94,6 +94,13 @@ class PlainEvents:
         print(f"WARNING: {text}", flush=True)
 
 
+def _stops(run: Path) -> dict[tuple[str, str], str]:
+    """(case, job) -> "N reason" as the run directory recorded it (resumed cases included)."""
+    from vmlab.results.rundir import scan_run
+
+    return {key: f"{s.repetitions} {s.reason}" for key, s in scan_run(run).stops.items()}
+
+
 @app.command()
 def bench(
     spec_path: SpecArg = None,
@@ -217,6 +224,7 @@ def bench(
     print_results(
         [(r.case_id, r.job, r.repetition, r.metrics) for r in outcome.results],
         title=f"{spec.name}: {outcome.run.path}",
+        stops=None if spec.repeat.fixed else _stops(outcome.run.path),
     )
     if outcome.accel_switch is not None:
         switch = outcome.accel_switch
