@@ -253,3 +253,91 @@ def test_report_and_results_show_say_how_many_and_why(tmp_path: Path) -> None:
     assert "stopped" in shown.output and "max reached" in shown.output
     steady = next(line for line in shown.output.splitlines() if "steady" in line and "ci:" in line)
     assert "│ 3 " in steady
+
+
+# -- a whole bench, the guests stood in for (tests/unit/test_bench_accel.py's way) -------------
+
+
+@pytest.fixture
+def lab_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("runtime", "scratch", "state", "cache"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setenv(f"VMLAB_{name.upper()}", str(tmp_path / name))
+    return tmp_path
+
+
+def stand_in(
+    monkeypatch: pytest.MonkeyPatch, iops: dict[str, list[float]], interrupt_at: tuple[str, int]
+) -> list[tuple[str, str, int]]:
+    """Each case "boots" and runs its jobs as run_guest_jobs does, taking its IOPS from
+    ``iops`` in turn; Ctrl-C arrives once, at (case, repetition) of the first job."""
+    from vmlab.bench import Bench
+
+    ran: list[tuple[str, str, int]] = []
+    left = {case: iter(values) for case, values in iops.items()}
+    pending = [interrupt_at]
+
+    def measure(self, env, case, case_dir, accel, jobs, timings):  # type: ignore[no-untyped-def]
+        for job in case.jobs:
+            for repetition in jobs.repeats(job.name):
+                if pending and pending[0] == (case.id, repetition):
+                    pending.clear()
+                    raise KeyboardInterrupt
+                ran.append((case.id, job.name, repetition))
+                metrics = {"total_iops": next(left[case.id]), "read_iops": 1.0}
+                case_dir.job(job.name, repetition).write_json("summary.json", {"metrics": metrics})
+                jobs.finished(job.name, repetition, metrics)
+
+    monkeypatch.setattr(Bench, "_measure", measure)
+    return ran
+
+
+def test_an_interrupted_case_resumes_counting_what_it_had_finished(
+    lab_dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_bench_accel import Recorder, facts, image
+
+    from vmlab.bench import Bench, BenchOptions
+    from vmlab.spec import default_lab
+
+    spec = default_lab()
+    jobs = [spec.jobs[0]]  # one job per case keeps the bookkeeping readable
+    spec = spec.model_copy(update={"repeat": CI, "jobs": jobs})
+    steady = [1000.0, 1001.0, 999.0]
+    noisy = [1000.0, 1040.0] + [1000.0] * 8  # within ±2 % from r6 on
+    ran = stand_in(
+        monkeypatch,
+        {"virtio-blk": steady, "virtio-scsi": noisy, "nvme": steady},
+        interrupt_at=("virtio-scsi", 3),
+    )
+    options = BenchOptions(results_root=lab_dirs / "results", lab_key_path=lab_dirs / "key")
+
+    def bench() -> Bench:
+        return Bench(
+            spec, facts=facts("tcg"), image=image(lab_dirs), options=options, events=Recorder()
+        )
+
+    with pytest.raises(KeyboardInterrupt):
+        bench().run()
+    (run_path,) = [p for p in (lab_dirs / "results").iterdir() if p.is_dir()]
+    run = RunDir.open(run_path)
+    assert run.case("virtio-scsi").status()["status"] == "interrupted"
+    outcome = bench().run(resume=run)
+    assert outcome.ok
+    job = jobs[0].name
+    # virtio-scsi: r1, r2 before the interrupt; after it, r3... until the interval is narrow
+    scsi = [rep for case, _, rep in ran if case == "virtio-scsi"]
+    assert scsi == [1, 2, 3, 4, 5, 6]  # not r1 again: r1, r2 were carried over
+    assert [rep for case, _, rep in ran if case == "virtio-blk"] == [1, 2, 3]  # once: skipped
+    status = run.case("virtio-scsi").status()
+    assert status["carried"] == {"from": "virtio-scsi.1", "repetitions": {job: 2}}
+    record = scan_run(run.path)
+    stop = record.stops[("virtio-scsi", job)]
+    assert (stop.repetitions, stop.reason) == (6, "ci")
+    assert record.cells()[("virtio-scsi", job)]["total_iops"] == noisy[:6]
+    assert record.stops[("virtio-blk", job)].repetitions == 3
+    assert record.stops[("nvme", job)].repetitions == 3
+    # the attempt is kept whole beside the cases
+    assert (
+        run.path / "attempts" / "virtio-scsi.1" / "jobs" / job / "r2" / "summary.json"
+    ).is_file()

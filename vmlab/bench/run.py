@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from vmlab import __version__
 from vmlab.accel import cache_key, remember
@@ -196,7 +198,8 @@ class Bench:
     ) -> AccelError | None:
         """One case, recorded as ok or failed; returns the KVM failure instead when the case's
         accelerator was vmlab's choice (the run then falls back to TCG)."""
-        run.archive_case(case.id)  # resumed after a failure or interrupt: keep what it left
+        previous = run.case(case.id).status()
+        attempt = run.archive_case(case.id)  # resumed after a failure or interrupt: keep it
         case_dir = run.case(case.id)
         case_dir.write_json(
             "case.json",
@@ -207,7 +210,9 @@ class Bench:
             },
         )
         accel, may_fall_back = self._case_accel(case)
-        case_dir.set_status("running", started=now_iso(), accel=accel)
+        interrupted = previous.get("status") == "interrupted" and previous.get("accel") == accel
+        carried = self._carry(case, case_dir, attempt, outcome) if interrupted else {}
+        case_dir.set_status("running", started=now_iso(), accel=accel, **carried)
         timings: dict[str, float] = {}
         jobs = JobContext(case, case_dir, repetitions, self.events, outcome)
         try:
@@ -228,6 +233,18 @@ class Bench:
         case_dir.set_status("ok", finished=now_iso(), timings=timings)
         self.events.case_finished(case, "ok", None)
         return None
+
+    @staticmethod
+    def _carry(
+        case: Case, case_dir: CaseDir, attempt: Path | None, outcome: BenchOutcome
+    ) -> dict[str, Any]:
+        """The repetitions an interrupted attempt (same accelerator) finished count: copied
+        into the new case directory and into the outcome. Returns what to record in status."""
+        reps = case_dir.carry_repetitions(attempt) if attempt is not None else {}
+        if not reps or attempt is None:
+            return {}
+        outcome.results.extend(stored(case, case_dir))
+        return {"carried": {"from": attempt.name, "repetitions": reps}}
 
     def _measure(
         self,

@@ -125,6 +125,27 @@ class CaseDir(ArtifactDir):
         """``jobs/<job>/repeat.json``: how many repetitions the job took and why it stopped."""
         return ArtifactDir(self.path / "jobs" / job).write_json("repeat.json", dict(record))
 
+    def repeated(self, job: str) -> bool:
+        """The job's repetitions have stopped (it has a ``repeat.json``)."""
+        return (self.path / "jobs" / job / "repeat.json").is_file()
+
+    def carry_repetitions(self, attempt: Path) -> dict[str, int]:
+        """Copy into this (new) case the measured repetitions an interrupted attempt finished:
+        per job r1..rN as far as each has a summary.json, and its repeat.json if the job had
+        stopped. The warm-up r0 is not carried (a new boot warms up again). The attempt stays
+        whole under attempts/. Returns job -> repetitions carried."""
+        carried: dict[str, int] = {}
+        for job_dir in sorted((attempt / "jobs").glob("*")):
+            n = 0
+            while (job_dir / f"r{n + 1}" / "summary.json").is_file():
+                n += 1
+                shutil.copytree(job_dir / f"r{n}", self.path / "jobs" / job_dir.name / f"r{n}")
+            if n and (job_dir / "repeat.json").is_file():
+                shutil.copy2(job_dir / "repeat.json", self.path / "jobs" / job_dir.name)
+            if n:
+                carried[job_dir.name] = n
+        return carried
+
     def exists(self) -> bool:
         return self.path.is_dir()
 
@@ -274,7 +295,8 @@ class RunDir(ArtifactDir):
 
     def archive_case(self, case_id: str) -> Path | None:
         """Move what an earlier attempt of the case left to ``attempts/<case>.<n>`` (a resumed
-        or rerun case starts empty; nothing is lost). Returns where it went."""
+        or rerun case starts empty, but for the repetitions :meth:`CaseDir.carry_repetitions`
+        copies back; nothing is lost). Returns where it went."""
         case = self.case(case_id)
         if not case.exists():
             return None

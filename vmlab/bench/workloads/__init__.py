@@ -42,10 +42,19 @@ class JobContext:
 
     def repeats(self, job: str) -> Iterator[int]:
         """The repetition numbers to run ``job`` for: each one is decided after the one before
-        has finished (:meth:`finished`). The stop is stored as ``jobs/<job>/repeat.json``."""
+        has finished (:meth:`finished`). The stop is stored as ``jobs/<job>/repeat.json``.
+
+        A case resumed after an interrupt carries the repetitions it had finished: a job that
+        had stopped runs none, one that had not goes on counting after them (after a warm-up
+        of its own in the new guest, when the spec asks for one)."""
+        if self.case_dir.repeated(job):
+            return
+        done = [
+            r.repetition for r in self.outcome.results if (r.case_id, r.job) == (self.case.id, job)
+        ]
         if self.repetitions.warmup:
             yield 0
-        repetition = 1
+        repetition = max(done, default=0) + 1
         while True:
             yield repetition
             stop = self._decide(job, repetition)
