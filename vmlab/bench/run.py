@@ -211,7 +211,7 @@ class Bench:
         )
         accel, may_fall_back = self._case_accel(case)
         interrupted = previous.get("status") == "interrupted" and previous.get("accel") == accel
-        carried = self._carry(case, case_dir, attempt, outcome) if interrupted else {}
+        carried = self._carry(case, case_dir, attempt, outcome) if attempt and interrupted else {}
         case_dir.set_status("running", started=now_iso(), accel=accel, **carried)
         timings: dict[str, float] = {}
         jobs = JobContext(case, case_dir, repetitions, self.events, outcome)
@@ -236,12 +236,12 @@ class Bench:
 
     @staticmethod
     def _carry(
-        case: Case, case_dir: CaseDir, attempt: Path | None, outcome: BenchOutcome
+        case: Case, case_dir: CaseDir, attempt: Path, outcome: BenchOutcome
     ) -> dict[str, Any]:
         """The repetitions an interrupted attempt (same accelerator) finished count: copied
         into the new case directory and into the outcome. Returns what to record in status."""
-        reps = case_dir.carry_repetitions(attempt) if attempt is not None else {}
-        if not reps or attempt is None:
+        reps = case_dir.carry_repetitions(attempt)
+        if not reps:
             return {}
         outcome.results.extend(stored(case, case_dir))
         return {"carried": {"from": attempt.name, "repetitions": reps}}

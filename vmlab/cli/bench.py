@@ -116,7 +116,7 @@ def bench(
             max=100,
             metavar="PCT",
             help="repeat each job until the confidence interval of its mean IOPS is within "
-            "±PCT %% (overrides the spec's ci_pct; a fixed repeat: N becomes min N (at least 3), "
+            "±PCT % (overrides the spec's ci_pct; a fixed repeat: N becomes min N (at least 3), "
             "max 20)",
         ),
     ] = None,
