@@ -73,6 +73,16 @@ def test_until_ci_turns_a_fixed_count_into_a_rule_and_keeps_an_explicit_range() 
     assert until_ci_repeat(SIGNIFICANT, 4) == SIGNIFICANT.model_copy(update={"ci_pct": 4})
 
 
+def test_until_ci_applies_to_a_spec_file_and_the_default_lab(tmp_path: Path) -> None:
+    from vmlab.cli.spec import load
+
+    path = tmp_path / "s.yaml"
+    path.write_text(json.dumps({**SPEC, "repeat": {"min": 4, "max": 8, "ci_pct": 5}}))
+    assert load(path, None).repeat == Repeat(min=4, max=8, ci_pct=5)
+    assert load(path, 2, 1.5).repeat == Repeat(min=4, max=8, ci_pct=1.5)
+    assert load(None, None, 2).repeat == CI
+
+
 # -- the decision -----------------------------------------------------------------------------
 
 
