@@ -103,3 +103,9 @@ def headline(metrics: Mapping[str, float]) -> str:
     if job_kind(metrics) == "iperf3":
         return f"{metrics[NET_HEADLINE] / 1e9:.2f} Gbit/s"
     return f"{metrics.get('read_iops', 0) + metrics.get('write_iops', 0):.0f} IOPS"
+
+
+def stop_metric(metrics: Mapping[str, float]) -> str:
+    """The metric a job's repetitions stop on (``repeat: {ci_pct}``): total IOPS for fio,
+    received throughput for iperf3."""
+    return NET_HEADLINE if job_kind(metrics) == "iperf3" else "total_iops"

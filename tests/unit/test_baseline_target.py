@@ -13,11 +13,11 @@ import yaml
 from vmlab.bench.baseline import baseline_case, run_baseline
 from vmlab.bench.events import QuietEvents
 from vmlab.bench.outcome import BenchOutcome
-from vmlab.bench.workloads import JobContext
+from vmlab.bench.workloads import JobContext, Repetitions
 from vmlab.errors import SpecError
 from vmlab.plan import plan
 from vmlab.results.rundir import RunDir
-from vmlab.spec import parse_spec
+from vmlab.spec import Repeat, parse_spec
 from vmlab.storage.backing import RunBacking
 
 pytestmark = pytest.mark.skipif(
@@ -45,7 +45,9 @@ def run_host_baseline(tmp_path: Path, text: str) -> tuple[RunDir, BenchOutcome]:
     case = baseline_case(plan(spec)[0])
     run = RunDir.create(tmp_path / "results", spec.name)
     outcome = BenchOutcome(run=run, cases=[case])
-    ctx = JobContext(case, run.case(case.id), range(1, 2), QuietEvents(), outcome)
+    ctx = JobContext(
+        case, run.case(case.id), Repetitions(Repeat(min=1, max=1)), QuietEvents(), outcome
+    )
     run_baseline(ctx, RunBacking(tmp_path / "scratch"))
     return run, outcome
 
@@ -102,7 +104,9 @@ def test_options_aimed_elsewhere_never_reach_the_host(
     case = baseline_case(plan(spec.model_copy(update={"jobs": [job]}))[0])
     run = RunDir.create(tmp_path / "results", "smuggled")
     outcome = BenchOutcome(run=run, cases=[case])
-    ctx = JobContext(case, run.case(case.id), range(1, 2), QuietEvents(), outcome)
+    ctx = JobContext(
+        case, run.case(case.id), Repetitions(Repeat(min=1, max=1)), QuietEvents(), outcome
+    )
     run_baseline(ctx, RunBacking(tmp_path / "scratch"))
     assert "is not allowed" in outcome.failed["host-baseline"]
     assert not list((run.path / "cases" / "host-baseline").glob("jobs/*/r*/job.fio"))

@@ -16,11 +16,11 @@ import yaml
 
 from vmlab.bench.events import QuietEvents
 from vmlab.bench.outcome import BenchOutcome
-from vmlab.bench.workloads import JobContext, fio, iperf
+from vmlab.bench.workloads import JobContext, Repetitions, fio, iperf
 from vmlab.errors import GuestError
 from vmlab.plan import plan
 from vmlab.results.rundir import RunDir
-from vmlab.spec import IperfJob, parse_spec
+from vmlab.spec import IperfJob, Repeat, parse_spec
 
 PARTIAL_OUT = b'{\n  "fio version" : "fio-3.33",\n  "jobs" : [ {'
 PARTIAL_ERR = b"fio: pid=412, got signal=9\n"
@@ -52,9 +52,8 @@ class HangingSSH:
 def context(tmp_path: Path, spec: dict[str, Any]) -> JobContext:
     (case,) = plan(parse_spec(yaml.safe_load(yaml.safe_dump(spec))))
     run = RunDir(path=tmp_path / "run", run_id="run")
-    return JobContext(
-        case, run.case(case.id), range(1, 2), QuietEvents(), BenchOutcome(run, [case])
-    )
+    once = Repetitions(Repeat(min=1, max=1))
+    return JobContext(case, run.case(case.id), once, QuietEvents(), BenchOutcome(run, [case]))
 
 
 def job_dir(ctx: JobContext, name: str) -> Path:

@@ -80,7 +80,7 @@ def run_baseline(ctx: JobContext, backing: Backing) -> None:
     case_dir.set_status("running", started=now_iso())
     try:
         for job in case.jobs:
-            for repetition in ctx.repetitions:
+            for repetition in ctx.repeats(job.name):
                 job_dir = case_dir.job(job.name, repetition)
                 host_job, env = host_fio_job(job, sources[job.disk])
                 filename = env.pop("FILENAME", "")

@@ -52,7 +52,6 @@ class CaseEnv:
     events: BenchEvents
     qsd: str | None
     timeout_scale: float
-    repetitions: range
     spdk: SpdkTargets | None = None  # the run's SPDK targets
 
 
@@ -190,12 +189,12 @@ def measure_case(
         if storage.guest_ceph is not None:
             storage.guest_ceph.push_client(ssh)
         where.mark("facts_s")
-        timings["workload_s"] = workload_s(case, env.repetitions, env.spec if lab else None)
         run_guest_jobs(
             jobs, ssh, devices, slack_s=deadlines.login_s * 4, guest_ceph=storage.guest_ceph
         )
         if lab is not None:
             run_net_jobs(jobs, ssh, lab, env.spec.net_jobs)
+        timings["workload_s"] = workload_s(jobs, env.spec if lab else None)
         where.mark("jobs_done_s")
         stage("powering off")
         off = time.monotonic()
@@ -203,10 +202,13 @@ def measure_case(
     timings["total_s"] = time.monotonic() - t0
 
 
-def workload_s(case: Case, repetitions: range, spec: BenchSpec | None) -> float:
-    """How long the case's jobs are asked to measure: every fio job's runtime and ramp (and
-    with ``spec``, every iperf3 job's duration), per repetition. The rest of a case's wall
-    time is vmlab's overhead."""
-    fio = sum(job.runtime_s + job.ramp_s for job in case.jobs)
-    net = sum(job.duration_s for job in spec.net_jobs) if spec is not None else 0
-    return float((fio + net) * len(repetitions))
+def workload_s(jobs: JobContext, spec: BenchSpec | None) -> float:
+    """How long the case's jobs were asked to measure: each fio repetition's runtime and ramp
+    (and with ``spec``, each iperf3 repetition's duration), over the repetitions that ran (a
+    job that repeats until sure stops when it is). The rest of a case's wall time is vmlab's
+    overhead."""
+    asked = {job.name: float(job.runtime_s + job.ramp_s) for job in jobs.case.jobs}
+    if spec is not None:
+        asked.update({job.name: float(job.duration_s) for job in spec.net_jobs})
+    ran = {(r.job, r.repetition) for r in jobs.outcome.results if r.case_id == jobs.case.id}
+    return sum(asked.get(job, 0.0) for job, _ in ran)

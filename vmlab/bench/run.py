@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from vmlab import __version__
 from vmlab.accel import cache_key, remember
@@ -17,7 +19,7 @@ from vmlab.bench.baseline import baseline_case, run_baseline
 from vmlab.bench.case import CaseEnv, measure_case
 from vmlab.bench.events import BenchEvents, QuietEvents
 from vmlab.bench.outcome import BenchOptions, BenchOutcome, JobOutcome
-from vmlab.bench.workloads import JobContext
+from vmlab.bench.workloads import JobContext, Repetitions
 from vmlab.errors import AccelError, HostError, VmlabError
 from vmlab.guest.image import GuestImage
 from vmlab.guest.ssh import lab_key
@@ -78,9 +80,12 @@ class Bench:
             "libvirt": LibvirtLauncher(options.libvirt_uri),
         }
 
-    def repetitions(self) -> range:
-        """r0 is the warm-up (stored, never counted), then r1..rN."""
-        return range(0 if self.spec.warmup else 1, self.spec.repeat + 1)
+    def repetitions(self, case: Case, cases: Sequence[Case]) -> Repetitions:
+        """The spec's rule; under ``until: significant`` every case but the first (the
+        reference of the table's ratio column) is compared with the first."""
+        rule = self.spec.repeat
+        compared = rule.until == "significant" and case.id not in (cases[0].id, BASELINE_ID)
+        return Repetitions(rule, self.spec.warmup, cases[0].id if compared else None)
 
     def run(self, *, resume: RunDir | None = None) -> BenchOutcome:
         sweep_stale()
@@ -160,7 +165,6 @@ class Bench:
             events=self.events,
             qsd=self.facts.qemu_storage_daemon,
             timeout_scale=self.options.timeout_scale,
-            repetitions=self.repetitions(),
             spdk=spdk,
         )
         for index, case in enumerate(cases, start=1):
@@ -171,7 +175,7 @@ class Bench:
                 outcome.results.extend(stored(case, case_dir))
                 continue
             self.events.case_started(case, index, len(cases))
-            failure = self._run_case(env, run, case, outcome)
+            failure = self._run_case(env, run, case, outcome, self.repetitions(case, cases))
             if failure is not None:
                 return case, failure
         return None
@@ -185,11 +189,17 @@ class Bench:
         return self.accel, self.accel == "kvm"
 
     def _run_case(
-        self, env: CaseEnv, run: RunDir, case: Case, outcome: BenchOutcome
+        self,
+        env: CaseEnv,
+        run: RunDir,
+        case: Case,
+        outcome: BenchOutcome,
+        repetitions: Repetitions,
     ) -> AccelError | None:
         """One case, recorded as ok or failed; returns the KVM failure instead when the case's
         accelerator was vmlab's choice (the run then falls back to TCG)."""
-        run.archive_case(case.id)  # resumed after a failure or interrupt: keep what it left
+        previous = run.case(case.id).status()
+        attempt = run.archive_case(case.id)  # resumed after a failure or interrupt: keep it
         case_dir = run.case(case.id)
         case_dir.write_json(
             "case.json",
@@ -200,9 +210,11 @@ class Bench:
             },
         )
         accel, may_fall_back = self._case_accel(case)
-        case_dir.set_status("running", started=now_iso(), accel=accel)
+        interrupted = previous.get("status") == "interrupted" and previous.get("accel") == accel
+        carried = self._carry(case, case_dir, attempt, outcome) if attempt and interrupted else {}
+        case_dir.set_status("running", started=now_iso(), accel=accel, **carried)
         timings: dict[str, float] = {}
-        jobs = JobContext(case, case_dir, env.repetitions, self.events, outcome)
+        jobs = JobContext(case, case_dir, repetitions, self.events, outcome)
         try:
             self._measure(env, case, case_dir, accel, jobs, timings)
         except AccelError as exc:
@@ -221,6 +233,18 @@ class Bench:
         case_dir.set_status("ok", finished=now_iso(), timings=timings)
         self.events.case_finished(case, "ok", None)
         return None
+
+    @staticmethod
+    def _carry(
+        case: Case, case_dir: CaseDir, attempt: Path, outcome: BenchOutcome
+    ) -> dict[str, Any]:
+        """The repetitions an interrupted attempt (same accelerator) finished count: copied
+        into the new case directory and into the outcome. Returns what to record in status."""
+        reps = case_dir.carry_repetitions(attempt)
+        if not reps:
+            return {}
+        outcome.results.extend(stored(case, case_dir))
+        return {"carried": {"from": attempt.name, "repetitions": reps}}
 
     def _measure(
         self,
@@ -257,7 +281,7 @@ class Bench:
             outcome.results.extend(stored(case, case_dir))
             return
         self.events.case_started(case, 0, len(cases))
-        jobs = JobContext(case, case_dir, self.repetitions(), self.events, outcome)
+        jobs = JobContext(case, case_dir, self.repetitions(case, cases), self.events, outcome)
         run_baseline(jobs, backing)
 
     # -- the accelerator ---------------------------------------------------------------------

@@ -94,12 +94,31 @@ class PlainEvents:
         print(f"WARNING: {text}", flush=True)
 
 
+def _stops(run: Path) -> dict[tuple[str, str], str]:
+    """(case, job) -> "N reason" as the run directory recorded it (resumed cases included)."""
+    from vmlab.results.rundir import scan_run
+
+    return {key: f"{s.repetitions} {s.reason}" for key, s in scan_run(run).stops.items()}
+
+
 @app.command()
 def bench(
     spec_path: SpecArg = None,
     runtime: Annotated[
         int | None,
         typer.Option("--runtime", min=1, help="seconds per fio job (overrides the spec)"),
+    ] = None,
+    until_ci: Annotated[
+        float | None,
+        typer.Option(
+            "--until-ci",
+            min=0.01,
+            max=100,
+            metavar="PCT",
+            help="repeat each job until the confidence interval of its mean IOPS is within "
+            "±PCT % (overrides the spec's ci_pct; a fixed repeat: N becomes min N (at least 3), "
+            "max 20)",
+        ),
     ] = None,
     results: Annotated[Path, typer.Option(help="where run directories go")] = Path("results"),
     accel: Annotated[
@@ -135,14 +154,14 @@ def bench(
     check_choice(launcher, ("qemu", "libvirt"), "--launcher")
     resumed = RunDir.open(resume) if resume else None
     if resumed is not None:
-        if spec_path is not None or runtime is not None:
+        if spec_path is not None or runtime is not None or until_ci is not None:
             raise VmlabError(
                 "--resume runs the spec stored in the run directory",
-                hint="drop the SPEC argument and --runtime when resuming",
+                hint="drop the SPEC argument, --runtime and --until-ci when resuming",
             )
         spec = resumed.spec()
     else:
-        spec = load(spec_path, runtime, yes=yes)
+        spec = load(spec_path, runtime, until_ci, yes=yes)
     if shutil.which("qemu-system-x86_64") is None:
         raise VmlabError(
             "qemu-system-x86_64 is not installed", hint="apt-get install qemu-system-x86 qemu-utils"
@@ -170,7 +189,7 @@ def bench(
         libvirt_uri=libvirt_uri,
         skip_unsupported=skip_unsupported,
     )
-    reps = spec.repeat + spec.warmup
+    reps = spec.repeat.max + spec.warmup  # at most: a job may stop earlier
     total = sum(len(c.jobs) for c in plan(spec)) * reps + len(spec.jobs) * reps * spec.baseline
     try:
         if plain:
@@ -206,6 +225,7 @@ def bench(
     print_results(
         [(r.case_id, r.job, r.repetition, r.metrics) for r in outcome.results],
         title=f"{spec.name}: {outcome.run.path}",
+        stops=None if spec.repeat.fixed else _stops(outcome.run.path),
     )
     if outcome.accel_switch is not None:
         switch = outcome.accel_switch

@@ -142,8 +142,9 @@ def show(run: RunArg, results: ResultsOpt = Path("results")) -> None:
         console.print("no measured repetitions")
         return
     table = Table(title="results (mean ± 95% CI)", title_justify="left")
+    stopped = any(r.stopped for r in rows)
     columns = ("configuration", "job", "I/O", "n", "IOPS", "clat mean", "clat p99", "× limit")
-    for column in (*columns, "flags"):
+    for column in (*columns, "flags", *(("stopped",) if stopped else ())):
         table.add_column(column)
     for r in rows:
         table.add_row(
@@ -156,6 +157,7 @@ def show(run: RunArg, results: ResultsOpt = Path("results")) -> None:
             escape(r.clat_p99),
             r.of_limit,
             f"[yellow]{escape(r.flags)}[/]" if r.flags else "",
+            *((escape(r.stopped or "-"),) if stopped else ()),
         )
     console.print(table)
 

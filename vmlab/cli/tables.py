@@ -3,7 +3,7 @@ to the first configuration and to the host baseline, and network (iperf3) rows."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.markup import escape
 from rich.table import Table
@@ -16,10 +16,15 @@ Result = tuple[str, str, int, dict[str, float]]  # case id, job, repetition, fla
 
 
 def print_results(
-    results: Sequence[Result], *, title: str, case_column: str = "configuration"
+    results: Sequence[Result],
+    *,
+    title: str,
+    case_column: str = "configuration",
+    stops: Mapping[tuple[str, str], str] | None = None,
 ) -> None:
     """Network rows first (one per repetition), then one storage row per configuration and job
-    (repetitions averaged; the warm-up r0 is never counted)."""
+    (repetitions averaged; the warm-up r0 is never counted). ``stops``: (case, job) -> how
+    many repetitions it took and why (``repeat: {ci_pct}``), shown in a "reps" column."""
     counted = [r for r in results if r[2]]
     _print_network([r for r in counted if job_kind(r[3]) == "iperf3"])
     rows = build_rows([(c, j, m) for c, j, _, m in counted if job_kind(m) == "fio"])
@@ -27,7 +32,7 @@ def print_results(
         return
     with_host = any(r.of_host is not None for r in rows)
     table = Table(title=title, title_justify="left")
-    for name in (case_column, "job"):
+    for name in (case_column, "job", *(("reps",) if stops else ())):
         table.add_column(name, justify="left")
     for name in (
         "IOPS",
@@ -41,6 +46,7 @@ def print_results(
         table.add_row(
             escape(row.case_id),
             escape(row.job),
+            *((escape(stops.get((row.case_id, row.job), "-")),) if stops else ()),
             _iops(row),
             "-" if row.lat_mean_us is None else f"{row.lat_mean_us:,.1f}",
             "-" if row.lat_p99_us is None else f"{row.lat_p99_us:,.1f}",
@@ -48,6 +54,8 @@ def print_results(
             *(("-" if row.of_host is None else f"{row.of_host:.0%}",) if with_host else ()),
         )
     out.print(table)
+    if stops:
+        out.print("reps: measured repetitions and why they stopped (`vmlab report` says more)")
     if any(r.noisy for r in rows):
         out.print("! noisy: a CV above the report's threshold; ± is the CI half-width of the mean")
 

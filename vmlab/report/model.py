@@ -87,6 +87,20 @@ class Curve(BaseModel):
     """(percentile, ns), ascending, averaged over the measured repetitions."""
 
 
+class StopView(BaseModel):
+    """Why a job's repetitions stopped (``jobs/<job>/repeat.json``)."""
+
+    model_config = _CONFIG
+
+    repetitions: int
+    reason: str
+    """fixed, ci, differs, within-margin or max (vmlab.bench.repeat)."""
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
 class JobView(BaseModel):
     model_config = _CONFIG
 
@@ -96,6 +110,9 @@ class JobView(BaseModel):
     warmup: bool
     metrics: dict[str, MetricView]
     curves: list[Curve]
+    stop: StopView | None = None
+    """How many repetitions the job took and why it stopped (None: a run from before vmlab
+    stored it, or an import)."""
 
     def get(self, metric: str) -> MetricView | None:
         return self.metrics.get(metric)
@@ -304,6 +321,7 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
                     of_limit=cell[metric].mean / base.mean if base and base.mean else None,
                 )
             reps = sorted(samples.get((case.case_id, job), []), key=lambda s: s.repetition)
+            stop = run.stops.get((case.case_id, job))
             jobs.append(
                 JobView(
                     name=job,
@@ -312,6 +330,11 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
                     warmup=(case.case_id, job) in warm,
                     metrics=metrics,
                     curves=_curves(reps) if curves else [],
+                    stop=StopView(
+                        repetitions=stop.repetitions, reason=stop.reason, detail=stop.detail
+                    )
+                    if stop
+                    else None,
                 )
             )
         kind: Literal["argv", "xml", "fio"] | None

@@ -119,6 +119,8 @@ class ResultRow:
     lat_mean: str
     of_limit: str
     flags: str
+    stopped: str = ""
+    """Why the repetitions stopped, e.g. "ci: mean ±1.80% ≤ ±2%" ("" when not recorded)."""
 
 
 def _flags(job: JobView, direction: str) -> str:
@@ -168,6 +170,7 @@ def result_rows(run: RunView) -> list[ResultRow]:
                         if case.is_limit
                         else ("-" if of_limit is None else f"{of_limit:.2f}×"),
                         flags=_flags(job, d),
+                        stopped="" if job.stop is None else str(job.stop),
                     )
                 )
     return rows

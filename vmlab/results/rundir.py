@@ -5,6 +5,7 @@
       cases/<case-id>/
         case.json  argv.json  argv.sh  qemu.log  serial.log  guest.json  status.json
         jobs/<job>/r<N>/  job.fio  fio.json (raw stdout)  fio.stderr  exit.json  summary.json
+        jobs/<job>/repeat.json   how many repetitions the job took and why it stopped
       attempts/<case-id>.<n>/   what an interrupted or failed case left before a --resume
 
 Artifacts are created exclusively: a second write to the same name is a bug and raises.
@@ -123,6 +124,31 @@ class CaseDir(ArtifactDir):
 
     def job(self, name: str, repetition: int) -> ArtifactDir:
         return ArtifactDir(self.path / "jobs" / name / f"r{repetition}")
+
+    def write_repeat(self, job: str, record: Mapping[str, Any]) -> Path:
+        """``jobs/<job>/repeat.json``: how many repetitions the job took and why it stopped."""
+        return ArtifactDir(self.path / "jobs" / job).write_json("repeat.json", dict(record))
+
+    def repeated(self, job: str) -> bool:
+        """The job's repetitions have stopped (it has a ``repeat.json``)."""
+        return (self.path / "jobs" / job / "repeat.json").is_file()
+
+    def carry_repetitions(self, attempt: Path) -> dict[str, int]:
+        """Copy into this (new) case the measured repetitions an interrupted attempt finished:
+        per job r1..rN as far as each has a summary.json, and its repeat.json if the job had
+        stopped. The warm-up r0 is not carried (a new boot warms up again). The attempt stays
+        whole under attempts/. Returns job -> repetitions carried."""
+        carried: dict[str, int] = {}
+        for job_dir in sorted((attempt / "jobs").glob("*")):
+            n = 0
+            while (job_dir / f"r{n + 1}" / "summary.json").is_file():
+                n += 1
+                shutil.copytree(job_dir / f"r{n}", self.path / "jobs" / job_dir.name / f"r{n}")
+            if n and (job_dir / "repeat.json").is_file():
+                shutil.copy2(job_dir / "repeat.json", self.path / "jobs" / job_dir.name)
+            if n:
+                carried[job_dir.name] = n
+        return carried
 
     def exists(self) -> bool:
         return self.path.is_dir()
@@ -273,7 +299,8 @@ class RunDir(ArtifactDir):
 
     def archive_case(self, case_id: str) -> Path | None:
         """Move what an earlier attempt of the case left to ``attempts/<case>.<n>`` (a resumed
-        or rerun case starts empty; nothing is lost). Returns where it went."""
+        or rerun case starts empty, but for the repetitions :meth:`CaseDir.carry_repetitions`
+        copies back; nothing is lost). Returns where it went."""
         case = self.case(case_id)
         if not case.exists():
             return None
@@ -300,6 +327,16 @@ class Sample:
     metrics: Mapping[str, float]
     path: Path
     """The repetition's directory (fio.json, summary.json...)."""
+
+
+@dataclass(frozen=True)
+class RepeatStop:
+    """A job's ``repeat.json``: the repetitions it took and why it stopped (``fixed``, ``ci``,
+    ``differs``, ``within-margin``, ``max``; see vmlab.bench.repeat)."""
+
+    repetitions: int
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -330,6 +367,8 @@ class RunRecord:
     job_params: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """Options of each job (from spec.json), by job name."""
     stamp: int = 0
+    stops: Mapping[tuple[str, str], RepeatStop] = field(default_factory=dict)
+    """(case, job) -> why its repetitions stopped (runs before vmlab stored it: none)."""
 
     def case(self, case_id: str) -> CaseRecord | None:
         return next((c for c in self.cases if c.case_id == case_id), None)
@@ -418,6 +457,19 @@ def _samples(case_dir: Path, case_id: str) -> list[Sample]:
     return samples
 
 
+def _stops(case_dir: Path, case_id: str) -> dict[tuple[str, str], RepeatStop]:
+    stops = {}
+    for path in sorted(case_dir.glob("jobs/*/repeat.json")):
+        data = _mapping(_read_json(path))
+        try:
+            stop = RepeatStop(int(data["repetitions"]), str(data["reason"]), str(data["detail"]))
+        except (KeyError, TypeError, ValueError):
+            log.warning("%s: not a repetition record; ignored", path)
+            continue
+        stops[(case_id, path.parent.name)] = stop
+    return stops
+
+
 def _fleet_hosts(run: RunDir) -> str | None:
     """A fleet run's hosts, comma-joined (its host facts are under hosts/, not host.json)."""
     fleet = _mapping(_read_json(run.file("fleet.json")))
@@ -451,6 +503,7 @@ def scan_run(run_dir: Path) -> RunRecord:
                 case_dirs[path.name] = path
     cases = []
     samples: list[Sample] = []
+    stops: dict[tuple[str, str], RepeatStop] = {}
     failed = _mapping(status.get("failed"))
     for case_id in [*listed, *(c for c in case_dirs if c not in listed)]:
         path = case_dirs.get(case_id, cases_root / case_id)
@@ -470,6 +523,7 @@ def scan_run(run_dir: Path) -> RunRecord:
         )
         if path.is_dir():
             samples.extend(_samples(path, case_id))
+            stops.update(_stops(path, case_id))
     job_params = {
         str(job["name"]): _flat_options(job)
         for job in spec.get("jobs", [])
@@ -490,6 +544,7 @@ def scan_run(run_dir: Path) -> RunRecord:
         samples=tuple(samples),
         job_params=job_params,
         stamp=run_stamp(run.path),
+        stops=stops,
     )
 
 

@@ -390,6 +390,45 @@ class Variant(Model):
     guest: Guest = Field(default_factory=Guest)
 
 
+class Repeat(Model):
+    """How often each job runs: a fixed count (``repeat: 3`` is ``{min: 3, max: 3}``), or from
+    ``min`` to ``max`` until the answer is sure (:mod:`vmlab.bench.repeat`).
+
+    ``until: ci`` stops a job once the confidence interval of its mean IOPS is within
+    ±``ci_pct`` % of the mean. ``until: significant`` (a spec that compares configurations)
+    does that for the first configuration, the reference; every other one stops once the
+    interval of its mean's ratio to the reference's excludes 1, or is within ±``ci_pct`` %.
+    """
+
+    min: int = Field(default=3, ge=1, le=100)
+    max: int = Field(default=20, ge=1, le=100)
+    ci_pct: float | None = Field(default=None, gt=0, le=100)
+    until: Literal["ci", "significant"] = "ci"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count(cls, data: Any) -> Any:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return {"min": data, "max": data}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Repeat:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        if self.min < self.max and self.ci_pct is None:
+            raise ValueError(
+                "repeating from min to max needs a stopping rule: give ci_pct (e.g. 2 for ±2 %)"
+            )
+        if self.ci_pct is not None and self.min < 2:
+            raise ValueError("ci_pct needs min >= 2: one repetition has no confidence interval")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        return self.ci_pct is None or self.min == self.max
+
+
 class BenchSpec(Model):
     _free_text: ClassVar[frozenset[str]] = frozenset({"description"})
     _verbatim: ClassVar[frozenset[str]] = frozenset({"source"})
@@ -400,7 +439,9 @@ class BenchSpec(Model):
         default=None, ge=1, le=DAY_S, description="overrides every job's runtime"
     )
     baseline: bool = Field(default=False, description="also run each job with fio on the host")
-    repeat: int = Field(default=1, ge=1, le=100, description="repetitions of every job")
+    repeat: Repeat = Field(
+        default_factory=lambda: Repeat(min=1, max=1), description="repetitions of every job"
+    )
     net_jobs: list[IperfJob] = Field(default_factory=list)
     warmup: bool = Field(default=False, description="one more repetition first, never counted")
     jobs: list[FioJob]

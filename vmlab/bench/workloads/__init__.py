@@ -9,9 +9,24 @@ from typing import Any
 
 from vmlab.bench.events import BenchEvents
 from vmlab.bench.outcome import BenchOutcome
+from vmlab.bench.repeat import Stop, decide
 from vmlab.errors import GuestError
+from vmlab.metrics import stop_metric
 from vmlab.plan import Case
 from vmlab.results.rundir import ArtifactDir, CaseDir, now_iso
+from vmlab.spec import Repeat
+
+
+@dataclass(frozen=True)
+class Repetitions:
+    """How every job of a case repeats: r0, the warm-up (stored, never counted) when asked,
+    then r1, r2... until the spec's rule stops the job (:mod:`vmlab.bench.repeat`)."""
+
+    rule: Repeat
+    warmup: bool = False
+    reference: str | None = None
+    """The case the job's values are compared with under ``until: significant`` (None: the
+    case is the reference itself, or the rule does not compare)."""
 
 
 @dataclass(frozen=True)
@@ -20,13 +35,63 @@ class JobContext:
 
     case: Case
     case_dir: CaseDir
-    repetitions: range  # r0 is the warm-up (stored, never counted), then r1..rN
+    repetitions: Repetitions
     events: BenchEvents
     outcome: BenchOutcome
 
     def finished(self, job: str, repetition: int, metrics: dict[str, float]) -> None:
         self.outcome.add(self.case.id, job, repetition, metrics)
         self.events.job_finished(self.case, job, repetition, metrics)
+
+    def repeats(self, job: str) -> Iterator[int]:
+        """The repetition numbers to run ``job`` for: each one is decided after the one before
+        has finished (:meth:`finished`). The stop is stored as ``jobs/<job>/repeat.json``.
+
+        A case resumed after an interrupt carries the repetitions it had finished: a job that
+        had stopped runs none, one that had not goes on counting after them (after a warm-up
+        of its own in the new guest, when the spec asks for one)."""
+        if self.case_dir.repeated(job):
+            return
+        done = [
+            r.repetition for r in self.outcome.results if (r.case_id, r.job) == (self.case.id, job)
+        ]
+        if self.repetitions.warmup:
+            yield 0
+        repetition = max(done, default=0) + 1
+        while True:
+            yield repetition
+            stop = self._decide(job, repetition)
+            if stop is not None:
+                self.case_dir.write_repeat(job, stop.to_json())
+                self.events.stage(
+                    self.case,
+                    f"{job}: {stop.repetitions} repetitions, {stop.reason}: {stop.detail}",
+                )
+                return
+            repetition += 1
+
+    def values(self, case_id: str, job: str) -> list[float]:
+        """The stop metric of the measured repetitions of ``job`` in ``case_id`` so far."""
+        out = []
+        for result in self.outcome.results:
+            if result.case_id == case_id and result.job == job and result.repetition >= 1:
+                value = result.metrics.get(stop_metric(result.metrics))
+                if value is not None:
+                    out.append(value)
+        return out
+
+    def _decide(self, job: str, repetition: int) -> Stop | None:
+        rule, reference = self.repetitions.rule, self.repetitions.reference
+        values = self.values(self.case.id, job)
+        stop = decide(
+            rule,
+            values,
+            reference=self.values(reference, job) if reference else None,
+            against=reference,
+        )
+        if stop is None and repetition >= rule.max:  # a repetition that reported no value
+            stop = Stop(len(values), "max", f"max reached: {len(values)} values of {repetition}")
+        return stop
 
 
 @contextmanager

@@ -28,7 +28,7 @@ def run_guest_jobs(
     from stdin (``fio -``): no copy step, one SSH channel per repetition."""
     for spec_job in ctx.case.jobs:
         job = guest_ceph.fio_job(spec_job) if guest_ceph is not None else spec_job
-        for repetition in ctx.repetitions:
+        for repetition in ctx.repeats(job.name):
             job_dir = ctx.case_dir.job(job.name, repetition)
             text = render_job(job, filename=devices.get(job.disk, ""), case_id=ctx.case.id)
             job_dir.write_text("job.fio", text)

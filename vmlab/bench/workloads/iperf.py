@@ -20,7 +20,7 @@ from vmlab.spec import IperfJob
 def run_net_jobs(ctx: JobContext, ssh: GuestSSH, lab: LabNetwork, jobs: Sequence[IperfJob]) -> None:
     server = str(lab.gateway)
     for job in jobs:
-        for repetition in ctx.repetitions:
+        for repetition in ctx.repeats(job.name):
             job_dir = ctx.case_dir.job(job.name, repetition)
             ctx.events.stage(ctx.case, f"iperf3 {job.name} r{repetition} ({job.duration_s} s)")
             with (
