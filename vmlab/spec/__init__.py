@@ -20,6 +20,8 @@ name is importable from ``vmlab.spec``.
 
 from __future__ import annotations
 
+from vmlab.spec.base import Model
+from vmlab.spec.hypervisor import DEFAULT_KERNEL, Hypervisor, NestedHypervisor
 from vmlab.spec.load import DEFAULT_LAB, default_lab, load_spec, parse_spec
 from vmlab.spec.matrix import expand_matrix
 from vmlab.spec.models import (
@@ -38,7 +40,6 @@ from vmlab.spec.models import (
     IOThread,
     IperfJob,
     MallocBackend,
-    Model,
     Nic,
     RbdBackend,
     RootfsImageSpec,
@@ -50,6 +51,7 @@ from vmlab.spec.models import (
 )
 
 __all__ = [
+    "DEFAULT_KERNEL",
     "DEFAULT_LAB",
     "SLUG",
     "Backend",
@@ -62,11 +64,13 @@ __all__ = [
     "FileBackend",
     "FioJob",
     "Guest",
+    "Hypervisor",
     "IOThread",
     "ImageSpec",
     "IperfJob",
     "MallocBackend",
     "Model",
+    "NestedHypervisor",
     "Nic",
     "RbdBackend",
     "RootfsImageSpec",

@@ -91,6 +91,13 @@ def parse_spec(raw: Any, *, file: Path | None = None, source: str = "") -> Bench
                     "(give the guest a lab NIC, e.g. nics: [{attach: tap}])"
                 )
                 break
+    kinds = {"nested" if v.nested else "host" for v in variants}
+    if len(kinds) > 1:
+        problems.append(
+            "hypervisor: every case runs on the host or every case runs nested, not a mix "
+            "(give hypervisor one kind; a list of kernels is an axis: "
+            "{kind: nested, kernel: [A, B]})"
+        )
     if not jobs and not net_jobs:
         problems.append("jobs: a bench needs at least one fio job or net job")
     disk_names = {d.name for v in variants for d in v.guest.disks}

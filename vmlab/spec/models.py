@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
@@ -20,6 +18,8 @@ from pydantic import (
 
 from vmlab.errors import SpecError
 from vmlab.spdk.cpumask import parse_cpumask
+from vmlab.spec.base import Model
+from vmlab.spec.hypervisor import Hypervisor
 
 SLUG = r"^[a-z0-9][a-z0-9_.-]{0,39}$"
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
@@ -35,10 +35,6 @@ def parse_size(value: str | int) -> int:
         raise ValueError(f"not a size: {value!r} (expected e.g. 512M, 1G, 4k or a byte count)")
     number, unit, _ = match.groups()
     return int(float(number) * _SIZE_UNITS[unit.lower()])
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class FileBackend(Model):
@@ -456,7 +452,12 @@ class Variant(Model):
     params: dict[str, str]
     launcher: Literal["qemu", "libvirt"] = "qemu"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
+    hypervisor: Hypervisor = "host"
     guest: Guest = Field(default_factory=Guest)
+
+    @property
+    def nested(self) -> bool:
+        return self.hypervisor != "host"
 
 
 class BenchSpec(Model):
@@ -470,6 +471,11 @@ class BenchSpec(Model):
     jobs: list[FioJob]
     variants: list[Variant] = Field(min_length=1)
     source: str = Field(default="", description="the spec text as the user wrote it")
+
+    @property
+    def nested(self) -> bool:
+        """Its cases run inside nested L1 hosts (hypervisor: {kind: nested})."""
+        return any(v.nested for v in self.variants)
 
     def job_runtime_s(self, job: FioJob) -> int:
         return self.runtime_s if self.runtime_s is not None else job.runtime_s
