@@ -21,6 +21,8 @@ from vmlab.plan import Case
 
 if TYPE_CHECKING:
     from vmlab.host import HostFacts
+    from vmlab.results.rundir import RunDir
+    from vmlab.spec import BenchSpec
 
 app = typer.Typer()
 
@@ -94,6 +96,31 @@ class PlainEvents:
         print(f"WARNING: {text}", flush=True)
 
 
+def _spec(
+    spec_path: Path | None, runtime: int | None, resumed: RunDir | None, *, nested: bool
+) -> BenchSpec:
+    """The spec to run: the file's (or the default lab), or the one a resumed run stored."""
+    if resumed is not None:
+        if spec_path is not None or runtime is not None:
+            raise VmlabError(
+                "--resume runs the spec stored in the run directory",
+                hint="drop the SPEC argument and --runtime when resuming",
+            )
+        spec = resumed.spec()
+    else:
+        spec = load(spec_path, runtime)
+    if nested:
+        from vmlab.nested.plan import with_nested
+
+        spec = with_nested(spec)
+    if resumed is not None and spec.nested:
+        raise VmlabError(
+            "--resume does not resume a nested run yet",
+            hint="run the spec again (the L1 image is cached)",
+        )
+    return spec
+
+
 @app.command()
 def bench(
     spec_path: SpecArg = None,
@@ -122,6 +149,14 @@ def bench(
     junit: Annotated[
         Path | None, typer.Option(help="write JUnit XML: one testcase per case and job")
     ] = None,
+    nested: Annotated[
+        bool,
+        typer.Option(
+            "--nested",
+            help="run every case inside a nested L1 host (hypervisor: {kind: nested}): a Debian "
+            "kernel with its modules, QEMU and this vmlab, booted by vmlab",
+        ),
+    ] = False,
 ) -> None:
     """Run a spec (or the embedded default lab) and print the comparison table."""
     from vmlab.bench import BenchOptions, run_bench
@@ -133,15 +168,7 @@ def bench(
     if accel not in (None, "kvm", "tcg"):
         raise typer.BadParameter("expected kvm or tcg", param_hint="--accel")
     resumed = RunDir.open(resume) if resume else None
-    if resumed is not None:
-        if spec_path is not None or runtime is not None:
-            raise VmlabError(
-                "--resume runs the spec stored in the run directory",
-                hint="drop the SPEC argument and --runtime when resuming",
-            )
-        spec = resumed.spec()
-    else:
-        spec = load(spec_path, runtime)
+    spec = _spec(spec_path, runtime, resumed, nested=nested)
     if shutil.which("qemu-system-x86_64") is None:
         raise VmlabError(
             "qemu-system-x86_64 is not installed", hint="apt-get install qemu-system-x86 qemu-utils"
@@ -171,9 +198,13 @@ def bench(
     )
     reps = spec.repeat + spec.warmup
     total = sum(len(c.jobs) for c in plan(spec)) * reps + len(spec.jobs) * reps * spec.baseline
+    if spec.nested:
+        from vmlab.nested.run import run_nested_bench as run
+    else:
+        run = run_bench
     try:
         if plain:
-            outcome = run_bench(
+            outcome = run(
                 spec,
                 facts=facts,
                 image=image,
@@ -191,7 +222,7 @@ def bench(
                 console=out,
                 transient=True,
             ) as progress:
-                outcome = run_bench(
+                outcome = run(
                     spec,
                     facts=facts,
                     image=image,
