@@ -81,7 +81,7 @@ def test_packages_and_modules_follow_the_cases() -> None:
     assert {"vhost_net", "rbd", "tun", "bridge"} <= set(first.modules)
     plain = l1_plans(spec_of(ONE), plan(spec_of(ONE)))[0]
     assert plain.packages == ("fio", "iproute2", "kmod", "python3", "qemu-system-x86", "qemu-utils")
-    assert plain.modules == ()
+    assert plain.modules == ("tun", "vhost_net")
 
 
 def test_same_kernel_other_memory_gets_numbered_labels() -> None:

@@ -138,10 +138,7 @@ def follow_bench(
 
 def fetch_results(ssh: GuestSSH, dest: Path) -> None:
     """The inner results directory (with bench.log) as a tar over SSH, unpacked into ``dest``."""
-    got = ssh.run(
-        f"tar -C {WORK} -cf - results bench.log 2>/dev/null || tar -C {WORK} -cf - bench.log",
-        timeout_s=600,
-    )
+    got = ssh.run(f"cd {WORK} && tar -cf - $(ls -d results bench.log 2>/dev/null)", timeout_s=600)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(got.stdout)) as tar:
         tar.extractall(dest, filter="data")

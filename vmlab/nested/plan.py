@@ -26,8 +26,10 @@ from vmlab.spec import BenchSpec, BlockBackend, FileBackend, NestedHypervisor, R
 BASE_PACKAGES = ("qemu-system-x86", "qemu-utils", "fio", "python3", "kmod", "iproute2")
 CEPH_CLIENT_PACKAGES = ("ceph-common", "qemu-block-extra")  # rbd CLI, krbd map, QEMU's rbd
 CEPH_MICRO_PACKAGES = ("ceph-mon", "ceph-osd", "ceph-mgr")  # vmlab's micro cluster in L1
-# Loaded once L1 is up; each only when a case needs it.
-NET_MODULES = ("tun", "bridge", "veth")
+# Loaded once L1 is up: these always (cheap; L1's host facts then show /dev/vhost-net), the
+# rest only when a case needs them.
+ALWAYS_MODULES = ("tun", "vhost_net")
+NET_MODULES = ("bridge", "veth")
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def l1_packages(hv: NestedHypervisor, cases: Sequence[Case], *, net_jobs: bool) 
 
 def l1_modules(cases: Sequence[Case]) -> tuple[str, ...]:
     """Kernel modules to load in L1 for ``cases`` (in load order, no duplicates)."""
-    wanted: list[str] = []
+    wanted: list[str] = list(ALWAYS_MODULES)
     for case in cases:
         guest = case.variant.guest
         if guest.nics:

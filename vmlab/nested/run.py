@@ -159,7 +159,10 @@ class NestedBench:
             self._adopt(plan, l1_image.key, back, logs)
         finally:
             if logs.is_dir():  # L1 never came back with a run: keep its logs anyway
-                self.run.keep_host_files(plan.label, logs)
+                keep = workdir / "keep"
+                keep.mkdir()
+                shutil.move(str(logs), str(keep / "l1"))
+                self.run.keep_host_files(plan.label, keep)
             shutil.rmtree(workdir, ignore_errors=True)
             shutil.rmtree(guest_dir, ignore_errors=True)
 
