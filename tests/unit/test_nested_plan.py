@@ -26,6 +26,7 @@ def spec_of(text: str):  # type: ignore[no-untyped-def]
     return parse_spec(yaml.safe_load(text), source=text)
 
 
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxNL1f6R7n4Y2ZAt6wQ1O8Xg1xJmLq0pQ3FqCq1Lq7K"
 ONE = """\
 name: one
 hypervisor: {kind: nested}
@@ -176,7 +177,7 @@ def test_l1_argv_matches_golden(accel: str, regenerate_golden: bool) -> None:
         guest_dir=Path("/run/g-1"),
         serial_log=Path("/w/l1-serial.log"),
         ssh_port=2222,
-        key_line="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxNL1f6R7n4Y2ZAt6wQ1O8Xg1xJmLq0pQ3FqCq1Lq7K",
+        key_line=KEY,
     )
     text = "\n".join(argv) + "\n"
     golden = GOLDEN / f"l1-{accel}.argv"
@@ -185,6 +186,48 @@ def test_l1_argv_matches_golden(accel: str, regenerate_golden: bool) -> None:
     assert golden.exists(), f"no golden file {golden}: run pytest --regenerate-golden"
     assert text == golden.read_text()
     assert "filename=/w/scratch,,1.raw" in text  # QEMU option values escaped
+
+
+def test_l1_with_iommu_and_nvme_for_vfio_matches_golden(regenerate_golden: bool) -> None:
+    spec = load_spec(EXAMPLES / "nested-vfio.yaml")
+    (l1,) = l1_plans(spec, plan(spec))
+    assert "vfio_pci" in l1.modules and "pciutils" in l1.packages
+    argv = l1_argv(
+        _image(),
+        l1.hypervisor,
+        accel="tcg",
+        disks=L1Disks(
+            Path("/w/l1-root.qcow2"), Path("/w/payload.raw"), Path("/w/s.raw"), (Path("/w/n0"),)
+        ),
+        guest_dir=Path("/run/g-1"),
+        serial_log=Path("/w/l1-serial.log"),
+        ssh_port=2222,
+        key_line=KEY,
+    )
+    text = "\n".join(argv) + "\n"
+    golden = GOLDEN / "l1-vfio.argv"
+    if regenerate_golden:
+        golden.write_text(text)
+    assert text == golden.read_text()
+    assert "q35,accel=tcg,kernel-irqchip=split" in argv
+    assert "nvme,drive=nvme0,serial=vmlab-l1-nvme0,addr=0x10" in argv
+    assert "intel_iommu=on iommu=pt" in argv[argv.index("-append") + 1]
+
+
+def test_hostdevs_in_l1_must_be_its_nvme() -> None:
+    text = ONE.replace("{kind: nested}", "{kind: nested, iommu: true, nvme: 1}").replace(
+        "guest: {disks: [{model: virtio-blk}]}", "guest: {hostdevs: ['0000:00:11.0']}"
+    )
+    spec = spec_of(text)
+    with pytest.raises(SpecError) as info:
+        l1_plans(spec, plan(spec))
+    assert info.value.problems == [
+        "case default: hostdev 0000:00:11.0: not one of L1's emulated NVMe controllers "
+        "(0000:00:10.0)"
+    ]
+    with pytest.raises(SpecError) as bad:
+        spec_of(ONE.replace("{kind: nested}", "{kind: nested, nvme: 1}"))
+    assert "set iommu: true" in "\n".join(bad.value.problems)
 
 
 def test_mount_script_and_bench_command() -> None:

@@ -40,6 +40,7 @@ class L1Disks:
     overlay: Path  # qcow2 over the image's base; thrown away with the work directory
     payload: Path
     scratch: Path
+    nvme: tuple[Path, ...] = ()  # L1's emulated NVMe drives, for VFIO passthrough to L2
 
 
 def l1_argv(
@@ -56,9 +57,23 @@ def l1_argv(
     """QEMU argv of one L1 host (pure)."""
     cpu = "host" if accel == "kvm" else "max"
     append = f"{image.cmdline} {authkey_cmdline(key_line)} no_timer_check"
+    machine = f"q35,accel={accel}"
+    iommu: list[str] = []
+    if hv.iommu:  # interrupt remapping needs the split irqchip; caching mode for VFIO in L1
+        machine += ",kernel-irqchip=split"
+        iommu = ["-device", "intel-iommu,intremap=on,caching-mode=on"]
+        append += " intel_iommu=on iommu=pt"
+    nvme: list[str] = []
+    for index, (drive, address) in enumerate(zip(disks.nvme, hv.nvme_addresses, strict=True)):
+        slot = address.split(":")[2].split(".")[0]
+        nvme += [
+            "-blockdev", f"driver=file,node-name=nvme{index}-file,filename={qemu_quote(drive)}",
+            "-blockdev", f"driver=raw,node-name=nvme{index},file=nvme{index}-file",
+            "-device", f"nvme,drive=nvme{index},serial=vmlab-l1-nvme{index},addr=0x{slot}",
+        ]  # fmt: skip
     return [
         "qemu-system-x86_64", "-name", f"vmlab-l1-{hv.label}",
-        "-machine", f"q35,accel={accel}", "-cpu", cpu,
+        "-machine", machine, *iommu, "-cpu", cpu,
         "-m", str(hv.memory_mib), "-smp", str(hv.cpus),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-pidfile", str(guest_dir / "qemu.pid"),
@@ -79,6 +94,7 @@ def l1_argv(
         "-blockdev", f"driver=file,node-name=scratch-file,filename={qemu_quote(disks.scratch)}",
         "-blockdev", "driver=raw,node-name=scratch,file=scratch-file",
         "-device", f"virtio-blk-pci,drive=scratch,serial={SCRATCH_SERIAL}",
+        *nvme,
     ]  # fmt: skip
 
 
@@ -108,13 +124,17 @@ def booted_l1(
     guest_dir: Path,
     payload: Path,
     scratch: Path,
+    nvme: tuple[Path, ...] = (),
     key: paramiko.PKey,
     timeout_scale: float = 1.0,
 ) -> Iterator[L1Host]:
     """L1 booted and logged in; stopped (powerdown, quit, kill) when the block ends."""
     assert image.ready_marker is not None and image.host_key is not None  # the minimal variant
     disks = L1Disks(
-        overlay=make_overlay(image, workdir / "l1-root.qcow2"), payload=payload, scratch=scratch
+        overlay=make_overlay(image, workdir / "l1-root.qcow2"),
+        payload=payload,
+        scratch=scratch,
+        nvme=nvme,
     )
     serial = workdir / "l1-serial.log"
     ssh_port = free_port()

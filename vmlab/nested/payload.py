@@ -121,3 +121,14 @@ def make_scratch(workdir: Path, *, size_gib: int = 16, timeout_s: float = 300) -
         missing_hint="apt-get install e2fsprogs",
     )
     return raw
+
+
+def make_nvme(workdir: Path, count: int, *, size_bytes: int = 1 << 30) -> tuple[Path, ...]:
+    """Sparse raw drives behind L1's emulated NVMe controllers (VFIO passthrough to L2)."""
+    drives = []
+    for index in range(count):
+        drive = workdir / f"nvme{index}.raw"
+        with drive.open("wb") as f:
+            f.truncate(size_bytes)
+        drives.append(drive)
+    return tuple(drives)

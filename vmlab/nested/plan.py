@@ -78,6 +78,14 @@ def _unsupported(case: Case) -> list[str]:
                 f"disk {disk.name}: backend path {disk.backend.path} is a host path; L1 has "
                 "its own disks: leave path out for a scratch file"
             )
+    hv = case.variant.hypervisor
+    l1_nvme = hv.nvme_addresses if isinstance(hv, NestedHypervisor) else []
+    for address in guest.hostdevs:
+        if address.lower() not in l1_nvme and f"0000:{address.lower()}" not in l1_nvme:
+            problems.append(
+                f"hostdev {address}: not one of L1's emulated NVMe controllers "
+                f"({', '.join(l1_nvme) or 'none: set hypervisor.nvme and iommu: true'})"
+            )
     if guest.image != "default":
         problems.append("guest.image: only the default guest image is carried into L1 yet")
     return problems

@@ -38,7 +38,7 @@ from vmlab.host import HostFacts, NestedHost, pick_accel, scratch_root
 from vmlab.launch.qemu import new_guest_dir, sweep_stale
 from vmlab.nested import inner
 from vmlab.nested.boot import booted_l1
-from vmlab.nested.payload import make_payload, make_scratch
+from vmlab.nested.payload import make_nvme, make_payload, make_scratch
 from vmlab.nested.plan import L1Plan, inner_spec, l1_plans
 from vmlab.plan import Case
 from vmlab.plan import plan as plan_cases
@@ -143,6 +143,7 @@ class NestedBench:
                 plan_json=json.dumps(plan.describe()),
             )
             scratch = make_scratch(workdir)
+            nvme = make_nvme(workdir, plan.hypervisor.nvme)
             self.stage(plan, f"booting {l1_image.kernel_version} under {self.accel}")
             with booted_l1(
                 l1_image,
@@ -152,6 +153,7 @@ class NestedBench:
                 guest_dir=guest_dir,
                 payload=payload,
                 scratch=scratch,
+                nvme=nvme,
                 key=lab_key(self.options.lab_key_path),
                 timeout_scale=self.options.timeout_scale,
             ) as l1:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from vmlab.spec.base import Model
 
@@ -33,6 +33,14 @@ class NestedHypervisor(Model):
     memory_mib: int = Field(default=3072, ge=1024, le=1 << 20)
     cpus: int = Field(default=2, ge=1, le=256)
     packages: list[str] = Field(default_factory=list, description="more Debian packages in L1")
+    iommu: bool = Field(default=False, description="an emulated Intel IOMMU in L1 (for VFIO)")
+    nvme: int = Field(
+        default=0,
+        ge=0,
+        le=len(range(0x10, 0x14)),
+        description="emulated NVMe controllers in L1 at 0000:00:10.0, :11.0, ... for the "
+        "guests to take with VFIO (guest.hostdevs)",
+    )
 
     @field_validator("kernel")
     @classmethod
@@ -48,6 +56,17 @@ class NestedHypervisor(Model):
         if bad:
             raise ValueError(f"not Debian package names: {', '.join(map(repr, bad))}")
         return v
+
+    @model_validator(mode="after")
+    def _nvme_needs_iommu(self) -> NestedHypervisor:
+        if self.nvme and not self.iommu:
+            raise ValueError("nvme devices are for VFIO passthrough in L1: set iommu: true")
+        return self
+
+    @property
+    def nvme_addresses(self) -> list[str]:
+        """The PCI addresses of L1's emulated NVMe controllers, as guest.hostdevs names them."""
+        return [f"0000:00:{slot:02x}.0" for slot in range(0x10, 0x10 + self.nvme)]
 
     @property
     def label(self) -> str:
