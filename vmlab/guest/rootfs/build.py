@@ -47,7 +47,12 @@ from vmlab.guest.image.cache import (
     sizes_match,
 )
 from vmlab.guest.image.debs import DebRecord, apt_show, debs_dir, extract_deb
-from vmlab.guest.rootfs.initrd import INITRD_MODULES, render_initrd_init, write_initrd
+from vmlab.guest.rootfs.initrd import (
+    INITRD_MODULES,
+    ROOT_FS_MODULES,
+    render_initrd_init,
+    write_initrd,
+)
 from vmlab.guest.rootfs.kernel import fetch_kernel, kernel_in_tree, resolve_kernel
 from vmlab.guest.rootfs.tree import (
     DPKG_EXCLUDES,
@@ -168,6 +173,7 @@ def key_material(
             "package": kernel.package,
             "version": kernel.version,
             "sha256": kernel.sha256,
+            "root_fs_modules": list(ROOT_FS_MODULES),
         }
     return {
         **extra,
@@ -365,6 +371,7 @@ def _build_into(
         busybox_tree=busybox_tree,
         kernel_tree=kernel_tree,
         kernel_version=kernel_version,
+        root_fs_modules=kernel_deb is not None,
     )
     kernel_name = kernel_src.name
     if kernel_deb is None:
