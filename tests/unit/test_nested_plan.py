@@ -236,9 +236,9 @@ def test_mount_script_and_bench_command() -> None:
     assert "modprobe vhost_scsi || echo" in script  # a missing module is only a warning
     assert "mount -t configfs none /sys/kernel/config" in script
     assert "modprobe" not in mount_script((), configfs=False)
-    command = bench_command(timeout_scale=6)
+    command = bench_command(timeout_scale=6, l2_key="abc")
     assert command.startswith("rm -f /root/nested/work/rc; ")
-    assert "VMLAB_GUEST_IMAGE=/root/nested/payload/l2" in command
+    assert "VMLAB_GUEST_IMAGE=/root/nested/payload/l2/abc" in command
     assert "--timeout-scale 6" in command
     assert command.rstrip().endswith("&")  # detached: a dropped SSH session does not kill it
 

@@ -62,11 +62,11 @@ def mount_script(modules: Sequence[str], *, configfs: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_command(*, timeout_scale: float) -> str:
+def bench_command(*, timeout_scale: float, l2_key: str) -> str:
     """The inner bench, detached; its exit code goes to ``rc`` when it ends."""
     env = {
         "PYTHONPATH": f"{PAYLOAD}/src:{PAYLOAD}/site",
-        "VMLAB_GUEST_IMAGE": f"{PAYLOAD}/l2",
+        "VMLAB_GUEST_IMAGE": f"{PAYLOAD}/l2/{l2_key}",
         "VMLAB_SCRATCH": f"{WORK}/scratch",
         "VMLAB_CACHE": f"{WORK}/cache",
         "PYTHONDONTWRITEBYTECODE": "1",  # the payload is read-only

@@ -6,7 +6,7 @@ binary wheels work), the L2 guest image the host built, and the inner spec.
     payload/
       src/vmlab/  src/templates/    this vmlab, as a source checkout (PYTHONPATH=src)
       site/                         its libraries (PYTHONPATH=site)
-      l2/                           the default guest image (VMLAB_GUEST_IMAGE)
+      l2/<key>/                     the default guest image (VMLAB_GUEST_IMAGE)
       spec.yaml  plan.json          the inner spec, the L1 plan
 
 Nothing here goes into the L1 image's cache key: a change to vmlab never rebuilds L1.
@@ -86,7 +86,8 @@ def write_tree(tree: Path, *, l2: GuestImage, spec_text: str, plan_json: str) ->
         dest = tree / "site" / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest)
-    shutil.copytree(l2.root, tree / "l2", ignore=shutil.ignore_patterns(".*"))
+    # Under its key: an image directory is only taken for the key its manifest names.
+    shutil.copytree(l2.root, tree / "l2" / l2.root.name, ignore=shutil.ignore_patterns(".*"))
     (tree / "spec.yaml").write_text(spec_text)
     (tree / "plan.json").write_text(plan_json)
     (tree / "python.txt").write_text(f"{sys.version_info.major}.{sys.version_info.minor}\n")

@@ -90,7 +90,11 @@ class NestedBench:
                 log.warning("L1 %s failed: %s", plan.label, exc)
                 for cid in plan.case_ids:
                     if cid not in self.outcome.failed and not self._done(cid):
-                        self._fail(cid, f"L1 {plan.label}: {exc}")
+                        self._fail(
+                            cid,
+                            f"L1 {plan.label}: {exc.message} (L1's logs are kept in "
+                            f"{self.run.path}/hosts/{plan.label}/l1/)",
+                        )
             for cid in plan.case_ids:
                 index = list(self.cases).index(cid) + 1
                 self.events.case_started(self.cases[cid], index, total)
@@ -176,7 +180,10 @@ class NestedBench:
         ssh.run(inner.mount_script(plan.modules, configfs=lio), timeout_s=inner.COMMAND_TIMEOUT_S)
         self.stage(plan, f"up ({inner.l1_uname(ssh)}); running {len(plan.case_ids)} case(s)")
         scale = INNER_TIMEOUT_SCALE[self.accel] * self.options.timeout_scale
-        ssh.run(inner.bench_command(timeout_scale=scale), timeout_s=inner.COMMAND_TIMEOUT_S)
+        ssh.run(
+            inner.bench_command(timeout_scale=scale, l2_key=self.image.key),
+            timeout_s=inner.COMMAND_TIMEOUT_S,
+        )
         by_inner = {v: k for k, v in plan.inner_ids.items()}
         first = self.cases[plan.case_ids[0]]
 
