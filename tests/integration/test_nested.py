@@ -95,7 +95,9 @@ def test_one_case_runs_inside_l1_and_comes_back_as_a_host_run(
     assert "VMLAB-READY" in (run / "hosts/amd64/l1/l1-serial.log").read_text(errors="replace")
     assert "case 1/1: default" in (run / "hosts/amd64/l1/bench.log").read_text()
 
-    # Nothing left behind: no QEMU of this run, no work directory (its overlay) in scratch.
+    # Nothing left behind: no QEMU of this run, no work directory (its overlay) in scratch,
+    # and no disk of L1 among what the run keeps.
+    assert not list(run.rglob("*.qcow2")) and not list(run.rglob("*.raw"))
     assert qemu_pids(str(Path(lab_env["VMLAB_RUNTIME"]))) == []
     assert list(Path(lab_env["VMLAB_SCRATCH"]).glob("l1-*")) == []
 

@@ -120,7 +120,8 @@ def booted_l1(
     hv: NestedHypervisor,
     *,
     accel: str,
-    workdir: Path,
+    log_dir: Path,
+    disk_dir: Path,
     guest_dir: Path,
     payload: Path,
     scratch: Path,
@@ -128,15 +129,16 @@ def booted_l1(
     key: paramiko.PKey,
     timeout_scale: float = 1.0,
 ) -> Iterator[L1Host]:
-    """L1 booted and logged in; stopped (powerdown, quit, kill) when the block ends."""
+    """L1 booted and logged in; stopped (powerdown, quit, kill) when the block ends. Its logs
+    and argv go to ``log_dir`` (kept), its root overlay to ``disk_dir`` (thrown away)."""
     assert image.ready_marker is not None and image.host_key is not None  # the minimal variant
     disks = L1Disks(
-        overlay=make_overlay(image, workdir / "l1-root.qcow2"),
+        overlay=make_overlay(image, disk_dir / "l1-root.qcow2"),
         payload=payload,
         scratch=scratch,
         nvme=nvme,
     )
-    serial = workdir / "l1-serial.log"
+    serial = log_dir / "l1-serial.log"
     ssh_port = free_port()
     argv = l1_argv(
         image,
@@ -148,13 +150,13 @@ def booted_l1(
         ssh_port=ssh_port,
         key_line=public_line(key),
     )
-    (workdir / "l1-argv.txt").write_text("\n".join(argv) + "\n")
+    (log_dir / "l1-argv.txt").write_text("\n".join(argv) + "\n")
     with QemuProcess(
         argv,
         guest_dir=guest_dir,
         qmp_socket=guest_dir / "qmp.sock",
         serial_log=serial,
-        qemu_log=workdir / "l1-qemu.log",
+        qemu_log=log_dir / "l1-qemu.log",
         deadlines=Deadlines.for_accel(accel, scale=4.0 * timeout_scale),
         accel=accel,
     ) as vm:
