@@ -1,7 +1,9 @@
 """A nested run end to end through the real CLI: the L1 image built from Debian packages (its
 kernel with modules, QEMU, fio), L1 booted under TCG, this vmlab inside it booting L2 under TCG
 and running fio, the run brought back. Minutes under TCG-in-TCG: marked ``nested``, which the
-default run (pyproject addopts) leaves out; run it with ``pytest -m nested``."""
+default run (pyproject addopts) leaves out; run it with ``pytest -m nested``. Measured here
+(2 cores, TCG): one case 244 s with the L1 image cached, case 2 (vhost tap) 349 s including an
+L1 image build, Ctrl-C 79 s."""
 
 from __future__ import annotations
 
