@@ -43,6 +43,26 @@ class AccelSwitch(BaseModel):
     at: str  # ISO time
 
 
+# Kernel modules the lab's paths need (vhost-net, LIO vhost-scsi, krbd, VFIO); reported as
+# present when loaded, built in, or loadable from /lib/modules/$(uname -r).
+LAB_MODULES = ("vhost_net", "vhost_scsi", "target_core_mod", "rbd", "vfio_pci", "tun")
+
+
+class NestedHost(BaseModel):
+    """The L1 host that served a nested run's cases (vmlab.nested), as seen from outside and in."""
+
+    model_config = ConfigDict(frozen=True)
+    label: str  # nested/<label>/ and hosts/<label>.json in the run
+    kernel_package: str  # what the spec asked for (linux-image-amd64)
+    kernel: str  # L1's uname -r
+    image_key: str
+    accel: Accel  # how this host ran L1
+    accel_reason: str
+    l2_accel: str | None = None  # how L1 ran the guests
+    vhost_net: bool = False
+    kernel_modules: dict[str, bool] = {}
+
+
 class HostFacts(BaseModel):
     model_config = ConfigDict(frozen=True)
     hostname: str
@@ -68,6 +88,26 @@ class HostFacts(BaseModel):
     spdk_vhost: str | None = None  # SPDK's vhost target (vmlab.spdk.find), for target: spdk
     spdk_version: str | None = None
     spdk_found_by: str | None = None  # VMLAB_SPDK, PATH or the build-spdk prefix
+    kernel_modules: dict[str, bool] = {}  # LAB_MODULES: present (loaded or loadable) or not
+    nested: list[NestedHost] = []  # the L1 hosts that ran the cases (hypervisor: nested)
+
+
+def kernel_modules(
+    names: tuple[str, ...] = LAB_MODULES, *, root: Path = Path("/"), release: str | None = None
+) -> dict[str, bool]:
+    """Which of ``names`` this kernel has: loaded (/sys/module), built in or loadable."""
+    moddir = root / "lib/modules" / (release or platform.release())
+    known: set[str] = set()
+    for index in ("modules.dep", "modules.builtin"):
+        try:
+            text = (moddir / index).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            path = line.split(":", 1)[0].strip()
+            if path:
+                known.add(Path(path).name.split(".ko", 1)[0].replace("-", "_"))
+    return {n: (root / "sys/module" / n).is_dir() or n in known for n in names}
 
 
 def _version(argv: list[str], pattern: str) -> str | None:
@@ -181,6 +221,7 @@ def check_host(
         spdk_vhost=str(spdk.vhost) if spdk else None,
         spdk_version=spdk.version if spdk else None,
         spdk_found_by=spdk.how if spdk else None,
+        kernel_modules=kernel_modules(),
     )
 
 

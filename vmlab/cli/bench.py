@@ -21,6 +21,8 @@ from vmlab.plan import Case
 
 if TYPE_CHECKING:
     from vmlab.host import HostFacts
+    from vmlab.results.rundir import RunDir
+    from vmlab.spec import BenchSpec
 
 app = typer.Typer()
 
@@ -101,6 +103,37 @@ def _stops(run: Path) -> dict[tuple[str, str], str]:
     return {key: f"{s.repetitions} {s.reason}" for key, s in scan_run(run).stops.items()}
 
 
+def _spec(
+    spec_path: Path | None,
+    runtime: int | None,
+    until_ci: float | None,
+    resumed: RunDir | None,
+    *,
+    nested: bool,
+    yes: bool,
+) -> BenchSpec:
+    """The spec to run: the file's (or the default lab), or the one a resumed run stored."""
+    if resumed is not None:
+        if spec_path is not None or runtime is not None or until_ci is not None:
+            raise VmlabError(
+                "--resume runs the spec stored in the run directory",
+                hint="drop the SPEC argument, --runtime and --until-ci when resuming",
+            )
+        spec = resumed.spec()
+    else:
+        spec = load(spec_path, runtime, until_ci, yes=yes)
+    if nested:
+        from vmlab.nested.plan import with_nested
+
+        spec = with_nested(spec)
+    if resumed is not None and spec.nested:
+        raise VmlabError(
+            "--resume does not resume a nested run yet",
+            hint="run the spec again (the L1 image is cached)",
+        )
+    return spec
+
+
 @app.command()
 def bench(
     spec_path: SpecArg = None,
@@ -142,6 +175,14 @@ def bench(
         Path | None, typer.Option(help="write JUnit XML: one testcase per case and job")
     ] = None,
     yes: YesOpt = False,
+    nested: Annotated[
+        bool,
+        typer.Option(
+            "--nested",
+            help="run every case inside a nested L1 host (hypervisor: {kind: nested}): a Debian "
+            "kernel with its modules, QEMU and this vmlab, booted by vmlab",
+        ),
+    ] = False,
 ) -> None:
     """Run a spec (or the embedded default lab) and print the comparison table."""
     from vmlab.bench import BenchOptions, run_bench
@@ -153,15 +194,7 @@ def bench(
     check_choice(accel, ("kvm", "tcg"), "--accel")
     check_choice(launcher, ("qemu", "libvirt"), "--launcher")
     resumed = RunDir.open(resume) if resume else None
-    if resumed is not None:
-        if spec_path is not None or runtime is not None or until_ci is not None:
-            raise VmlabError(
-                "--resume runs the spec stored in the run directory",
-                hint="drop the SPEC argument, --runtime and --until-ci when resuming",
-            )
-        spec = resumed.spec()
-    else:
-        spec = load(spec_path, runtime, until_ci, yes=yes)
+    spec = _spec(spec_path, runtime, until_ci, resumed, nested=nested, yes=yes)
     if shutil.which("qemu-system-x86_64") is None:
         raise VmlabError(
             "qemu-system-x86_64 is not installed", hint="apt-get install qemu-system-x86 qemu-utils"
@@ -191,9 +224,13 @@ def bench(
     )
     reps = spec.repeat.max + spec.warmup  # at most: a job may stop earlier
     total = sum(len(c.jobs) for c in plan(spec)) * reps + len(spec.jobs) * reps * spec.baseline
+    if spec.nested:
+        from vmlab.nested.run import run_nested_bench as run
+    else:
+        run = run_bench
     try:
         if plain:
-            outcome = run_bench(
+            outcome = run(
                 spec,
                 facts=facts,
                 image=image,
@@ -211,7 +248,7 @@ def bench(
                 console=out,
                 transient=True,
             ) as progress:
-                outcome = run_bench(
+                outcome = run(
                     spec,
                     facts=facts,
                     image=image,

@@ -35,6 +35,7 @@ from vmlab.spec.base import (
     Model,
     parse_size,
 )
+from vmlab.spec.hypervisor import DEFAULT_KERNEL, Hypervisor, NestedHypervisor
 from vmlab.spec.load import (
     CONFIRM_CASES,
     DEFAULT_LAB,
@@ -64,6 +65,7 @@ from vmlab.spec.models import (
 
 __all__ = [
     "CONFIRM_CASES",
+    "DEFAULT_KERNEL",
     "DEFAULT_LAB",
     "MAX_CASES",
     "SLUG",
@@ -77,11 +79,13 @@ __all__ = [
     "FileBackend",
     "FioJob",
     "Guest",
+    "Hypervisor",
     "IOThread",
     "ImageSpec",
     "IperfJob",
     "MallocBackend",
     "Model",
+    "NestedHypervisor",
     "Nic",
     "RbdBackend",
     "Repeat",

@@ -101,6 +101,37 @@ def check_matrix_size(
     )
 
 
+def _cross_problems(
+    jobs: list[FioJob], net_jobs: list[IperfJob], variants: list[Variant]
+) -> list[str]:
+    """What is wrong between the parts of a spec that are each valid: jobs naming disks and
+    NICs the guests lack, host and nested cases mixed."""
+    problems: list[str] = []
+    for net_job in net_jobs:
+        for checked in variants:
+            if net_job.nic not in {n.name for n in checked.guest.nics}:
+                problems.append(
+                    f"net_jobs.{net_job.name}.nic: no NIC named {net_job.nic!r} in guest.nics "
+                    "(give the guest a lab NIC, e.g. nics: [{attach: tap}])"
+                )
+                break
+    kinds = {"nested" if v.nested else "host" for v in variants}
+    if len(kinds) > 1:
+        problems.append(
+            "hypervisor: every case runs on the host or every case runs nested, not a mix "
+            "(give hypervisor one kind; a list of kernels is an axis: "
+            "{kind: nested, kernel: [A, B]})"
+        )
+    disk_names = {d.name for v in variants for d in v.guest.disks}
+    for job in jobs:
+        if variants and job.disk not in disk_names:
+            problems.append(
+                f"jobs.{job.name}.disk: no disk named {job.disk!r} "
+                f"(disks: {', '.join(sorted(disk_names))})"
+            )
+    return problems
+
+
 def parse_spec(
     raw: Any, *, file: Path | None = None, source: str = "", max_cases: int | None = None
 ) -> BenchSpec:
@@ -148,23 +179,9 @@ def parse_spec(
             net_jobs.append(IperfJob.model_validate(net_job))
         except ValidationError as exc:
             problems.extend(_problems(exc, f"net_jobs.{index}."))
-    for net_job in net_jobs:
-        for checked in variants:
-            if net_job.nic not in {n.name for n in checked.guest.nics}:
-                problems.append(
-                    f"net_jobs.{net_job.name}.nic: no NIC named {net_job.nic!r} in guest.nics "
-                    "(give the guest a lab NIC, e.g. nics: [{attach: tap}])"
-                )
-                break
+    problems += _cross_problems(jobs, net_jobs, variants)
     if not jobs and not net_jobs and not problems:
         problems.append("jobs: a bench needs at least one fio job or net job")
-    disk_names = {d.name for v in variants for d in v.guest.disks}
-    for job in jobs:
-        if variants and job.disk not in disk_names:
-            problems.append(
-                f"jobs.{job.name}.disk: no disk named {job.disk!r} "
-                f"(disks: {', '.join(sorted(disk_names))})"
-            )
     if not problems:
         try:
             return BenchSpec.model_validate(

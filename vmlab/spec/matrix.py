@@ -18,10 +18,11 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field
 
 from vmlab.spec.base import Model
+from vmlab.spec.hypervisor import Hypervisor
 from vmlab.spec.models import Guest
 
 # Keys of the spec file that describe one guest and can therefore be matrix axes.
-_VARIANT_KEYS = ("launcher", "accel", "guest")
+_VARIANT_KEYS = ("launcher", "accel", "hypervisor", "guest")
 
 
 def _list_annotation(annotation: Any) -> Any:
@@ -120,6 +121,7 @@ class _VariantFields(Model):
 
     launcher: Literal["qemu", "libvirt"] = "qemu"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
+    hypervisor: Hypervisor = "host"
     guest: Guest = Field(default_factory=Guest)
 
 

@@ -32,6 +32,7 @@ from vmlab.spec.base import (
     parse_size,
 )
 from vmlab.spec.fiooptions import check_fio_options
+from vmlab.spec.hypervisor import Hypervisor
 
 
 class Spdk(Model):
@@ -387,7 +388,12 @@ class Variant(Model):
     params: dict[str, str]
     launcher: Literal["qemu", "libvirt"] = "qemu"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
+    hypervisor: Hypervisor = "host"
     guest: Guest = Field(default_factory=Guest)
+
+    @property
+    def nested(self) -> bool:
+        return self.hypervisor != "host"
 
 
 class Repeat(Model):
@@ -447,6 +453,11 @@ class BenchSpec(Model):
     jobs: list[FioJob]
     variants: list[Variant] = Field(min_length=1)
     source: str = Field(default="", description="the spec text as the user wrote it")
+
+    @property
+    def nested(self) -> bool:
+        """Its cases run inside nested L1 hosts (hypervisor: {kind: nested})."""
+        return any(v.nested for v in self.variants)
 
     def job_runtime_s(self, job: FioJob) -> int:
         return self.runtime_s if self.runtime_s is not None else job.runtime_s

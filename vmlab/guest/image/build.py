@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -60,6 +61,7 @@ from vmlab.guest.image.recipe import (
 FORMAT_VERSION = 1
 LOCK_TIMEOUT_S = 900.0
 IMAGES = "images"  # <cache>/images/<key>/
+PINNED_IMAGE_ENV = "VMLAB_GUEST_IMAGE"  # a built image's directory, used as it is
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,19 @@ def build_image(
     force: bool = False,
     progress: ProgressFn | None = None,
 ) -> GuestImage:
-    """The cached image for the current inputs, building it first if needed (or if ``force``)."""
+    """The cached image for the current inputs, building it first if needed (or if ``force``).
+
+    With ``VMLAB_GUEST_IMAGE`` set (a built image's directory), that image, as it is: a nested
+    L1 host boots the image its L0 built and carried in, without apt (see vmlab.nested)."""
+    pinned = os.environ.get(PINNED_IMAGE_ENV)
+    if pinned:
+        if (found := _load(Path(pinned))) is None:
+            raise HostError(
+                f"{PINNED_IMAGE_ENV}={pinned} is not a complete guest image directory",
+                hint=f"unset {PINNED_IMAGE_ENV} to build the image for the current inputs",
+            )
+        note(progress, f"guest image {found.key} pinned by {PINNED_IMAGE_ENV}: {found.root}")
+        return found
     cache = cache_root if cache_root is not None else paths.cache_dir()
     images = kind_dir(cache, IMAGES)
     note(progress, "resolving guest packages with apt")

@@ -46,8 +46,14 @@ from vmlab.guest.image.cache import (
     read_manifest,
     sizes_match,
 )
-from vmlab.guest.image.debs import apt_show, debs_dir, extract_deb
-from vmlab.guest.rootfs.initrd import INITRD_MODULES, render_initrd_init, write_initrd
+from vmlab.guest.image.debs import DebRecord, apt_show, debs_dir, extract_deb
+from vmlab.guest.rootfs.initrd import (
+    INITRD_MODULES,
+    ROOT_FS_MODULES,
+    render_initrd_init,
+    write_initrd,
+)
+from vmlab.guest.rootfs.kernel import fetch_kernel, kernel_in_tree, resolve_kernel
 from vmlab.guest.rootfs.tree import (
     DPKG_EXCLUDES,
     GUEST_MODULES,
@@ -101,6 +107,7 @@ class RootfsImage:
     kernel_version: str
     min_memory_mib: int
     extra_packages: tuple[str, ...] = ()  # beyond the variant's own (e.g. QEMU for nested)
+    kernel_package: str | None = None  # its own kernel (a nested L1's); None: the default's
 
 
 def variant_name(*, systemd: bool, cloud_init: bool) -> str:
@@ -124,7 +131,11 @@ def _load(root: Path) -> RootfsImage | None:
             base=root / manifest["base"],
             base_format=manifest["base_format"],
             kernel=root / manifest["kernel"],
-            bzimage=kind_dir(root.parent.parent, IMAGES) / manifest["default_image"] / BZIMAGE,
+            bzimage=(
+                root / manifest["kernel"]
+                if manifest.get("kernel_package")
+                else kind_dir(root.parent.parent, IMAGES) / manifest["default_image"] / BZIMAGE
+            ),
             initrd=root / manifest["initrd"],
             cmdline=manifest["cmdline"],
             ready_marker=manifest["ready_marker"],
@@ -134,6 +145,7 @@ def _load(root: Path) -> RootfsImage | None:
             kernel_version=manifest["kernel_version"],
             min_memory_mib=int(manifest["min_memory_mib"]),
             extra_packages=tuple(manifest.get("extra_packages", ())),
+            kernel_package=manifest.get("kernel_package"),
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -151,10 +163,18 @@ def key_material(
     versions: Mapping[str, str],
     sources: str,
     extra_packages: Sequence[str] = (),
+    kernel: DebRecord | None = None,
 ) -> dict[str, Any]:
     templates = resources.templates_dir()
     # Only when set, so the keys of the plain variants stay what they were.
-    extra = {"extra_packages": sorted(extra_packages)} if extra_packages else {}
+    extra: dict[str, Any] = {"extra_packages": sorted(extra_packages)} if extra_packages else {}
+    if kernel is not None:
+        extra["kernel_package"] = {
+            "package": kernel.package,
+            "version": kernel.version,
+            "sha256": kernel.sha256,
+            "root_fs_modules": list(ROOT_FS_MODULES),
+        }
     return {
         **extra,
         "format": FORMAT_VERSION,
@@ -212,11 +232,14 @@ def build_rootfs(
     force: bool = False,
     progress: ProgressFn | None = None,
     extra_packages: Sequence[str] = (),
+    kernel_package: str | None = None,
 ) -> RootfsImage:
     """The cached rootfs image of this variant for the current inputs, built first if needed.
 
     ``extra_packages`` are installed on top of the variant's packages and go into the cache
-    key."""
+    key. ``kernel_package`` (a Debian kernel package, e.g. linux-image-amd64) is booted instead
+    of the default image's kernel, with all its modules in the tree; its exact version and
+    checksum go into the key."""
     variant = variant_name(systemd=systemd, cloud_init=cloud_init)
     cache = cache_root if cache_root is not None else paths.cache_dir()
     image = build_image(cache, progress=progress)  # the kernel, busybox-static, the .debs
@@ -224,8 +247,9 @@ def build_rootfs(
     packages = tuple(dict.fromkeys((*rootfs_packages(variant), *extra_packages)))
     note(progress, f"resolving the {variant} rootfs packages with apt")
     versions = {r.package: r.version for r in apt_show(list(packages))}
+    kernel = resolve_kernel(kernel_package) if kernel_package else None
     sources_path, sources_text = host_sources()
-    material = key_material(image, variant, versions, sources_text, extra_packages)
+    material = key_material(image, variant, versions, sources_text, extra_packages, kernel)
     key = compute_key(material)
     top = kind_dir(cache, ROOTFS)
     final = top / key
@@ -245,6 +269,7 @@ def build_rootfs(
         if not force and (found := _load(final)) is not None:
             return found
         started = time.monotonic()
+        kernel_deb = fetch_kernel(kernel, cache, progress) if kernel else None
         with fresh_build(top, key, release=unmount_under) as work:
             _build_into(
                 work,
@@ -258,6 +283,7 @@ def build_rootfs(
                 material=material,
                 progress=progress,
                 started=started,
+                kernel_deb=kernel_deb,
             )
     built = load_built(final, _load, "rootfs image")
     note(progress, f"rootfs image {key} ({variant}) built in {time.monotonic() - started:.1f} s")
@@ -284,6 +310,7 @@ def _build_into(
     material: Mapping[str, Any],
     progress: ProgressFn | None,
     started: float,
+    kernel_deb: Path | None = None,
 ) -> None:
     timings: dict[str, float] = {}
 
@@ -294,10 +321,15 @@ def _build_into(
 
     t = time.monotonic()
     kernel_tree, busybox_tree, tree = work / "kernel", work / "busybox", work / "tree"
-    note(progress, "extracting the default image's kernel modules and busybox-static")
-    extract_deb(_image_deb(image, cache, "linux-image"), kernel_tree, timeout_s=300)
+    if kernel_deb is None:
+        note(progress, "extracting the default image's kernel modules and busybox-static")
+        extract_deb(_image_deb(image, cache, "linux-image"), kernel_tree, timeout_s=300)
+        kernel_version, kernel_src = image.kernel_version, image.kernel
+    else:
+        note(progress, f"extracting {kernel_deb.name} (its kernel and modules)")
+        extract_deb(kernel_deb, kernel_tree, timeout_s=600)
+        kernel_version, kernel_src = kernel_in_tree(kernel_tree)
     extract_deb(_image_deb(image, cache, "busybox-static"), busybox_tree, timeout_s=60)
-    kernel_version = image.kernel_version
     if not (kernel_tree / "lib/modules" / kernel_version).is_dir():
         raise HostError(f"the kernel package has no lib/modules/{kernel_version}")
     t = lap("extract_s", t)
@@ -339,9 +371,13 @@ def _build_into(
         busybox_tree=busybox_tree,
         kernel_tree=kernel_tree,
         kernel_version=kernel_version,
+        root_fs_modules=kernel_deb is not None,
     )
-    kernel_name = image.kernel.name
-    _link_or_copy(image.kernel, work / kernel_name)
+    kernel_name = kernel_src.name
+    if kernel_deb is None:
+        _link_or_copy(kernel_src, work / kernel_name)
+    else:
+        shutil.copy2(kernel_src, work / kernel_name)  # kernel_tree is removed next
     shutil.rmtree(kernel_tree)
     shutil.rmtree(busybox_tree)
     lap("initrd_s", t)
@@ -355,6 +391,7 @@ def _build_into(
         "suite": SUITE,
         "packages": dict(versions),
         "extra_packages": list(material.get("extra_packages", [])),
+        "kernel_package": kernel_deb.name if kernel_deb else None,
         "sources": sources_path or "mmdebstrap default",
         "default_image": image.key,
         "kernel_version": kernel_version,

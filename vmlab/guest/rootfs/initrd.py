@@ -19,6 +19,9 @@ from vmlab.guest.rootfs.tree import ROOT_LABEL
 from vmlab.render import environment
 
 INITRD_MODULES = ("virtio_pci", "virtio_blk")
+# A distro kernel of its own (a nested L1's) may build the root file system as modules
+# (Debian's generic kernel: ext4=m, and ext4's checksums want crc32c); loaded when present.
+ROOT_FS_MODULES = ("crc32c_generic", "ext4")
 INITRD_TEMPLATE = "cloudinit/rootfs-initrd.sh.j2"
 ROOTWAIT_S = 30
 COMPLETE_PATH = "/etc/vmlab/complete"
@@ -36,10 +39,25 @@ def render_initrd_init() -> str:
     )
 
 
-def write_initrd(out: Path, *, busybox_tree: Path, kernel_tree: Path, kernel_version: str) -> int:
-    """The switch-root initramfs: busybox-static, the virtio block modules, /init."""
+def present(moddir: Path, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of ``names`` the kernel has as a module file (built-in ones need no loading)."""
+    files = {p.name.split(".ko", 1)[0].replace("-", "_") for p in moddir.rglob("*.ko*")}
+    return tuple(n for n in names if n in files)
+
+
+def write_initrd(
+    out: Path,
+    *,
+    busybox_tree: Path,
+    kernel_tree: Path,
+    kernel_version: str,
+    root_fs_modules: bool = False,
+) -> int:
+    """The switch-root initramfs: busybox-static, the virtio block modules (and with
+    ``root_fs_modules`` those of :data:`ROOT_FS_MODULES` the kernel has as modules), /init."""
     moddir = kernel_tree / "lib/modules" / kernel_version
-    plan = resolve_modules(moddir, INITRD_MODULES)
+    extra = present(moddir, ROOT_FS_MODULES) if root_fs_modules else ()
+    plan = resolve_modules(moddir, (*INITRD_MODULES, *extra))
     guest_moddir = f"/usr/lib/modules/{kernel_version}"
     modules = [(moddir / rel, f"{guest_moddir}/{rel}") for rel in plan.load_order]
     if any(not src.name.endswith(".ko") for src, _ in modules):

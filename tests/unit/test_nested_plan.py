@@ -1,0 +1,288 @@
+"""The nested hypervisor: the spec model, the L1 plan (golden), the inner spec, L1's argv."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vmlab.errors import SpecError
+from vmlab.guest.rootfs import RootfsImage
+from vmlab.host import HostFacts, kernel_modules
+from vmlab.nested.boot import L1Disks, l1_argv
+from vmlab.nested.inner import bench_command, mount_script
+from vmlab.nested.plan import inner_case_id, inner_spec, l1_plans, with_nested
+from vmlab.plan import plan
+from vmlab.spec import NestedHypervisor, default_lab, load_spec, parse_spec
+
+DATA = Path(__file__).parent.parent / "data"
+GOLDEN = DATA / "golden" / "nested"
+EXAMPLES = Path(__file__).parent.parent.parent / "examples"
+
+
+def spec_of(text: str):  # type: ignore[no-untyped-def]
+    return parse_spec(yaml.safe_load(text), source=text)
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxNL1f6R7n4Y2ZAt6wQ1O8Xg1xJmLq0pQ3FqCq1Lq7K"
+ONE = """\
+name: one
+hypervisor: {kind: nested}
+guest: {disks: [{model: virtio-blk}]}
+jobs: [{name: j, rw: randread}]
+"""
+
+
+def test_host_is_the_default_and_nested_has_debian_defaults() -> None:
+    assert all(v.hypervisor == "host" for v in default_lab().variants)
+    assert not default_lab().nested
+    spec = spec_of(ONE)
+    (variant,) = spec.variants
+    assert spec.nested
+    assert variant.hypervisor == NestedHypervisor(kernel="linux-image-amd64")
+    assert variant.params == {}  # no axis: the case id is unchanged
+
+
+def test_kernel_list_is_an_axis_and_makes_one_l1_each() -> None:
+    spec = load_spec(EXAMPLES / "nested-kernels.yaml")
+    cases = plan(spec)
+    assert [c.id for c in cases] == ["linux-image-amd64", "linux-image-cloud-amd64"]
+    plans = l1_plans(spec, cases)
+    assert [p.label for p in plans] == ["amd64", "cloud-amd64"]
+    assert [p.hypervisor.kernel for p in plans] == [
+        "linux-image-amd64",
+        "linux-image-cloud-amd64",
+    ]
+    assert [dict(p.inner_ids) for p in plans] == [
+        {"linux-image-amd64": "default"},
+        {"linux-image-cloud-amd64": "default"},
+    ]
+
+
+@pytest.mark.parametrize("spec_file", sorted((DATA / "nested").glob("*.yaml")), ids=str)
+def test_l1_plan_matches_golden(spec_file: Path, regenerate_golden: bool) -> None:
+    spec = load_spec(spec_file)
+    text = json.dumps([p.describe() for p in l1_plans(spec, plan(spec))], indent=2) + "\n"
+    golden = GOLDEN / f"{spec_file.stem}.plan.json"
+    if regenerate_golden:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert golden.exists(), f"no golden file {golden}: run pytest --regenerate-golden"
+    assert text == golden.read_text()
+
+
+def test_packages_and_modules_follow_the_cases() -> None:
+    spec = load_spec(DATA / "nested" / "lab.yaml")
+    first = l1_plans(spec, plan(spec))[0]
+    assert {"targetcli-fb", "ceph-common", "ceph-osd", "iperf3", "strace"} <= set(first.packages)
+    assert list(first.packages) == sorted(first.packages)  # a stable cache key
+    assert first.modules.index("target_core_mod") < first.modules.index("vhost_scsi")
+    assert {"vhost_net", "rbd", "tun", "bridge"} <= set(first.modules)
+    plain = l1_plans(spec_of(ONE), plan(spec_of(ONE)))[0]
+    assert plain.packages == ("fio", "iproute2", "kmod", "python3", "qemu-system-x86", "qemu-utils")
+    assert plain.modules == ("tun", "vhost_net")
+
+
+def test_same_kernel_other_memory_gets_numbered_labels() -> None:
+    text = ONE.replace("{kind: nested}", "{kind: nested, memory_mib: [2048, 4096]}")
+    spec = spec_of(text)
+    plans = l1_plans(spec, plan(spec))
+    assert [p.label for p in plans] == ["amd64-1", "amd64-2"]
+    assert [c.id for c in plan(spec)] == ["memory-mib-2048", "memory-mib-4096"]
+
+
+def test_what_l1_cannot_carry_is_named() -> None:
+    text = """\
+name: bad
+hypervisor: {kind: nested}
+guest:
+  disks:
+    - {name: a, model: vhost-user-blk, target: spdk, backend: {type: malloc}}
+    - {name: b, backend: {type: file, path: /srv/disk.raw}}
+jobs: [{name: j, rw: randread, disk: a}]
+"""
+    spec = spec_of(text)
+    with pytest.raises(SpecError) as info:
+        l1_plans(spec, plan(spec))
+    problems = "\n".join(info.value.problems)
+    assert "disk a: target spdk" in problems
+    assert "/srv/disk.raw is a host path" in problems
+
+
+def test_bad_hypervisor_values_name_the_field() -> None:
+    for bad, words in (
+        ("{kind: nested, kernel: bash}", "hypervisor.nested.kernel: 'bash' is not"),
+        ("{kind: nested, memory_mib: 100}", "hypervisor.nested.memory_mib"),
+        ("{kind: nested, packages: ['Bad Name']}", "hypervisor.nested.packages"),
+        ("{kind: cloud}", "hypervisor.nested.kind"),
+        ("guest", "hypervisor.host: Input should be 'host' (got 'guest')"),
+        ("[host, {kind: nested}]", "not a mix"),
+    ):
+        with pytest.raises(SpecError) as info:
+            spec_of(ONE.replace("{kind: nested}", bad))
+        assert words in "\n".join(info.value.problems), bad
+
+
+def test_inner_spec_drops_the_hypervisor_and_keeps_the_runtime() -> None:
+    spec = load_spec(DATA / "nested" / "lab.yaml").model_copy(update={"runtime_s": 3})
+    raw = yaml.safe_load(inner_spec(spec))
+    assert "hypervisor" not in raw
+    assert raw["runtime_s"] == 3
+    inner = parse_spec(raw)
+    assert not inner.nested
+    # Every host case maps to one inner case, and back.
+    inner_ids = [c.id for c in plan(inner)]
+    assert [inner_case_id(c) for c in plan(spec)[:2]] == inner_ids
+
+
+def test_with_nested_makes_every_case_nested() -> None:
+    spec = with_nested(default_lab())
+    assert spec.nested
+    assert [c.id for c in plan(spec)] == [c.id for c in plan(default_lab())]
+    assert [p.case_ids for p in l1_plans(spec, plan(spec))] == [
+        ("virtio-blk", "virtio-scsi", "nvme")
+    ]
+
+
+def _image() -> RootfsImage:
+    return RootfsImage(
+        root=Path("/cache/rootfs/k"),
+        key="k",
+        variant="minimal",
+        base=Path("/cache/rootfs/k/base.qcow2"),
+        base_format="qcow2",
+        kernel=Path("/cache/rootfs/k/vmlinuz-6.1.0-57-amd64"),
+        bzimage=Path("/cache/rootfs/k/vmlinuz-6.1.0-57-amd64"),
+        initrd=Path("/cache/rootfs/k/initrd.img"),
+        cmdline="console=ttyS0 root=LABEL=vmlab-root rw",
+        ready_marker="VMLAB-READY",
+        failed_marker="VMLAB-INIT-FAILED",
+        host_key="ssh-ed25519 AAAA",
+        user="root",
+        kernel_version="6.1.0-57-amd64",
+        min_memory_mib=256,
+        kernel_package="linux-image-6.1.0-57-amd64_6.1.192-3_amd64.deb",
+    )
+
+
+@pytest.mark.parametrize("accel", ["tcg", "kvm"])
+def test_l1_argv_matches_golden(accel: str, regenerate_golden: bool) -> None:
+    argv = l1_argv(
+        _image(),
+        NestedHypervisor(memory_mib=2048),
+        accel=accel,
+        disks=L1Disks(Path("/w/l1-root.qcow2"), Path("/w/payload.raw"), Path("/w/scratch,1.raw")),
+        guest_dir=Path("/run/g-1"),
+        serial_log=Path("/w/l1-serial.log"),
+        ssh_port=2222,
+        key_line=KEY,
+    )
+    text = "\n".join(argv) + "\n"
+    golden = GOLDEN / f"l1-{accel}.argv"
+    if regenerate_golden:
+        golden.write_text(text)
+    assert golden.exists(), f"no golden file {golden}: run pytest --regenerate-golden"
+    assert text == golden.read_text()
+    assert "filename=/w/scratch,,1.raw" in text  # QEMU option values escaped
+
+
+def test_l1_with_iommu_and_nvme_for_vfio_matches_golden(regenerate_golden: bool) -> None:
+    spec = load_spec(DATA / "nested" / "vfio.yaml")
+    (l1,) = l1_plans(spec, plan(spec))
+    assert "vfio_pci" in l1.modules and "pciutils" in l1.packages
+    argv = l1_argv(
+        _image(),
+        l1.hypervisor,
+        accel="tcg",
+        disks=L1Disks(
+            Path("/w/l1-root.qcow2"), Path("/w/payload.raw"), Path("/w/s.raw"), (Path("/w/n0"),)
+        ),
+        guest_dir=Path("/run/g-1"),
+        serial_log=Path("/w/l1-serial.log"),
+        ssh_port=2222,
+        key_line=KEY,
+    )
+    text = "\n".join(argv) + "\n"
+    golden = GOLDEN / "l1-vfio.argv"
+    if regenerate_golden:
+        golden.write_text(text)
+    assert text == golden.read_text()
+    assert "q35,accel=tcg,kernel-irqchip=split" in argv
+    assert "nvme,drive=nvme0,serial=vmlab-l1-nvme0,addr=0x10" in argv
+    assert "intel_iommu=on iommu=pt" in argv[argv.index("-append") + 1]
+
+
+def test_hostdevs_in_l1_must_be_its_nvme() -> None:
+    text = ONE.replace("{kind: nested}", "{kind: nested, iommu: true, nvme: 1}").replace(
+        "guest: {disks: [{model: virtio-blk}]}", "guest: {hostdevs: ['0000:00:11.0']}"
+    )
+    spec = spec_of(text)
+    with pytest.raises(SpecError) as info:
+        l1_plans(spec, plan(spec))
+    assert info.value.problems == [
+        "case default: hostdev 0000:00:11.0: not one of L1's emulated NVMe controllers "
+        "(0000:00:10.0)"
+    ]
+    with pytest.raises(SpecError) as bad:
+        spec_of(ONE.replace("{kind: nested}", "{kind: nested, nvme: 1}"))
+    assert "set iommu: true" in "\n".join(bad.value.problems)
+
+
+def test_mount_script_and_bench_command() -> None:
+    script = mount_script(("vhost_net", "vhost_scsi"), configfs=True)
+    assert "mount -o ro /dev/${d##*/} /root/nested/payload" in script
+    assert "modprobe vhost_scsi || echo" in script  # a missing module is only a warning
+    assert "mount -t configfs none /sys/kernel/config" in script
+    assert "modprobe" not in mount_script((), configfs=False)
+    command = bench_command(timeout_scale=6, l2_key="abc")
+    assert command.startswith("rm -f /root/nested/work/rc; ")
+    assert "VMLAB_GUEST_IMAGE=/root/nested/payload/l2/abc" in command
+    assert "--timeout-scale 6" in command
+    assert command.rstrip().endswith("&")  # detached: a dropped SSH session does not kill it
+
+
+def test_kernel_modules_reads_loaded_builtin_and_loadable(tmp_path: Path) -> None:
+    moddir = tmp_path / "lib/modules/6.1.0-test"
+    moddir.mkdir(parents=True)
+    (moddir / "modules.dep").write_text(
+        "kernel/drivers/vhost/vhost_net.ko: kernel/drivers/vhost/vhost.ko\n"
+        "kernel/drivers/block/rbd.ko.xz: kernel/net/ceph/libceph.ko.xz\n"
+    )
+    (moddir / "modules.builtin").write_text("kernel/drivers/net/tun.ko\n")
+    (tmp_path / "sys/module/vfio_pci").mkdir(parents=True)
+    found = kernel_modules(root=tmp_path, release="6.1.0-test")
+    assert found == {
+        "vhost_net": True,
+        "vhost_scsi": False,
+        "target_core_mod": False,
+        "rbd": True,
+        "vfio_pci": True,
+        "tun": True,
+    }
+
+
+def test_host_facts_of_older_runs_still_validate() -> None:
+    """host.json written before nested hosts existed has neither field."""
+    facts = {
+        "hostname": "h",
+        "kernel": "6.1",
+        "cpus": 2,
+        "memory_mib": 1024,
+        "qemu": None,
+        "qemu_version": None,
+        "qemu_img": None,
+        "qemu_storage_daemon": None,
+        "fio_version": None,
+        "accel": "tcg",
+        "accel_reason": "r",
+        "kvm_device": False,
+        "vhost_net": False,
+        "iommu_groups": 0,
+        "hugepages_2m_total": 0,
+        "hugepages_2m_free": 0,
+        "missing": [],
+    }
+    parsed = HostFacts.model_validate(facts)
+    assert parsed.nested == [] and parsed.kernel_modules == {}

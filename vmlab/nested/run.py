@@ -1,0 +1,321 @@
+"""A nested bench: each L1 host of the plan built (cached), booted, the inner spec run inside
+it, and its run directory brought back into one run on this host.
+
+The host's run::
+
+    <run>/
+      spec.yaml spec.json image.json vmlab.json   as for any run (the spec as the user wrote it)
+      host.json             this host's facts; ``nested`` names each L1: kernel, accelerators,
+                            /dev/vhost-net and the lab's kernel modules as L1 has them
+      cases/<case>/         each case as the inner run stored it, under the host's case id;
+                            case.json's params gain ``host: <L1 label>``
+      hosts/<label>.json    L1's own host facts (what vmlab inside it probed)
+      hosts/<label>/        the rest of the inner run, and l1/: L1's serial and QEMU logs, its
+                            argv, plan.json (what went into it) and the inner bench.log
+
+L1's disk is a qcow2 overlay in a work directory removed on every exit path (Ctrl-C included);
+the L1 image stays in the cache. A failing L1 fails its cases and the bench goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vmlab import __version__
+from vmlab.bench.events import BenchEvents, QuietEvents
+from vmlab.bench.outcome import BenchOptions, BenchOutcome, JobOutcome
+from vmlab.errors import VmlabError
+from vmlab.guest.image import GuestImage
+from vmlab.guest.rootfs import build_rootfs
+from vmlab.guest.ssh import lab_key
+from vmlab.host import HostFacts, NestedHost, pick_accel, scratch_root
+from vmlab.launch.qemu import new_guest_dir, sweep_stale
+from vmlab.nested import inner
+from vmlab.nested.boot import booted_l1
+from vmlab.nested.payload import make_nvme, make_payload, make_scratch
+from vmlab.nested.plan import L1Plan, inner_spec, l1_plans
+from vmlab.plan import Case
+from vmlab.plan import plan as plan_cases
+from vmlab.results.index import default_index_path, index_run
+from vmlab.results.rundir import RunDir, now_iso, run_dirs
+from vmlab.spec import BenchSpec
+
+log = logging.getLogger(__name__)
+
+# TCG inside a TCG L1 is many times slower than TCG on the host: the inner bench's deadlines.
+INNER_TIMEOUT_SCALE = {"kvm": 2.0, "tcg": 6.0}
+INNER_BENCH_TIMEOUT_S = 3600.0  # per case, before the scale
+
+
+class NestedBench:
+    def __init__(
+        self,
+        spec_text: str,
+        cases: Sequence[Case],
+        plans: Sequence[L1Plan],
+        *,
+        facts: HostFacts,
+        image: GuestImage,
+        options: BenchOptions,
+        events: BenchEvents,
+        run: RunDir,
+    ) -> None:
+        self.spec_text = spec_text
+        self.cases = {c.id: c for c in cases}
+        self.plans = plans
+        self.facts = facts
+        self.image = image
+        self.options = options
+        self.events = events
+        self.run = run
+        self.accel = pick_accel(facts, options.accel or "auto")
+        self.outcome = BenchOutcome(run=run, cases=list(cases))
+        self.hosts: list[NestedHost] = []
+
+    def stage(self, plan: L1Plan, what: str) -> None:
+        self.events.stage(self.cases[plan.case_ids[0]], f"L1 {plan.label}: {what}")
+
+    def run_all(self) -> None:
+        total = len(self.cases)
+        for plan in self.plans:
+            try:
+                self._one(plan)
+            except VmlabError as exc:
+                log.warning("L1 %s failed: %s", plan.label, exc)
+                for cid in plan.case_ids:
+                    if cid not in self.outcome.failed and not self._done(cid):
+                        self._fail(
+                            cid,
+                            f"L1 {plan.label}: {exc.message} (L1's logs are kept in "
+                            f"{self.run.path}/hosts/{plan.label}/l1/)",
+                        )
+            for cid in plan.case_ids:
+                index = list(self.cases).index(cid) + 1
+                self.events.case_started(self.cases[cid], index, total)
+                self._report(cid)
+
+    def _done(self, cid: str) -> bool:
+        return self.run.case(cid).status().get("status") == "ok"
+
+    def _fail(self, cid: str, error: str) -> None:
+        self.outcome.failed[cid] = error
+        case_dir = self.run.case(cid)
+        case_dir.path.mkdir(parents=True, exist_ok=True)
+        if case_dir.status().get("status") != "failed":
+            case_dir.set_status("failed", error=error)
+
+    def _report(self, cid: str) -> None:
+        case, case_dir = self.cases[cid], self.run.case(cid)
+        if cid in self.outcome.failed:
+            self.events.case_finished(case, "failed", self.outcome.failed[cid])
+            return
+        for job, rep, metrics in case_dir.stored_metrics():
+            self.outcome.results.append(JobOutcome(cid, job, rep, metrics))
+            self.events.job_finished(case, job, rep, metrics)
+        self.events.case_finished(case, "ok", None)
+
+    def _one(self, plan: L1Plan) -> None:
+        self.stage(plan, f"image: {plan.hypervisor.kernel} + {', '.join(plan.packages)}")
+        l1_image = build_rootfs(
+            systemd=False,
+            cloud_init=False,
+            extra_packages=plan.packages,
+            kernel_package=plan.hypervisor.kernel,
+            progress=lambda m: self.stage(plan, f"image: {m}"),
+        )
+        scratch_root().mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f"l1-{plan.label}-", dir=scratch_root()))
+        logs = workdir / "l1"
+        logs.mkdir()
+        (logs / "plan.json").write_text(
+            json.dumps({**plan.describe(), "image": l1_image.key}, indent=2) + "\n"
+        )
+        guest_dir = new_guest_dir()
+        back = workdir / "back"
+        try:
+            self.stage(plan, "payload: this vmlab, its libraries, the L2 image")
+            payload = make_payload(
+                workdir,
+                l2=self.image,
+                spec_text=self.spec_text,
+                plan_json=json.dumps(plan.describe()),
+            )
+            scratch = make_scratch(workdir)
+            nvme = make_nvme(workdir, plan.hypervisor.nvme)
+            self.stage(plan, f"booting {l1_image.kernel_version} under {self.accel}")
+            with booted_l1(
+                l1_image,
+                plan.hypervisor,
+                accel=self.accel,
+                log_dir=logs,
+                disk_dir=workdir,
+                guest_dir=guest_dir,
+                payload=payload,
+                scratch=scratch,
+                nvme=nvme,
+                key=lab_key(self.options.lab_key_path),
+                timeout_scale=self.options.timeout_scale,
+            ) as l1:
+                self._inside(plan, l1, back)
+            self._adopt(plan, l1_image.key, back, logs)
+        finally:
+            if logs.is_dir():  # L1 never came back with a run: keep its logs anyway
+                keep = workdir / "keep"
+                keep.mkdir()
+                shutil.move(str(logs), str(keep / "l1"))
+                self.run.keep_host_files(plan.label, keep)
+            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(guest_dir, ignore_errors=True)
+
+    def _inside(self, plan: L1Plan, l1: Any, back: Path) -> None:
+        ssh = l1.ssh
+        lio = any(
+            d.served_by == "lio" for c in plan.case_ids for d in self.cases[c].variant.guest.disks
+        )
+        ssh.run(inner.mount_script(plan.modules, configfs=lio), timeout_s=inner.COMMAND_TIMEOUT_S)
+        self.stage(plan, f"up ({inner.l1_uname(ssh)}); running {len(plan.case_ids)} case(s)")
+        scale = INNER_TIMEOUT_SCALE[self.accel] * self.options.timeout_scale
+        ssh.run(
+            inner.bench_command(timeout_scale=scale, l2_key=self.image.key),
+            timeout_s=inner.COMMAND_TIMEOUT_S,
+        )
+        by_inner = {v: k for k, v in plan.inner_ids.items()}
+        first = self.cases[plan.case_ids[0]]
+
+        def line(inner_case: str | None, text: str) -> None:
+            case = self.cases.get(by_inner.get(inner_case or "", ""), first)
+            log.info("L1 %s: %s", plan.label, text)
+            self.events.stage(case, f"L1 {plan.label}: {text.strip()}")
+
+        try:
+            rc = inner.follow_bench(
+                ssh,
+                timeout_s=INNER_BENCH_TIMEOUT_S * scale * len(plan.case_ids),
+                line=line,
+                alive=lambda: l1.vm._check_running("running the bench inside L1"),
+            )
+            log.info("the bench inside L1 %s exited with %d", plan.label, rc)
+        finally:
+            try:  # what the inner run has, also when it failed or was cut short
+                inner.fetch_results(ssh, back)
+            except VmlabError as exc:
+                log.warning("could not fetch the inner run from L1 %s: %s", plan.label, exc)
+
+    def _adopt(self, plan: L1Plan, image_key: str, back: Path, logs: Path) -> None:
+        if (back / "bench.log").is_file():
+            shutil.move(str(back / "bench.log"), str(logs / "bench.log"))
+        runs = run_dirs(back / "results") if (back / "results").is_dir() else []
+        if not runs:
+            tail = (
+                (logs / "bench.log").read_text(errors="replace")[-2000:]
+                if (logs / "bench.log").is_file()
+                else ""
+            )
+            raise VmlabError(
+                f"the bench inside L1 {plan.label} left no run directory",
+                hint=f"its output ends with: {tail.strip()[-500:]}",
+            )
+        inner_run = RunDir.open(runs[-1])
+        for cid in plan.case_ids:
+            source = inner_run.case(plan.inner_ids[cid])
+            if source.exists():
+                self.run.adopt_case(source, cid, host=plan.label)
+            if not self._done(cid):
+                status = self.run.case(cid).status() if self.run.case(cid).exists() else {}
+                self._fail(cid, str(status.get("error") or "the case did not finish inside L1"))
+        l1_facts = inner_run.read_json("host.json")
+        self.hosts.append(
+            NestedHost(
+                label=plan.label,
+                kernel_package=plan.hypervisor.kernel,
+                kernel=str(l1_facts.get("kernel", "")),
+                image_key=image_key,
+                accel=self.accel,
+                accel_reason=self.facts.accel_reason,
+                l2_accel=l1_facts.get("accel"),
+                vhost_net=bool(l1_facts.get("vhost_net")),
+                kernel_modules=dict(l1_facts.get("kernel_modules") or {}),
+            )
+        )
+        self.run.adopt_host(inner_run, plan.label, extra=[logs])
+
+
+def run_nested(
+    spec_text: str,
+    cases: Sequence[Case],
+    plans: Sequence[L1Plan],
+    *,
+    facts: HostFacts,
+    image: GuestImage,
+    options: BenchOptions,
+    events: BenchEvents,
+    run: RunDir,
+) -> BenchOutcome:
+    bench = NestedBench(
+        spec_text, cases, plans, facts=facts, image=image, options=options, events=events, run=run
+    )
+    status = "failed"
+    try:
+        bench.run_all()
+        status = "complete" if bench.outcome.ok else "failed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        run.replace_host_facts(
+            facts.model_copy(update={"nested": bench.hosts}).model_dump(mode="json")
+        )
+        run.set_status(
+            status,
+            finished=now_iso(),
+            cases=list(bench.cases),
+            failed=bench.outcome.failed,
+        )
+        try:
+            index_run(default_index_path(options.results_root), run.path)
+        except VmlabError as exc:
+            log.warning("could not index %s: %s (run `vmlab results reindex`)", run.path, exc)
+    return bench.outcome
+
+
+def run_nested_bench(
+    spec: BenchSpec,
+    *,
+    facts: HostFacts,
+    image: GuestImage,
+    options: BenchOptions,
+    events: BenchEvents | None = None,
+    resume: RunDir | None = None,
+) -> BenchOutcome:
+    """``vmlab bench`` of a spec whose cases are nested: plan, one run directory, each L1
+    (same signature as :func:`vmlab.bench.run_bench`; a nested run is not resumed yet)."""
+    if resume is not None:
+        raise VmlabError("--resume does not resume a nested run yet", hint="run the spec again")
+    sweep_stale()
+    cases = plan_cases(spec)
+    plans = l1_plans(spec, cases)
+    spec_text = inner_spec(spec)
+    run = RunDir.create(options.results_root, spec.name)
+    run.write_text("spec.yaml", spec.source)
+    run.write_json("spec.json", spec.model_dump(mode="json", exclude={"source"}))
+    run.write_json("host.json", facts.model_dump(mode="json"))
+    run.write_json("image.json", {"key": image.key, "kernel_version": image.kernel_version})
+    run.write_json("vmlab.json", {"version": __version__})
+    run.write_json("nested.json", {"plans": [p.describe() for p in plans]})
+    run.set_status("running", started=now_iso(), cases=[c.id for c in cases])
+    return run_nested(
+        spec_text,
+        cases,
+        plans,
+        facts=facts,
+        image=image,
+        options=options,
+        events=events or QuietEvents(),
+        run=run,
+    )
