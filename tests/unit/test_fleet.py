@@ -15,13 +15,11 @@ import yaml
 from runs_fixture import make_run
 
 from vmlab.errors import SpecError, VmlabError
+from vmlab.fleet.events import EventCollector, HostUpdate, describe_failure
 from vmlab.fleet.merge import HostOutcome, host_labels, merge_fleet
 from vmlab.fleet.run import (
-    EventCollector,
     FleetOptions,
-    HostUpdate,
     bench_args,
-    describe_failure,
     parse_extra_vars,
     run_fleet,
 )

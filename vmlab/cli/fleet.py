@@ -17,11 +17,11 @@ from rich.table import Table
 
 from vmlab.cli.app import err, out
 from vmlab.errors import VmlabError
+from vmlab.fleet.events import HostUpdate
 from vmlab.fleet.run import (
     DEFAULT_HOST_TIMEOUT_S,
     FleetOptions,
     FleetOutcome,
-    HostUpdate,
     bench_args,
     parse_extra_vars,
     run_fleet,
