@@ -53,3 +53,26 @@ def test_terminal_table_shows_how_many_repetitions_and_why_when_asked() -> None:
     lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 3}
     assert "│ 3 ci " in lines["a"] and "│ 20 max " in lines["b"]
     assert "why they stopped" in text
+
+
+def test_progress_reaches_its_total_when_jobs_stop_before_max() -> None:
+    """repeat {min 3, max 20}: the bar counts every job at 20; a job that is sure after 3
+    moves the bar by the 17 it did not need, so a finished bench shows a full bar."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from rich.progress import Progress
+
+    from vmlab.cli.bench import RichEvents
+
+    case: Any = SimpleNamespace(id="a", jobs=["j", "k"])
+    with Progress(disable=True) as progress:
+        events = RichEvents(progress, total_jobs=2 * 20, runs_per_job=20)
+        for r in range(1, 4):
+            events.job_finished(case, "j", r, {})
+        events.job_stopped(case, "j", 3)
+        for r in range(1, 21):
+            events.job_finished(case, "k", r, {})
+        events.job_stopped(case, "k", 20)
+        (task,) = progress.tasks
+        assert (task.completed, task.total) == (40, 40)

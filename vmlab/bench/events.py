@@ -16,6 +16,11 @@ class BenchEvents(Protocol):
     def job_finished(
         self, case: Case, job: str, repetition: int, metrics: dict[str, float]
     ) -> None: ...
+    def job_stopped(self, case: Case, job: str, repetitions: int) -> None:
+        """A job's repetitions ended after ``repetitions`` (a job that repeats until sure may
+        stop before the spec's max)."""
+        ...
+
     def case_finished(self, case: Case, status: str, error: str | None) -> None: ...
     def notice(self, text: str) -> None:
         """Something the person running the bench must not miss (the run switched to TCG)."""
@@ -35,6 +40,9 @@ class QuietEvents:
         self, case: Case, job: str, repetition: int, metrics: dict[str, float]
     ) -> None:
         log.info("%s: %s r%d done", case.id, job, repetition)
+
+    def job_stopped(self, case: Case, job: str, repetitions: int) -> None:
+        log.info("%s: %s stopped after %d repetitions", case.id, job, repetitions)
 
     def case_finished(self, case: Case, status: str, error: str | None) -> None:
         log.info("%s: %s %s", case.id, status, error or "")

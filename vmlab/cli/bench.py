@@ -45,9 +45,11 @@ def accel_used(facts: HostFacts, forced: str | None, spec_accels: list[str]) -> 
 class RichEvents:
     """Progress for a person at a terminal."""
 
-    def __init__(self, progress: Progress, total_jobs: int) -> None:
+    def __init__(self, progress: Progress, total_jobs: int, runs_per_job: int = 1) -> None:
         self.progress = progress
         self.overall = progress.add_task("bench", total=total_jobs)
+        self.runs_per_job = runs_per_job  # the most a job can run: repeat max (+ warm-up)
+        self.ran: dict[tuple[str, str], int] = {}
 
     def case_started(self, case: Case, index: int, total: int) -> None:
         self.progress.update(self.overall, description=f"[{index}/{total}] {case.id}")
@@ -58,7 +60,14 @@ class RichEvents:
     def job_finished(
         self, case: Case, job: str, repetition: int, metrics: dict[str, float]
     ) -> None:
+        self.ran[case.id, job] = self.ran.get((case.id, job), 0) + 1
         self.progress.advance(self.overall)
+
+    def job_stopped(self, case: Case, job: str, repetitions: int) -> None:
+        # the total counted every job at its most: what it did not need is done too
+        self.progress.advance(
+            self.overall, max(0, self.runs_per_job - self.ran.get((case.id, job), 0))
+        )
 
     def case_finished(self, case: Case, status: str, error: str | None) -> None:
         if status == "failed":
@@ -88,6 +97,9 @@ class PlainEvents:
         self, case: Case, job: str, repetition: int, metrics: dict[str, float]
     ) -> None:
         print(f"  {case.id}: {job} r{repetition}: {headline(metrics)}", flush=True)
+
+    def job_stopped(self, case: Case, job: str, repetitions: int) -> None:
+        pass  # the stage line already says how many repetitions and why
 
     def case_finished(self, case: Case, status: str, error: str | None) -> None:
         print(f"  {case.id}: {status}{': ' + error if error else ''}", flush=True)
@@ -253,7 +265,7 @@ def bench(
                     facts=facts,
                     image=image,
                     options=options,
-                    events=RichEvents(progress, total),
+                    events=RichEvents(progress, total, reps),
                     resume=resumed,
                 )
     except KeyboardInterrupt:

@@ -63,6 +63,7 @@ class JobContext:
             stop = self._decide(job, repetition)
             if stop is not None:
                 self.case_dir.write_repeat(job, stop.to_json())
+                self.events.job_stopped(self.case, job, stop.repetitions)
                 self.events.stage(
                     self.case,
                     f"{job}: {stop.repetitions} repetitions, {stop.reason}: {stop.detail}",
