@@ -41,6 +41,7 @@ from vmlab.resources import playbooks_dir
 from vmlab.results.index import default_index_path, index_run
 from vmlab.results.rundir import RunDir, now_iso
 from vmlab.spec import load_spec
+from vmlab.tarball import extract_data
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +345,7 @@ def _unpack_fetched(fetch_dir: Path, hosts: Sequence[str], collector: EventColle
         if archive.is_file():
             try:
                 with tarfile.open(archive) as tar:
-                    tar.extractall(host_dir, filter="data")
+                    extract_data(tar, host_dir)
             except (OSError, tarfile.TarError) as exc:
                 log.warning("%s: cannot unpack %s: %s", host, archive, exc)
             else:

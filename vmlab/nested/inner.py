@@ -24,6 +24,7 @@ from vmlab.errors import GuestError
 from vmlab.guest.ssh import GuestSSH
 from vmlab.nested.boot import SCRATCH_SERIAL
 from vmlab.nested.payload import PAYLOAD_SERIAL
+from vmlab.tarball import extract_data
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def fetch_results(ssh: GuestSSH, dest: Path) -> None:
     got = ssh.run(f"cd {WORK} && tar -cf - $(ls -d results bench.log 2>/dev/null)", timeout_s=600)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(got.stdout)) as tar:
-        tar.extractall(dest, filter="data")
+        extract_data(tar, dest)
 
 
 def l1_uname(ssh: GuestSSH) -> str:
