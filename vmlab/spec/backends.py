@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
-from vmlab.spec.base import Model, parse_size
+from vmlab.spec.base import Model, Size, parse_size
 
 
 class FileBackend(Model):
@@ -21,14 +21,8 @@ class FileBackend(Model):
     type: Literal["file"] = "file"
     path: Path | None = None
     format: Literal["raw", "qcow2"] = "raw"
-    size: str = "1G"
+    size: Size = "1G"
     overlay: bool = False
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        parse_size(v)
-        return v
 
     @property
     def size_bytes(self) -> int:
@@ -65,19 +59,13 @@ class RbdBackend(Model):
     type: Literal["rbd"] = "rbd"
     pool: str = Field(default="vmlab", pattern=r"^[A-Za-z0-9_.-]+$")
     image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
-    size: str = "1G"
+    size: Size = "1G"
     cluster: CephCluster = Field(default_factory=CephCluster)
     krbd: bool = Field(
         default=False,
         description="map it on the host (rbd device map) and "
         "serve /dev/rbdN as a host block device",
     )
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: str) -> str:
-        parse_size(v)
-        return v
 
     @property
     def size_bytes(self) -> int:

@@ -7,9 +7,9 @@ import functools
 import re
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 from vmlab.spec.text import refused_text
@@ -36,6 +36,15 @@ def parse_size(value: str | int) -> int:
         raise ValueError(f"not a size: {value!r} (expected e.g. 512M, 1G, 4k or a byte count)")
     number, unit, _ = match.groups()
     return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def _checked_size(value: str) -> str:
+    parse_size(value)
+    return value
+
+
+Size = Annotated[str, AfterValidator(_checked_size)]
+"""A size as the spec writes it ('1G', '512M', '4k'), checked to parse; kept as written."""
 
 
 class Model(BaseModel):

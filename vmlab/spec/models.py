@@ -29,6 +29,7 @@ from vmlab.spec.base import (
     MAX_CPU,
     SLUG,
     Model,
+    Size,
     parse_size,
 )
 from vmlab.spec.fiooptions import check_fio_options
@@ -211,15 +212,8 @@ class CloudImageSpec(Model):
     packages: list[str] = Field(default_factory=list, description="cloud-init installs them")
     runcmd: list[str] = Field(default_factory=list)
     network: Literal["static", "dhcp"] = "static"
-    disk_size: str | None = None
+    disk_size: Size | None = None
     cloud_init_timeout_s: int = Field(default=600, ge=10, le=DAY_S)
-
-    @field_validator("disk_size")
-    @classmethod
-    def _size(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_size(v)
-        return v
 
 
 ImageSpec = Annotated[Union[RootfsImageSpec, CloudImageSpec], Field(discriminator="kind")]  # noqa: UP007
@@ -326,7 +320,7 @@ class FioJob(Model):
     disk: str = "data"
     rw: Literal["read", "write", "randread", "randwrite", "rw", "randrw", "trim", "randtrim"]
     rwmixread: int | None = Field(default=None, ge=0, le=100)
-    bs: str = "4k"
+    bs: Size = "4k"
     iodepth: int = Field(default=1, ge=1, le=4096)
     numjobs: int = Field(default=1, ge=1, le=256)
     direct: bool = True
@@ -335,12 +329,6 @@ class FioJob(Model):
     ramp_s: int = Field(default=0, ge=0, le=DAY_S)
     size: str | None = None
     options: dict[str, str | int] = Field(default_factory=dict)
-
-    @field_validator("bs")
-    @classmethod
-    def _bs(cls, v: str) -> str:
-        parse_size(v)
-        return v
 
     @field_validator("size")
     @classmethod
