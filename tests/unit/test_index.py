@@ -289,3 +289,16 @@ def test_a_fleet_run_lists_its_hosts(tmp_path: Path) -> None:
     )
     assert scan_run(run).host == "hv-a,hv-b"
     assert scan_run(make_run(tmp_path, "one", {}, host="lab1")).host == "lab1"
+
+
+def test_a_run_whose_index_cannot_be_written_is_kept_and_says_how_to_mend_it(
+    results: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a bench, fleet or nested run: the directory is the truth, the index only warns."""
+    from vmlab.results.index import index_run_in
+
+    run = make_run(results, "run-a", CELLS)
+    default_index_path(results).mkdir()  # where the SQLite file should be: a folder
+    index_run_in(results, run)
+    assert "vmlab results reindex" in caplog.text
+    assert (run / "status.json").is_file()

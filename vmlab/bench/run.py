@@ -33,7 +33,7 @@ from vmlab.metrics import BASELINE_ID
 from vmlab.net.netns import sweep_stale as sweep_stale_netns
 from vmlab.plan import Case, plan
 from vmlab.preflight import check_plan, hugepages_needed, plan_problems
-from vmlab.results.index import default_index_path, index_run
+from vmlab.results.index import index_run_in
 from vmlab.results.rundir import CaseDir, RunDir, now_iso
 from vmlab.spdk.targets import SpdkTargets
 from vmlab.spec import BenchSpec
@@ -140,7 +140,7 @@ class Bench:
             run.set_status(
                 status, finished=now_iso(), cases=[c.id for c in cases], failed=outcome.failed
             )
-            self._index(run)  # after the final status, so the index records it
+            index_run_in(self.options.results_root, run.path)  # after the final status
         return outcome
 
     # -- the cases -------------------------------------------------------------------------
@@ -334,13 +334,6 @@ class Bench:
         )
 
     # -- the run directory -------------------------------------------------------------------
-
-    def _index(self, run: RunDir) -> None:
-        """Keep the SQLite index in step; the files are the truth, so a failure only warns."""
-        try:
-            index_run(default_index_path(self.options.results_root), run.path)
-        except VmlabError as exc:
-            log.warning("could not index %s: %s (run `vmlab results reindex`)", run.path, exc)
 
     def _new_run(self) -> RunDir:
         run = RunDir.create(self.options.results_root, self.spec.name)

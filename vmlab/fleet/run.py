@@ -38,7 +38,7 @@ from vmlab.fleet.events import (
 )
 from vmlab.fleet.merge import MergedHost, merge_fleet
 from vmlab.resources import playbooks_dir
-from vmlab.results.index import default_index_path, index_run
+from vmlab.results.index import index_run_in
 from vmlab.results.rundir import RunDir, now_iso
 from vmlab.spec import load_spec
 from vmlab.tarball import extract_data
@@ -328,7 +328,7 @@ def run_fleet(options: FleetOptions, events: FleetEvents | None = None) -> Fleet
         )
     finally:
         shutil.rmtree(fetch_dir, ignore_errors=True)
-    _index(options.results_root, run)
+    index_run_in(options.results_root, run.path)
     if interrupted:
         raise KeyboardInterrupt
     return FleetOutcome(run=run, hosts=merged.hosts, ansible_status=status, ansible_rc=rc)
@@ -354,13 +354,6 @@ def _unpack_fetched(fetch_dir: Path, hosts: Sequence[str], collector: EventColle
         if output is not None and not (host_dir / "bench.log").exists():
             host_dir.mkdir(parents=True, exist_ok=True)
             (host_dir / "bench.log").write_text(output)
-
-
-def _index(results_root: Path, run: RunDir) -> None:
-    try:
-        index_run(default_index_path(results_root), run.path)
-    except VmlabError as exc:
-        log.warning("could not index %s: %s (run `vmlab results reindex`)", run.path, exc)
 
 
 def parse_extra_vars(pairs: Sequence[str]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from vmlab.nested.payload import make_nvme, make_payload, make_scratch
 from vmlab.nested.plan import L1Plan, inner_spec, l1_plans
 from vmlab.plan import Case
 from vmlab.plan import plan as plan_cases
-from vmlab.results.index import default_index_path, index_run
+from vmlab.results.index import index_run_in
 from vmlab.results.rundir import RunDir, now_iso, run_dirs
 from vmlab.spec import BenchSpec
 
@@ -277,10 +277,7 @@ def run_nested(
             cases=list(bench.cases),
             failed=bench.outcome.failed,
         )
-        try:
-            index_run(default_index_path(options.results_root), run.path)
-        except VmlabError as exc:
-            log.warning("could not index %s: %s (run `vmlab results reindex`)", run.path, exc)
+        index_run_in(options.results_root, run.path)
     return bench.outcome
 
 

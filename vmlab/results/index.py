@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmlab.errors import ResultError
+from vmlab.errors import ResultError, VmlabError
 from vmlab.results.rundir import (
     RunRecord,
     is_run_dir,
@@ -244,6 +244,15 @@ def index_run(db_path: Path, run_dir: Path) -> None:
     with open_index(db_path) as conn:
         index_record(conn, rec)
     log.info("indexed %s (%d cases, %d samples)", rec.id, len(rec.cases), len(rec.samples))
+
+
+def index_run_in(results_root: Path, run_dir: Path) -> None:
+    """Keep the default index of ``results_root`` in step after a run wrote its final status;
+    the files are the truth, so a failure only warns."""
+    try:
+        index_run(default_index_path(results_root), run_dir)
+    except VmlabError as exc:
+        log.warning("could not index %s: %s (run `vmlab results reindex`)", run_dir, exc)
 
 
 @dataclass(frozen=True)
