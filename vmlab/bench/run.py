@@ -336,21 +336,27 @@ class Bench:
     # -- the run directory -------------------------------------------------------------------
 
     def _new_run(self) -> RunDir:
-        run = RunDir.create(self.options.results_root, self.spec.name)
-        run.write_text("spec.yaml", self.spec.source or "# built from Python, see spec.json\n")
-        run.write_json("spec.json", self.spec.model_dump(mode="json", exclude={"source"}))
-        run.write_json("host.json", self.facts.model_dump(mode="json"))
-        run.write_json(
-            "image.json",
-            {
-                "key": self.image.key,
-                "kernel": str(self.image.kernel),
-                "kernel_version": self.image.kernel_version,
-                "fio_version": self.image.fio_version,
-            },
-        )
-        run.write_json("vmlab.json", {"version": __version__})
-        return run
+        return new_run(self.spec, self.facts, self.image, self.options.results_root)
+
+
+def new_run(spec: BenchSpec, facts: HostFacts, image: GuestImage, results_root: Path) -> RunDir:
+    """A new run directory with what every run records first: the spec as written and as
+    validated, the host's facts, the guest image and this vmlab's version."""
+    run = RunDir.create(results_root, spec.name)
+    run.write_text("spec.yaml", spec.source or "# built from Python, see spec.json\n")
+    run.write_json("spec.json", spec.model_dump(mode="json", exclude={"source"}))
+    run.write_json("host.json", facts.model_dump(mode="json"))
+    run.write_json(
+        "image.json",
+        {
+            "key": image.key,
+            "kernel": str(image.kernel),
+            "kernel_version": image.kernel_version,
+            "fio_version": image.fio_version,
+        },
+    )
+    run.write_json("vmlab.json", {"version": __version__})
+    return run
 
 
 def run_bench(

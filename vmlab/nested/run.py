@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vmlab import __version__
 from vmlab.bench.events import BenchEvents, QuietEvents
 from vmlab.bench.outcome import BenchOptions, BenchOutcome, JobOutcome
+from vmlab.bench.run import new_run
 from vmlab.errors import VmlabError
 from vmlab.guest.image import GuestImage
 from vmlab.guest.rootfs import build_rootfs
@@ -73,13 +73,33 @@ class NestedBench:
         self.image = image
         self.options = options
         self.events = events
-        self.run = run
+        self.run_dir = run
         self.accel = pick_accel(facts, options.accel or "auto")
         self.outcome = BenchOutcome(run=run, cases=list(cases))
         self.hosts: list[NestedHost] = []
 
     def stage(self, plan: L1Plan, what: str) -> None:
         self.events.stage(self.cases[plan.case_ids[0]], f"L1 {plan.label}: {what}")
+
+    def run(self) -> BenchOutcome:
+        """Every L1 in turn; the run's final status, its host facts with each L1's, and the
+        index, on every path."""
+        status = "failed"
+        try:
+            self.run_all()
+            status = "complete" if self.outcome.ok else "failed"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            self.run_dir.replace_host_facts(
+                self.facts.model_copy(update={"nested": self.hosts}).model_dump(mode="json")
+            )
+            self.run_dir.set_status(
+                status, finished=now_iso(), cases=list(self.cases), failed=self.outcome.failed
+            )
+            index_run_in(self.options.results_root, self.run_dir.path)
+        return self.outcome
 
     def run_all(self) -> None:
         total = len(self.cases)
@@ -93,7 +113,7 @@ class NestedBench:
                         self._fail(
                             cid,
                             f"L1 {plan.label}: {exc.message} (L1's logs are kept in "
-                            f"{self.run.path}/hosts/{plan.label}/l1/)",
+                            f"{self.run_dir.path}/hosts/{plan.label}/l1/)",
                         )
             for cid in plan.case_ids:
                 index = list(self.cases).index(cid) + 1
@@ -101,17 +121,17 @@ class NestedBench:
                 self._report(cid)
 
     def _done(self, cid: str) -> bool:
-        return self.run.case(cid).status().get("status") == "ok"
+        return self.run_dir.case(cid).status().get("status") == "ok"
 
     def _fail(self, cid: str, error: str) -> None:
         self.outcome.failed[cid] = error
-        case_dir = self.run.case(cid)
+        case_dir = self.run_dir.case(cid)
         case_dir.path.mkdir(parents=True, exist_ok=True)
         if case_dir.status().get("status") != "failed":
             case_dir.set_status("failed", error=error)
 
     def _report(self, cid: str) -> None:
-        case, case_dir = self.cases[cid], self.run.case(cid)
+        case, case_dir = self.cases[cid], self.run_dir.case(cid)
         if cid in self.outcome.failed:
             self.events.case_finished(case, "failed", self.outcome.failed[cid])
             return
@@ -169,7 +189,7 @@ class NestedBench:
                 keep = workdir / "keep"
                 keep.mkdir()
                 shutil.move(str(logs), str(keep / "l1"))
-                self.run.keep_host_files(plan.label, keep)
+                self.run_dir.keep_host_files(plan.label, keep)
             shutil.rmtree(workdir, ignore_errors=True)
             shutil.rmtree(guest_dir, ignore_errors=True)
 
@@ -225,9 +245,9 @@ class NestedBench:
         for cid in plan.case_ids:
             source = inner_run.case(plan.inner_ids[cid])
             if source.exists():
-                self.run.adopt_case(source, cid, host=plan.label)
+                self.run_dir.adopt_case(source, cid, host=plan.label)
             if not self._done(cid):
-                status = self.run.case(cid).status() if self.run.case(cid).exists() else {}
+                status = self.run_dir.case(cid).status() if self.run_dir.case(cid).exists() else {}
                 self._fail(cid, str(status.get("error") or "the case did not finish inside L1"))
         l1_facts = inner_run.read_json("host.json")
         self.hosts.append(
@@ -243,42 +263,7 @@ class NestedBench:
                 kernel_modules=dict(l1_facts.get("kernel_modules") or {}),
             )
         )
-        self.run.adopt_host(inner_run, plan.label, extra=[logs])
-
-
-def run_nested(
-    spec_text: str,
-    cases: Sequence[Case],
-    plans: Sequence[L1Plan],
-    *,
-    facts: HostFacts,
-    image: GuestImage,
-    options: BenchOptions,
-    events: BenchEvents,
-    run: RunDir,
-) -> BenchOutcome:
-    bench = NestedBench(
-        spec_text, cases, plans, facts=facts, image=image, options=options, events=events, run=run
-    )
-    status = "failed"
-    try:
-        bench.run_all()
-        status = "complete" if bench.outcome.ok else "failed"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        run.replace_host_facts(
-            facts.model_copy(update={"nested": bench.hosts}).model_dump(mode="json")
-        )
-        run.set_status(
-            status,
-            finished=now_iso(),
-            cases=list(bench.cases),
-            failed=bench.outcome.failed,
-        )
-        index_run_in(options.results_root, run.path)
-    return bench.outcome
+        self.run_dir.adopt_host(inner_run, plan.label, extra=[logs])
 
 
 def run_nested_bench(
@@ -298,15 +283,10 @@ def run_nested_bench(
     cases = plan_cases(spec)
     plans = l1_plans(spec, cases)
     spec_text = inner_spec(spec)
-    run = RunDir.create(options.results_root, spec.name)
-    run.write_text("spec.yaml", spec.source)
-    run.write_json("spec.json", spec.model_dump(mode="json", exclude={"source"}))
-    run.write_json("host.json", facts.model_dump(mode="json"))
-    run.write_json("image.json", {"key": image.key, "kernel_version": image.kernel_version})
-    run.write_json("vmlab.json", {"version": __version__})
+    run = new_run(spec, facts, image, options.results_root)
     run.write_json("nested.json", {"plans": [p.describe() for p in plans]})
     run.set_status("running", started=now_iso(), cases=[c.id for c in cases])
-    return run_nested(
+    bench = NestedBench(
         spec_text,
         cases,
         plans,
@@ -316,3 +296,4 @@ def run_nested_bench(
         events=events or QuietEvents(),
         run=run,
     )
+    return bench.run()
