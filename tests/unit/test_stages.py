@@ -87,3 +87,28 @@ def test_only_a_guest_with_its_root_on_a_disk_waits_for_acpi() -> None:
     rootfs = BootImage(Path("vmlinux"), None, "root=LABEL=vmlab-root", root_disk=Path("r.qcow2"))
     assert not needs_acpi(initramfs)
     assert needs_acpi(rootfs)
+
+
+def test_asked_runtime_counts_only_what_this_guest_ran(tmp_path: Path) -> None:
+    """A resumed case carries r1..r2 from the attempt before: they ran in another guest, so
+    this guest was asked for one more 10 s repetition, not three."""
+    import yaml
+
+    from vmlab.bench.case import workload_s
+    from vmlab.bench.outcome import BenchOutcome
+    from vmlab.plan import plan
+    from vmlab.results.rundir import RunDir
+    from vmlab.spec import parse_spec
+
+    spec = parse_spec(
+        yaml.safe_load("name: t\njobs: [{name: j, rw: randread, runtime_s: 8, ramp_s: 2}]")
+    )
+    (case,) = plan(spec)
+    outcome = BenchOutcome(RunDir(path=tmp_path / "run", run_id="run"), [case])
+    for repetition in (1, 2):  # carried
+        outcome.add(case.id, "j", repetition, {"read_iops": 1.0})
+    carried = len(outcome.of(case.id))
+    outcome.add(case.id, "j", 3, {"read_iops": 1.0})
+    outcome.add("other", "j", 1, {"read_iops": 1.0})
+    assert workload_s(case, outcome.of(case.id)[carried:], None) == 10.0
+    assert [r.repetition for r in outcome.of(case.id, "j")] == [1, 2, 3]

@@ -20,6 +20,7 @@ from typing import Any
 import paramiko
 
 from vmlab.bench.events import BenchEvents
+from vmlab.bench.outcome import JobOutcome
 from vmlab.bench.reach import Reach, configure_nics, reach, record_facts
 from vmlab.bench.watch import Watchdog
 from vmlab.bench.workloads import JobContext
@@ -189,12 +190,14 @@ def measure_case(
         if storage.guest_ceph is not None:
             storage.guest_ceph.push_client(ssh)
         where.mark("facts_s")
+        carried = len(jobs.outcome.of(case.id))  # a resumed case's repetitions ran elsewhere
         run_guest_jobs(
             jobs, ssh, devices, slack_s=deadlines.login_s * 4, guest_ceph=storage.guest_ceph
         )
         if lab is not None:
             run_net_jobs(jobs, ssh, lab, env.spec.net_jobs)
-        timings["workload_s"] = workload_s(jobs, env.spec if lab else None)
+        ran = jobs.outcome.of(case.id)[carried:]
+        timings["workload_s"] = workload_s(case, ran, env.spec if lab else None)
         where.mark("jobs_done_s")
         stage("powering off")
         off = time.monotonic()
@@ -202,13 +205,12 @@ def measure_case(
     timings["total_s"] = time.monotonic() - t0
 
 
-def workload_s(jobs: JobContext, spec: BenchSpec | None) -> float:
-    """How long the case's jobs were asked to measure: each fio repetition's runtime and ramp
-    (and with ``spec``, each iperf3 repetition's duration), over the repetitions that ran (a
-    job that repeats until sure stops when it is). The rest of a case's wall time is vmlab's
-    overhead."""
-    asked = {job.name: float(job.runtime_s + job.ramp_s) for job in jobs.case.jobs}
+def workload_s(case: Case, ran: Sequence[JobOutcome], spec: BenchSpec | None) -> float:
+    """How long this guest's jobs were asked to measure: each fio repetition's runtime and ramp
+    (and with ``spec``, each iperf3 repetition's duration), over the repetitions that ran in it
+    (a job that repeats until sure stops when it is). The rest of a case's wall time is
+    vmlab's overhead."""
+    asked = {job.name: float(job.runtime_s + job.ramp_s) for job in case.jobs}
     if spec is not None:
         asked.update({job.name: float(job.duration_s) for job in spec.net_jobs})
-    ran = {(r.job, r.repetition) for r in jobs.outcome.results if r.case_id == jobs.case.id}
-    return sum(asked.get(job, 0.0) for job, _ in ran)
+    return sum(asked.get(r.job, 0.0) for r in ran)

@@ -45,6 +45,10 @@ class BenchOutcome:
     def add(self, case_id: str, job: str, repetition: int, metrics: dict[str, float]) -> None:
         self.results.append(JobOutcome(case_id, job, repetition, metrics))
 
+    def of(self, case_id: str, job: str | None = None) -> list[JobOutcome]:
+        """The results of one case (and job), in the order they came."""
+        return [r for r in self.results if r.case_id == case_id and job in (None, r.job)]
+
     def forget(self, keep: set[str]) -> None:
         """Drop every result and failure but those of the cases in ``keep``."""
         self.results = [r for r in self.results if r.case_id in keep]

@@ -52,9 +52,7 @@ class JobContext:
         of its own in the new guest, when the spec asks for one)."""
         if self.case_dir.repeated(job):
             return
-        done = [
-            r.repetition for r in self.outcome.results if (r.case_id, r.job) == (self.case.id, job)
-        ]
+        done = [r.repetition for r in self.outcome.of(self.case.id, job)]
         if self.repetitions.warmup:
             yield 0
         repetition = max(done, default=0) + 1
@@ -73,13 +71,8 @@ class JobContext:
 
     def values(self, case_id: str, job: str) -> list[float]:
         """The stop metric of the measured repetitions of ``job`` in ``case_id`` so far."""
-        out = []
-        for result in self.outcome.results:
-            if result.case_id == case_id and result.job == job and result.repetition >= 1:
-                value = result.metrics.get(stop_metric(result.metrics))
-                if value is not None:
-                    out.append(value)
-        return out
+        measured = [r.metrics for r in self.outcome.of(case_id, job) if r.repetition >= 1]
+        return [v for m in measured if (v := m.get(stop_metric(m))) is not None]
 
     def _decide(self, job: str, repetition: int) -> Stop | None:
         rule, reference = self.repetitions.rule, self.repetitions.reference
