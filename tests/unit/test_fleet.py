@@ -298,6 +298,7 @@ def test_extra_vars_and_bench_args() -> None:
         with pytest.raises(VmlabError, match="bad extra variable"):
             parse_extra_vars([bad])
     assert bench_args(runtime_s=5, timeout_scale=2.0, accel="tcg") == [
+        "--yes",
         "--runtime",
         "5",
         "--timeout-scale",
@@ -305,7 +306,8 @@ def test_extra_vars_and_bench_args() -> None:
         "--accel",
         "tcg",
     ]
-    assert bench_args(runtime_s=None, timeout_scale=None, accel=None) == []
+    # the hosts run unattended: a big matrix is confirmed (or refused) on the controller
+    assert bench_args(runtime_s=None, timeout_scale=None, accel=None) == ["--yes"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,6 +422,39 @@ def test_run_fleet_refuses_a_bad_spec_or_a_missing_inventory(tmp_path: Path) -> 
     with pytest.raises(VmlabError, match="no inventory"):
         run_fleet(FleetOptions(inventory=tmp_path / "inv.yml", spec=spec))
     assert not (tmp_path / "results").exists()
+
+
+BIG_SPEC = SPEC.replace(
+    "guest:\n",
+    "guest:\n  cpus: [1, 2, 3, 4, 5, 6, 7, 8]\n"
+    "  memory_mib: [256, 512, 768, 1024, 1280, 1536, 1792, 2048]\n"
+    "  kernel_args: [a, b, c, d, e, f, g, h]\n",
+)  # 512 cases
+
+
+def test_fleet_run_confirms_a_big_matrix_before_ansible(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vmlab.cli import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(BIG_SPEC)
+    inventory = tmp_path / "inv.yml"  # missing: reached only once the spec is accepted
+
+    def fleet(*args: str) -> int:
+        with pytest.raises(SystemExit) as done:
+            main(["fleet", "run", "-i", str(inventory), str(spec), *args])
+        return int(done.value.code or 0)
+
+    assert fleet() == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the matrix has 512 cases" in err and "--yes" in err
+    assert fleet("--yes") == 1
+    assert "no inventory" in capsys.readouterr().err
+    with pytest.raises(SpecError, match="the matrix has 512 cases"):
+        run_fleet(FleetOptions(inventory=inventory, spec=spec, max_cases=256))
+    with pytest.raises(VmlabError, match="no inventory"):
+        run_fleet(FleetOptions(inventory=inventory, spec=spec))
 
 
 def test_no_matching_host_is_an_error_and_leaves_no_run(tmp_path: Path) -> None:

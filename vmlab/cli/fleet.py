@@ -16,6 +16,7 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from rich.table import Table
 
 from vmlab.cli.app import err, out
+from vmlab.cli.spec import YesOpt
 from vmlab.errors import VmlabError
 from vmlab.fleet.events import HostUpdate
 from vmlab.fleet.run import (
@@ -158,17 +159,21 @@ def run(
         int, typer.Option(min=60, help="seconds before a host's `vmlab bench` is stopped")
     ] = DEFAULT_HOST_TIMEOUT_S,
     ci: Annotated[bool, typer.Option("--ci", help="plain logs, no live display")] = False,
+    yes: YesOpt = False,
 ) -> None:
     """Run SPEC on every host of INVENTORY (playbooks/bench.yml) and merge the results.
 
-    Each host runs `vmlab bench SPEC --ci`; its run directory comes back and is merged into one
-    run whose cases are `<host>_<case>` (params gain `host`), so `vmlab report RUN` and
-    `vmlab compare` work across hosts. A failed host (unreachable, vmlab error, fetch failed)
+    Each host runs `vmlab bench SPEC --ci --yes` (a matrix of more than 256 cases needs --yes
+    here); its run directory comes back and is merged into one run whose cases are
+    `<host>_<case>` (params gain `host`), so `vmlab report RUN` and `vmlab compare` work
+    across hosts. A failed host (unreachable, vmlab error, fetch failed)
     is listed with its error in the output and in fleet.json; the others carry on.
 
     Exit codes: 0 every host ok; 1 a host failed, or a vmlab error; 2 bad spec or arguments;
     130 interrupted (ansible-playbook is stopped; what came back is merged).
     """
+    from vmlab.spec import CONFIRM_CASES
+
     if accel not in (None, "kvm", "tcg"):
         raise typer.BadParameter("expected kvm or tcg", param_hint="--accel")
     options = FleetOptions(
@@ -180,6 +185,7 @@ def run(
         bench_args=bench_args(runtime_s=runtime, timeout_scale=timeout_scale, accel=accel),
         extra_vars=parse_extra_vars(extra_var or []),
         host_timeout_s=host_timeout,
+        max_cases=None if yes else CONFIRM_CASES,
     )
     plain = ci or not sys.stdout.isatty()
     try:

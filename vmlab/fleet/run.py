@@ -66,7 +66,10 @@ class FleetOptions:
     limit: str | None = None
     forks: int | None = None
     bench_args: Sequence[str] = ()
-    """More `vmlab bench` options for every host (--runtime, --timeout-scale, --accel)."""
+    """More `vmlab bench` options for every host (:func:`bench_args`: --yes, --runtime, ...)."""
+    max_cases: int | None = None
+    """Refuse, before Ansible starts, a matrix of more cases (None: only vmlab's MAX_CASES);
+    the hosts are not asked again (bench_args passes them --yes)."""
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
     host_timeout_s: int = DEFAULT_HOST_TIMEOUT_S
     """A host's `vmlab bench` is stopped and the host failed after this long (sets
@@ -229,7 +232,7 @@ def run_fleet(options: FleetOptions, events: FleetEvents | None = None) -> Fleet
     spec, HostError when Ansible is missing, VmlabError when no host matched; a host's failure
     is in the outcome, not raised. KeyboardInterrupt is re-raised after the hosts' results
     that came back are merged."""
-    spec = load_spec(options.spec)
+    spec = load_spec(options.spec, max_cases=options.max_cases)
     if not options.inventory.exists():
         raise VmlabError(
             f"no inventory at {options.inventory}",
@@ -378,8 +381,9 @@ def parse_extra_vars(pairs: Sequence[str]) -> dict[str, Any]:
 def bench_args(
     *, runtime_s: int | None, timeout_scale: float | None, accel: str | None
 ) -> list[str]:
-    """The `vmlab bench` options `vmlab fleet run` passes through to every host."""
-    args: list[str] = []
+    """The `vmlab bench` options `vmlab fleet run` passes through to every host. Always
+    --yes: the hosts run unattended, and the matrix size was checked here (max_cases)."""
+    args: list[str] = ["--yes"]
     if runtime_s is not None:
         args += ["--runtime", str(runtime_s)]
     if timeout_scale is not None:
