@@ -28,6 +28,8 @@ def vmlab(*args: str) -> int:
         (("render", "--launcher", "foo"), "'foo': expected qemu or libvirt"),
         (("bench", "--accel", "foo"), "'foo': expected kvm or tcg"),
         (("bench", "--launcher", "foo"), "'foo': expected qemu or libvirt"),
+        (("fleet", "run", "-i", "inv", "spec", "--accel", "foo"), "'foo': expected kvm or tcg"),
+        (("image", "build", "--kind", "foo"), "'foo': expected default or rootfs"),
         (("render", "--case", "nosuch"), "no case 'nosuch' in the plan (cases: virtio-blk,"),
         (("import", "/nope"), "/nope: no such file or directory"),
     ],

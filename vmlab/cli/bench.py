@@ -224,8 +224,6 @@ def bench(
         print(f"host: QEMU {facts.qemu_version}, accel {used} ({why})")
     else:
         out.print(f"host: QEMU {facts.qemu_version}, accel [bold]{used}[/] ({escape(why)})")
-    if launcher not in (None, "qemu", "libvirt"):
-        raise typer.BadParameter("expected qemu or libvirt", param_hint="--launcher")
     options = BenchOptions(
         results_root=results,
         timeout_scale=timeout_scale,

@@ -16,7 +16,7 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from rich.table import Table
 
 from vmlab.cli.app import err, out
-from vmlab.cli.spec import YesOpt
+from vmlab.cli.spec import YesOpt, check_choice
 from vmlab.errors import VmlabError
 from vmlab.fleet.events import HostUpdate
 from vmlab.fleet.run import (
@@ -174,8 +174,7 @@ def run(
     """
     from vmlab.spec import CONFIRM_CASES
 
-    if accel not in (None, "kvm", "tcg"):
-        raise typer.BadParameter("expected kvm or tcg", param_hint="--accel")
+    check_choice(accel, ("kvm", "tcg"), "--accel")
     options = FleetOptions(
         inventory=inventory,
         spec=spec,

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from vmlab.cli.app import err, new_app, out
+from vmlab.cli.spec import check_choice
 from vmlab.errors import VmlabError
 
 app = new_app("The default guest image (kernel + initramfs with fio and sshd).")
@@ -41,8 +42,7 @@ def image_build(
     def progress(message: str) -> None:
         err.print(f"[dim]{escape(message)}[/]")
 
-    if kind not in ("default", "rootfs"):
-        raise typer.BadParameter("expected default or rootfs", param_hint="--kind")
+    check_choice(kind, ("default", "rootfs"), "--kind")
     if kind == "default":
         if systemd or cloud_init or disk:
             raise typer.BadParameter(
