@@ -28,9 +28,9 @@ def run_guest_jobs(
     from stdin (``fio -``): no copy step, one SSH channel per repetition."""
     for spec_job in ctx.case.jobs:
         job = guest_ceph.fio_job(spec_job) if guest_ceph is not None else spec_job
+        text = render_job(job, filename=devices.get(job.disk, ""), case_id=ctx.case.id)
         for repetition in ctx.repeats(job.name):
             job_dir = ctx.case_dir.job(job.name, repetition)
-            text = render_job(job, filename=devices.get(job.disk, ""), case_id=ctx.case.id)
             job_dir.write_text("job.fio", text)
             ctx.events.stage(ctx.case, f"fio {job.name} r{repetition} ({job.runtime_s} s)")
             started, t0 = now_iso(), time.monotonic()
