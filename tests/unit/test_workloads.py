@@ -109,5 +109,6 @@ def test_an_iperf_job_past_its_deadline_keeps_its_partial_output(
     out = job_dir(ctx, "tcp")
     assert (out / "iperf.json").read_bytes() == PARTIAL_OUT
     assert (out / "iperf.stderr").read_bytes() == PARTIAL_ERR
-    assert json.loads((out / "exit.json").read_text())["timed_out"] is True
+    exit_info = json.loads((out / "exit.json").read_text())
+    assert exit_info["timed_out"] is True and "started" in exit_info and "finished" in exit_info
     assert not (out / "summary.json").exists()

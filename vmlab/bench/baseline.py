@@ -80,13 +80,12 @@ def run_baseline(ctx: JobContext, backing: Backing) -> None:
     case_dir.set_status("running", started=now_iso())
     try:
         for job in case.jobs:
+            host_job, env = host_fio_job(job, sources[job.disk])
+            filename = env.pop("FILENAME", "")
+            text = render_job(host_job, filename=filename, case_id=case.id)
             for repetition in ctx.repeats(job.name):
                 job_dir = case_dir.job(job.name, repetition)
-                host_job, env = host_fio_job(job, sources[job.disk])
-                filename = env.pop("FILENAME", "")
-                path = job_dir.write_text(
-                    "job.fio", render_job(host_job, filename=filename, case_id=case.id)
-                )
+                path = job_dir.write_text("job.fio", text)
                 ctx.events.stage(case, f"host fio {job.name} r{repetition}")
                 argv = ["fio", "--output-format=json+", str(path)]
                 started = now_iso()

@@ -116,7 +116,7 @@ def show(run: RunArg, results: ResultsOpt = Path("results")) -> None:
     """Show one run: where and when it ran, its configurations, and mean results."""
     console = _console()
     record = scan_run(resolve_run(results, run))
-    view = build_run(record, StatOptions(), curves=False)
+    view = build_run(record, StatOptions(), details=False)
     for key, value in (
         ("run", view.id),
         ("name", view.name),

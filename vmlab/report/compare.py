@@ -299,8 +299,9 @@ def match_cells(
         base_by_job = {job: (case, job) for case, job in base}
         pairs = [(base_by_job[job], (case, job)) for case, job in cand if job in base_by_job]
         how = "job" if pairs else None
-    left_base = [k for k in base if k not in {b for b, _ in pairs}]
-    left_cand = [k for k in cand if k not in {c for _, c in pairs}]
+    paired_base, paired_cand = {b for b, _ in pairs}, {c for _, c in pairs}
+    left_base = [k for k in base if k not in paired_base]
+    left_cand = [k for k in cand if k not in paired_cand]
     base_work = _by_params(baseline, left_base, one_case)
     cand_work = _by_params(candidate, left_cand, one_case)
     by_params = [(base_work[w], cell) for w, cell in cand_work.items() if w in base_work]

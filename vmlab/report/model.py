@@ -209,15 +209,20 @@ class Report(BaseModel):
 # --------------------------------------------------------------------------------------------
 
 
-def _percentiles(sample: Sample) -> dict[str, tuple[str, dict[float, float]]]:
-    """direction -> (latency kind, percentile -> ns) of one repetition, from summary.json."""
+def _read_fio(sample: Sample, what: str) -> FioOutput | None:
+    """The fio report in one repetition's summary.json, or None (logged: no ``what``)."""
     try:
         data = ArtifactDir(sample.path).read_json("summary.json")
-        report = FioOutput.model_validate(data["fio"])
+        return FioOutput.model_validate(data["fio"])
     except (ResultError, KeyError, TypeError, ValidationError) as exc:
-        log.warning("%s: no fio percentiles (%s)", sample.path, exc)
-        return {}
-    if not report.jobs:
+        log.warning("%s: no %s (%s)", sample.path, what, exc)
+        return None
+
+
+def _percentiles(sample: Sample) -> dict[str, tuple[str, dict[float, float]]]:
+    """direction -> (latency kind, percentile -> ns) of one repetition, from summary.json."""
+    report = _read_fio(sample, "fio percentiles")
+    if report is None or not report.jobs:
         return {}
     job = combine_jobs(report.jobs) if len(report.jobs) > 1 else report.jobs[0]
     out: dict[str, tuple[str, dict[float, float]]] = {}
@@ -251,22 +256,14 @@ def _curves(samples: Sequence[Sample]) -> list[Curve]:
     return curves
 
 
-def _fio_options(samples: Sequence[Sample]) -> str | None:
+def _fio_options(jobs: Sequence[tuple[str, Sequence[Sample]]]) -> str | None:
     """The fio options each job of an imported case ran with, as a fio job file: the report's
-    global options overlaid with the job's own, from the first measured repetition."""
-    first: dict[str, Sample] = {}
-    for sample in sorted(samples, key=lambda s: s.repetition):
-        if sample.repetition >= 1:
-            first.setdefault(sample.job, sample)
+    global options overlaid with the job's own, from the first measured repetition
+    (``jobs``: job name -> its measured repetitions, in order)."""
     sections = []
-    for job, sample in first.items():
-        try:
-            data = ArtifactDir(sample.path).read_json("summary.json")
-            report = FioOutput.model_validate(data["fio"])
-        except (ResultError, KeyError, TypeError, ValidationError) as exc:
-            log.warning("%s: no fio options (%s)", sample.path, exc)
-            continue
-        if not report.jobs:
+    for job, reps in jobs:
+        report = _read_fio(reps[0], "fio options") if reps else None
+        if report is None or not report.jobs:
             continue
         options = report.jobs[0].options  # the global options overlaid with the job's
         lines = [f"[{job}]", *(f"{k}={v}" if v else k for k, v in options.items())]
@@ -279,8 +276,9 @@ def _metric_order(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda m: (order.get(m, len(order)), m))
 
 
-def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> RunView:
-    """One run's view; ``curves=False`` skips reading the fio percentiles (faster)."""
+def build_run(run: RunRecord, options: StatOptions, *, details: bool = True) -> RunView:
+    """One run's view; ``details=False`` skips reading the repetitions' summary.json (faster):
+    no latency curves, and no fio options as an imported case's command."""
     cells = run.cells()
     limits = limit_cases([c.case_id for c in run.cases])
     limit = BASELINE_ID if BASELINE_ID in limits else None  # a one-host run's limit
@@ -302,7 +300,10 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
     cases = []
     for case in run.cases:
         jobs = []
+        case_reps: list[tuple[str, list[Sample]]] = []
         for job in run.jobs():
+            reps = sorted(samples.get((case.case_id, job), []), key=lambda s: s.repetition)
+            case_reps.append((job, reps))
             cell = stats.get((case.case_id, job))
             if not cell:
                 continue
@@ -320,7 +321,6 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
                     stat=Stat.of(cell[metric]),
                     of_limit=cell[metric].mean / base.mean if base and base.mean else None,
                 )
-            reps = sorted(samples.get((case.case_id, job), []), key=lambda s: s.repetition)
             stop = run.stops.get((case.case_id, job))
             jobs.append(
                 JobView(
@@ -329,7 +329,7 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
                     repetitions=len(reps),
                     warmup=(case.case_id, job) in warm,
                     metrics=metrics,
-                    curves=_curves(reps) if curves else [],
+                    curves=_curves(reps) if details else [],
                     stop=StopView(
                         repetitions=stop.repetitions, reason=stop.reason, detail=stop.detail
                     )
@@ -339,9 +339,8 @@ def build_run(run: RunRecord, options: StatOptions, *, curves: bool = True) -> R
             )
         kind: Literal["argv", "xml", "fio"] | None
         kind, command = CaseDir(case.path, case.case_id).command(MAX_COMMAND_CHARS)
-        if command is None and run.source == "import":
-            mine = [s for s in run.samples if s.case_id == case.case_id]
-            command = _fio_options(mine)
+        if command is None and run.source == "import" and details:
+            command = _fio_options(case_reps)
             kind = "fio" if command else None
         cases.append(
             CaseView(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vmlab.bench.events import BenchEvents
@@ -88,6 +89,23 @@ class JobContext:
         return stop
 
 
+def save_raw(
+    job_dir: ArtifactDir,
+    out_name: str,
+    err_name: str,
+    stdout: bytes,
+    stderr: bytes,
+    **exit_fields: Any,
+) -> Path:
+    """A job's raw output as ``out_name`` and ``err_name`` in ``job_dir``, with an
+    ``exit.json`` of ``exit_fields`` and when it finished (now): written before anything parses
+    it. Returns the path of the saved stdout."""
+    raw = job_dir.write_bytes(out_name, stdout)
+    job_dir.write_bytes(err_name, stderr)
+    job_dir.write_json("exit.json", {**exit_fields, "finished": now_iso()})
+    return raw
+
+
 @contextmanager
 def raw_output_kept(
     job_dir: ArtifactDir, *, stdout: str, stderr: str, **exit_info: Any
@@ -99,17 +117,16 @@ def raw_output_kept(
     try:
         yield
     except GuestError as exc:
-        job_dir.write_bytes(stdout, exc.stdout)
-        job_dir.write_bytes(stderr, exc.stderr)
-        job_dir.write_json(
-            "exit.json",
-            {
-                **exit_info,
-                "exit_code": exc.exit_code,
-                "timed_out": exc.timed_out,
-                "error": str(exc),
-                "finished": now_iso(),
-                "command": exc.command,
-            },
+        save_raw(
+            job_dir,
+            stdout,
+            stderr,
+            exc.stdout,
+            exc.stderr,
+            **exit_info,
+            exit_code=exc.exit_code,
+            timed_out=exc.timed_out,
+            error=str(exc),
+            command=exc.command,
         )
         raise

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from vmlab.bench.workloads import JobContext, raw_output_kept
+from vmlab.bench.workloads import JobContext, raw_output_kept, save_raw
 from vmlab.errors import GuestError, ResultError
 from vmlab.fio.jobs import fio_command, fio_timeout_s, render_job
 from vmlab.fio.parse import parse_fio_output
@@ -28,9 +28,9 @@ def run_guest_jobs(
     from stdin (``fio -``): no copy step, one SSH channel per repetition."""
     for spec_job in ctx.case.jobs:
         job = guest_ceph.fio_job(spec_job) if guest_ceph is not None else spec_job
+        text = render_job(job, filename=devices.get(job.disk, ""), case_id=ctx.case.id)
         for repetition in ctx.repeats(job.name):
             job_dir = ctx.case_dir.job(job.name, repetition)
-            text = render_job(job, filename=devices.get(job.disk, ""), case_id=ctx.case.id)
             job_dir.write_text("job.fio", text)
             ctx.events.stage(ctx.case, f"fio {job.name} r{repetition} ({job.runtime_s} s)")
             started, t0 = now_iso(), time.monotonic()
@@ -67,17 +67,18 @@ def store_fio(
     wall_s: float | None = None,
 ) -> dict[str, float]:
     """Save fio's raw output first, then parse it; returns the flat metrics."""
-    raw = job_dir.write_bytes("fio.json", stdout)
-    job_dir.write_bytes("fio.stderr", stderr)
-    record: dict[str, object] = {
-        "exit_code": exit_code,
-        "started": started,
-        "finished": now_iso(),
-        "command": command,
-    }
-    if wall_s is not None:  # the whole SSH command, fio's start and exit included
-        record["wall_s"] = round(wall_s, 3)
-    job_dir.write_json("exit.json", record)
+    timing = {} if wall_s is None else {"wall_s": round(wall_s, 3)}  # fio's start and exit too
+    raw = save_raw(
+        job_dir,
+        "fio.json",
+        "fio.stderr",
+        stdout,
+        stderr,
+        exit_code=exit_code,
+        started=started,
+        command=command,
+        **timing,
+    )
     if exit_code != 0:
         err = stderr.decode(errors="replace").strip()[-400:]
         raise GuestError(f"fio job {job} exited {exit_code}: {err}", hint=f"see {raw.parent}")

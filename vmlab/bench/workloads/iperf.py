@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vmlab.bench.workloads import JobContext, raw_output_kept
+from vmlab.bench.workloads import JobContext, raw_output_kept, save_raw
 from vmlab.guest.ssh import GuestSSH
 from vmlab.net.iperf import (
     IperfServer,
@@ -14,6 +14,7 @@ from vmlab.net.iperf import (
     summarize_iperf,
 )
 from vmlab.net.lab import LabNetwork
+from vmlab.results.rundir import now_iso
 from vmlab.spec import IperfJob
 
 
@@ -23,9 +24,12 @@ def run_net_jobs(ctx: JobContext, ssh: GuestSSH, lab: LabNetwork, jobs: Sequence
         for repetition in ctx.repeats(job.name):
             job_dir = ctx.case_dir.job(job.name, repetition)
             ctx.events.stage(ctx.case, f"iperf3 {job.name} r{repetition} ({job.duration_s} s)")
+            started = now_iso()
             with (
                 IperfServer(lab.netns, server, output=job_dir.file("server.json")),
-                raw_output_kept(job_dir, stdout="iperf.json", stderr="iperf.stderr"),
+                raw_output_kept(
+                    job_dir, stdout="iperf.json", stderr="iperf.stderr", started=started
+                ),
             ):
                 result = ssh.run(
                     guest_client_command(
@@ -37,10 +41,15 @@ def run_net_jobs(ctx: JobContext, ssh: GuestSSH, lab: LabNetwork, jobs: Sequence
                     timeout_s=client_timeout_s(job.duration_s),
                     check=False,
                 )
-            raw = job_dir.write_bytes("iperf.json", result.stdout)  # before parsing
-            job_dir.write_bytes("iperf.stderr", result.stderr)
-            job_dir.write_json(
-                "exit.json", {"exit_code": result.exit_code, "command": result.command}
+            raw = save_raw(
+                job_dir,
+                "iperf.json",
+                "iperf.stderr",
+                result.stdout,
+                result.stderr,
+                exit_code=result.exit_code,
+                started=started,
+                command=result.command,
             )
             parsed = parse_iperf(result.stdout, path=raw)
             metrics = summarize_iperf(parsed)
