@@ -127,7 +127,8 @@ def l1_modules(cases: Sequence[Case]) -> tuple[str, ...]:
             if disk.served_by == "lio":
                 wanted += ["target_core_mod", "target_core_iblock", "target_core_file"]
                 wanted.append("vhost_scsi")
-            if isinstance(disk.backend, RbdBackend) and disk.backend.krbd:
+            host_krbd = isinstance(disk.backend, RbdBackend) and disk.backend.krbd
+            if host_krbd and not disk.guest_is_client:  # a guest maps with its own kernel
                 wanted.append("rbd")
     return tuple(dict.fromkeys(wanted))
 

@@ -63,8 +63,9 @@ class RbdBackend(Model):
     cluster: CephCluster = Field(default_factory=CephCluster)
     krbd: bool = Field(
         default=False,
-        description="map it on the host (rbd device map) and "
-        "serve /dev/rbdN as a host block device",
+        description="map it with the kernel RBD driver and use /dev/rbdN: on the host (rbd "
+        "device map), served as a host block device; with target guest, in the guest itself "
+        "(fio runs on its /dev/rbdN instead of fio's rbd engine)",
     )
 
     @property
