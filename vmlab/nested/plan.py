@@ -26,6 +26,31 @@ from vmlab.spec import BenchSpec, BlockBackend, FileBackend, NestedHypervisor, R
 BASE_PACKAGES = ("qemu-system-x86", "qemu-utils", "fio", "python3", "kmod", "iproute2")
 CEPH_CLIENT_PACKAGES = ("ceph-common", "qemu-block-extra")  # rbd CLI, krbd map, QEMU's rbd
 CEPH_MICRO_PACKAGES = ("ceph-mon", "ceph-osd", "ceph-mgr")  # vmlab's micro cluster in L1
+# SPDK is no Debian package: L1 gets the host's build (on the payload disk, at the same prefix)
+# and the Debian libraries it links (../shared/tools/build-spdk: DPDK 22.11, librbd, uring).
+SPDK_RUNTIME_PACKAGES = (
+    "libaio1",
+    "librados2",
+    "librbd1",
+    "librte-bus-pci23",
+    "librte-cryptodev23",
+    "librte-dmadev23",
+    "librte-eal23",
+    "librte-ethdev23",
+    "librte-hash23",
+    "librte-kvargs23",
+    "librte-mbuf23",
+    "librte-mempool-ring23",
+    "librte-mempool23",
+    "librte-net23",
+    "librte-pci23",
+    "librte-power23",
+    "librte-rcu23",
+    "librte-ring23",
+    "librte-telemetry23",
+    "librte-vhost23",
+    "liburing2",
+)
 # Loaded once L1 is up: these always (cheap; L1's host facts then show /dev/vhost-net), the
 # rest only when a case needs them.
 ALWAYS_MODULES = ("tun", "vhost_net")
@@ -42,6 +67,7 @@ class L1Plan:
     modules: tuple[str, ...]  # modprobe'd in L1 before the bench
     case_ids: tuple[str, ...]  # the host's case ids, in plan order
     inner_ids: Mapping[str, str]  # host case id -> the case id inside L1
+    spdk: bool = False  # a case has a disk with target spdk: L1 gets the host's SPDK
 
     def describe(self) -> dict[str, Any]:
         """What goes into L1, as stored in the run (nested/<label>/plan.json) and golden."""
@@ -53,6 +79,7 @@ class L1Plan:
             "packages": list(self.packages),
             "modules": list(self.modules),
             "cases": {c: self.inner_ids[c] for c in self.case_ids},
+            "spdk": self.spdk,
         }
 
 
@@ -67,8 +94,12 @@ def _unsupported(case: Case) -> list[str]:
     if case.variant.launcher == "libvirt":
         problems.append("launcher libvirt (L1 has no libvirtd yet): use launcher qemu")
     for disk in guest.disks:
-        if disk.served_by == "spdk":
-            problems.append(f"disk {disk.name}: target spdk (SPDK is not a Debian package)")
+        spdk = disk.spdk if disk.served_by == "spdk" else None
+        if spdk is not None and (spdk.rpc_socket is not None or spdk.binary is not None):
+            problems.append(
+                f"disk {disk.name}: spdk.rpc_socket/binary name host paths; L1 starts the "
+                "SPDK vmlab finds on the host: leave them out"
+            )
         if isinstance(disk.backend, RbdBackend) and not disk.backend.cluster.is_micro:
             problems.append(
                 f"disk {disk.name}: an external Ceph cluster (L1 sees only vmlab's micro cluster)"
@@ -103,6 +134,8 @@ def l1_packages(hv: NestedHypervisor, cases: Sequence[Case], *, net_jobs: bool) 
         for disk in guest.disks:
             if disk.served_by == "lio":
                 wanted.add("targetcli-fb")
+            if disk.served_by == "spdk":
+                wanted.update(SPDK_RUNTIME_PACKAGES)
             if isinstance(disk.backend, RbdBackend):
                 wanted.update(CEPH_CLIENT_PACKAGES)
                 if disk.backend.cluster.is_micro:
@@ -168,6 +201,7 @@ def l1_plans(spec: BenchSpec, cases: Sequence[Case]) -> list[L1Plan]:
                 modules=l1_modules(group),
                 case_ids=tuple(c.id for c in group),
                 inner_ids=inner,
+                spdk=any(d.served_by == "spdk" for c in group for d in c.variant.guest.disks),
             )
         )
     return plans
