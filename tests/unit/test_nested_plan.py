@@ -314,3 +314,25 @@ def test_host_facts_of_older_runs_still_validate() -> None:
     }
     parsed = HostFacts.model_validate(facts)
     assert parsed.nested == [] and parsed.kernel_modules == {}
+
+
+def test_l1_memory_fits_the_largest_case_unless_the_spec_says() -> None:
+    text = """\
+name: mem
+hypervisor: {kind: nested}
+guest:
+  memory_mib: 2048
+  disks:
+    - - {name: a, model: vhost-user-blk, target: spdk, spdk: {mem_mib: 1024},
+         backend: {type: malloc}}
+    - - {name: a, model: virtio-blk}
+jobs: [{name: j, rw: randread, disk: a}]
+"""
+    spec = spec_of(text)
+    (planned,) = l1_plans(spec, plan(spec))
+    assert planned.hypervisor.memory_mib == 2048 + 1024 + 1536
+    assert planned.describe()["memory_mib"] == 4608
+    small = spec_of(ONE)
+    assert l1_plans(small, plan(small))[0].hypervisor.memory_mib == 3072  # the floor
+    fixed = spec_of(text.replace("{kind: nested}", "{kind: nested, memory_mib: 8192}"))
+    assert l1_plans(fixed, plan(fixed))[0].hypervisor.memory_mib == 8192

@@ -54,6 +54,8 @@ SPDK_RUNTIME_PACKAGES = (
 # Loaded once L1 is up: these always (cheap; L1's host facts then show /dev/vhost-net), the
 # rest only when a case needs them.
 ALWAYS_MODULES = ("tun", "vhost_net")
+L1_OWN_MIB = 1536  # L1's kernel, QEMU, vmlab and a micro Ceph cluster, besides its guests
+L1_MIN_MIB = 3072
 NET_MODULES = ("bridge", "veth")
 
 
@@ -166,6 +168,20 @@ def l1_modules(cases: Sequence[Case]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(wanted))
 
 
+def l1_memory_mib(hv: NestedHypervisor, cases: Sequence[Case]) -> int:
+    """``hv.memory_mib``, or enough for the largest of ``cases``: its guest's memory and the
+    hugepages of its SPDK targets, plus what L1 itself uses."""
+    if hv.memory_mib is not None:
+        return hv.memory_mib
+    need = 0
+    for case in cases:
+        guest = case.variant.guest
+        spdk = {d.spdk_target.model_dump_json(): d.spdk_target.mem_mib
+                for d in guest.disks if d.served_by == "spdk"}  # fmt: skip
+        need = max(need, guest.memory_mib + sum(spdk.values()))
+    return max(L1_MIN_MIB, need + L1_OWN_MIB)
+
+
 def l1_plans(spec: BenchSpec, cases: Sequence[Case]) -> list[L1Plan]:
     """One plan per distinct nested hypervisor, in the order the cases first name it."""
     problems = [f"case {c.id}: {p}" for c in cases for p in _unsupported(c)]
@@ -196,7 +212,7 @@ def l1_plans(spec: BenchSpec, cases: Sequence[Case]) -> list[L1Plan]:
         plans.append(
             L1Plan(
                 label=label,
-                hypervisor=hv,
+                hypervisor=hv.model_copy(update={"memory_mib": l1_memory_mib(hv, group)}),
                 packages=l1_packages(hv, group, net_jobs=bool(spec.net_jobs)),
                 modules=l1_modules(group),
                 case_ids=tuple(c.id for c in group),
