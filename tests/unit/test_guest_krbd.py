@@ -99,7 +99,7 @@ def test_mapping_sends_the_secret_on_stdin_and_finds_the_device(tmp_path: Path) 
     load, add, find = guest.calls
     assert load[0] == "[ -d /sys/bus/rbd ] || vmlab-modules rbd || modprobe rbd"
     assert add == (
-        "cat > /sys/bus/rbd/add",
+        "f=/sys/bus/rbd/add_single_major; [ -e $f ] || f=/sys/bus/rbd/add; cat > $f",
         f"10.9.0.1:6789 name=admin,secret={KEY} vmlab img-data -".encode(),
     )
     assert KEY not in find[0] and "= vmlab/img-data ]" in find[0]
@@ -125,3 +125,23 @@ def test_a_krbd_disk_keeps_its_engine_and_an_image_disk_goes_through_rbd(tmp_pat
     assert on_krbd.ioengine != "rbd" and "rbdname" not in on_krbd.options
     on_rbd = gc.fio_job(FioJob(name="j", rw="randread", disk="lib"))
     assert on_rbd.ioengine == "rbd" and on_rbd.options["rbdname"] == "img-lib"
+
+
+class RefusingGuest(Guest):
+    def run(
+        self, command: str, *, timeout_s: float, check: bool = True, stdin: bytes | None = None
+    ) -> Any:
+        if "cat > $f" in command:
+            raise GuestError("exit 1", stderr=b"cat: write error: Invalid argument\n")
+        if command.startswith("dmesg"):
+            return subprocess.CompletedProcess(command, 0, stdout=b"libceph: bad option\n")
+        return super().run(command, timeout_s=timeout_s, check=check, stdin=stdin)
+
+
+def test_a_refused_mapping_names_the_monitor_and_shows_the_kernel_log(tmp_path: Path) -> None:
+    with pytest.raises(GuestError) as refused:
+        ceph(tmp_path).map_krbd(RefusingGuest(""))
+    message = str(refused.value)
+    assert "did not map vmlab/img-data from 10.9.0.1:6789" in message
+    assert "Invalid argument" in message and "libceph: bad option" in message
+    assert KEY not in message  # the secret stays out of errors and logs

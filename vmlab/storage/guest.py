@@ -6,9 +6,9 @@ the guest is up, ceph.conf and the keyring are pushed into it (the keyring goes 
 
 With ``backend.krbd`` the guest's own kernel maps the image instead: the default image carries
 the rbd module (loaded on demand by ``vmlab-modules rbd``), the mapping is written to
-``/sys/bus/rbd/add`` (the secret through stdin, never on a command line) and fio runs with its
-ordinary engine on the guest's ``/dev/rbdN``. The guest is powered off before the cluster
-stops, so the mapping goes with it.
+``/sys/bus/rbd/add_single_major`` (the secret through stdin, never on a command line) and fio
+runs with its ordinary engine on the guest's ``/dev/rbdN``. The guest is powered off before the
+cluster stops, so the mapping goes with it.
 """
 
 from __future__ import annotations
@@ -75,7 +75,15 @@ class GuestCeph:
         devices = {}
         for disk, (pool, image) in self.krbd.items():
             line = f"{mon} name={client},secret={secret.decode()} {pool} {image} -"
-            guest.run("cat > /sys/bus/rbd/add", timeout_s=timeout_s, stdin=line.encode())
+            try:
+                guest.run(_RBD_ADD, timeout_s=timeout_s, stdin=line.encode())
+            except GuestError as exc:
+                raise GuestError(
+                    f"disk {disk}: the guest's kernel did not map {pool}/{image} from {mon}: "
+                    f"{exc.stderr.decode(errors='replace').strip()}\n"
+                    f"guest kernel log:\n{_kernel_log(guest)}",
+                    hint="libceph's and rbd's messages above say why",
+                ) from exc
             found = guest.run(
                 "for d in /sys/bus/rbd/devices/*; do "
                 f'[ "$(cat $d/pool)/$(cat $d/name)" = {shlex.quote(f"{pool}/{image}")} ] '
@@ -99,6 +107,19 @@ class GuestCeph:
         pool, image = found
         options = {**job.options, "clientname": "admin", "pool": pool, "rbdname": image}
         return job.model_copy(update={"ioengine": "rbd", "options": options})
+
+
+# With rbd's single_major (the default since Linux 4.2) ``add`` refuses every mapping with
+# EINVAL and no log line; ``add_single_major`` is the one that maps.
+_RBD_ADD = "f=/sys/bus/rbd/add_single_major; [ -e $f ] || f=/sys/bus/rbd/add; cat > $f"
+
+
+def _kernel_log(guest: GuestShell, lines: int = 20) -> str:
+    """The tail of the guest's kernel log, for an error (empty when even that fails)."""
+    try:
+        return guest.run(f"dmesg | tail -n {lines}", timeout_s=30).stdout.decode(errors="replace")
+    except GuestError:
+        return ""
 
 
 def image_of(disk: Disk) -> tuple[str, str, int]:
