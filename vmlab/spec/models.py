@@ -241,8 +241,15 @@ class Guest(Model):
     disks: list[Disk] = Field(default_factory=lambda: [Disk()], min_length=1)
     nics: list[Nic] = Field(default_factory=list)
     hostdevs: list[str] = Field(
-        default_factory=list, description="host PCI devices passed through with VFIO"
+        default_factory=list,
+        description="host PCI devices passed through with VFIO; a fio job aims at the block "
+        "device of the first with disk: hostdev0",
     )
+
+    def hostdev_names(self) -> list[str]:
+        """What a fio job's ``disk`` calls each passed-through device, in ``hostdevs`` order."""
+        return [f"hostdev{i}" for i in range(len(self.hostdevs))]
+
     kernel_args: str = ""
 
     @field_validator("machine")
@@ -271,6 +278,12 @@ class Guest(Model):
         names = [d.name for d in self.disks]
         if {"root", "seed"} & set(names):
             raise ValueError("disk names root and seed are taken by the boot disk and the seed")
+        taken = [n for n in names if re.fullmatch(r"hostdev[0-9]+", n)]
+        if taken:
+            raise ValueError(
+                f"disk name {taken[0]} is taken: a fio job names the guest's passed-through "
+                "devices hostdev0, hostdev1, ... in guest.hostdevs order"
+            )
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"disk names must be unique, repeated: {', '.join(dupes)}")
