@@ -276,3 +276,37 @@ def test_two_hypervisor_kernels_side_by_side_in_one_report(
     markdown = next((tmp_path / "report").glob("*.md")).read_text()
     cases = sorted(p.name for p in (run / "cases").iterdir())
     assert len(cases) == 2 and all(c in markdown for c in cases), (cases, markdown[:2000])
+
+
+VFIO = Path(__file__).parent.parent.parent / "examples" / "nested-vfio.yaml"
+
+
+def test_vfio_passthrough_of_l1s_emulated_nvme_runs_as_a_spec(
+    nested_ready: GuestImage,
+    lab_env: dict[str, str],
+    qemu_pids: Callable[[str], list[int]],
+) -> None:
+    """What scripts/nested-vfio did by hand: L1 with an emulated IOMMU and NVMe, vmlab in L1
+    binding the NVMe to vfio-pci for the guest, fio in the guest on the passed-through
+    namespace (disk: hostdev0) next to a virtio-blk disk."""
+    results = Path(lab_env["RESULTS"])
+    done = subprocess.run(
+        [*VMLAB, "bench", str(VFIO), "--runtime", "2", "--ci", "--results", str(results)],
+        env=lab_env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    (run,) = [p for p in results.iterdir() if p.is_dir()]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    case = run / "cases" / "default"
+    assert "vfio-pci,host=0000:00:10.0" in (case / "argv.sh").read_text()
+    job = (case / "jobs" / "nvme-vfio" / "r1" / "job.fio").read_text()
+    assert "filename=/dev/nvme0n1" in job, job
+    disks = json.loads((case / "guest.json").read_text())["disks"]
+    assert disks["/dev/nvme0n1"]["pci"] == "0000:00:18.0", disks
+    for name in ("nvme-vfio", "virtio-blk"):
+        summary = json.loads((case / "jobs" / name / "r1" / "summary.json").read_text())
+        assert summary["metrics"]["read_iops"] > 0, (name, summary)
+    assert qemu_pids(str(Path(lab_env["VMLAB_RUNTIME"]))) == []

@@ -91,6 +91,8 @@ def test_vhost_scsi_passes_when_the_modules_are_there(
     (tmp_path / "proc/mounts").write_text("configfs /sys/kernel/config configfs rw 0 0\n")
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev/vhost-scsi").touch()
+    (tmp_path / "run/dbus").mkdir(parents=True)
+    (tmp_path / "run/dbus/system_bus_socket").touch()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "targetcli").write_text("#!/bin/sh\n")

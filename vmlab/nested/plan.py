@@ -134,8 +134,8 @@ def l1_packages(hv: NestedHypervisor, cases: Sequence[Case], *, net_jobs: bool) 
         if guest.hostdevs:
             wanted.add("pciutils")
         for disk in guest.disks:
-            if disk.served_by == "lio":
-                wanted.add("targetcli-fb")
+            if disk.served_by == "lio":  # its D-Bus question needs a bus (vmlab starts one)
+                wanted.update(("targetcli-fb", "dbus-daemon"))
             if disk.served_by == "spdk":
                 wanted.update(SPDK_RUNTIME_PACKAGES)
             if isinstance(disk.backend, RbdBackend):
