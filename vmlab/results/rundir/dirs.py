@@ -11,12 +11,12 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any, Literal
 
 from vmlab.errors import ResultError
-from vmlab.spec import BenchSpec
+
+if TYPE_CHECKING:
+    from vmlab.spec import BenchSpec
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,10 @@ class RunDir(ArtifactDir):
 
     def spec(self) -> BenchSpec:
         """The spec this run ran, exactly (overrides such as --runtime included)."""
+        from pydantic import ValidationError  # the spec models: only for the runs that need them
+
+        from vmlab.spec import BenchSpec
+
         try:
             return BenchSpec.model_validate(self.read_json("spec.json"))
         except ValidationError as exc:
