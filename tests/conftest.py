@@ -1,8 +1,25 @@
-"""Shared pytest switches and fixtures."""
+"""Shared pytest switches and fixtures, and SIGTERM as Ctrl-C for the whole session."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import pytest
+
+from vmlab.interrupt import sigterm_interrupts
+
+_session_signals = ExitStack()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A test run stopped with SIGTERM (CI's timeout, `kill`) runs the fixtures' finalizers
+    as on Ctrl-C: pytest tears down on KeyboardInterrupt, so the SPDK tests' hugepage
+    reservation, the Ceph cluster fixture and every guest are given back, not leaked."""
+    _session_signals.enter_context(sigterm_interrupts())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _session_signals.close()  # after pytest_sessionfinish, which runs the last teardowns
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

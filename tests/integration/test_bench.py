@@ -198,6 +198,40 @@ def test_sigint_stops_everything_and_keeps_finished_cases_then_resume_finishes(
     assert json.loads((attempt / "status.json").read_text())["status"] == "interrupted"
 
 
+def test_sigterm_is_ctrl_c_everything_started_is_stopped(
+    guest_image: GuestImage, lab_env: dict[str, str], qemu_pids: Callable[[str], list[int]]
+) -> None:
+    """SIGTERM (a supervisor, `timeout`, Ansible) takes the Ctrl-C path: the guest that is
+    booting is stopped, the run is marked interrupted, the exit status is 130."""
+    results = Path(lab_env["RESULTS"])
+    proc = subprocess.Popen(
+        [*VMLAB, "bench", "--runtime", "3", "--results", str(results), "--ci"],
+        env=lab_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not qemu_pids(str(results)):
+            time.sleep(0.2)
+        assert qemu_pids(str(results)), "no guest started in time"
+        time.sleep(1)  # QEMU up, the guest booting
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err and "Traceback" not in err
+    run = only_run(results)
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    assert qemu_pids(str(results)) == []
+    assert list(Path(lab_env["VMLAB_RUNTIME"]).iterdir()) == []
+    assert list(Path(lab_env["VMLAB_SCRATCH"]).iterdir()) == []
+
+
 def test_missing_qemu_is_one_clear_message(lab_env: dict[str, str], tmp_path: Path) -> None:
     env = {**lab_env, "PATH": str(tmp_path)}  # no qemu-system-x86_64 on PATH
     done = vmlab("bench", "--results", str(tmp_path / "r"), env=env, timeout_s=60)

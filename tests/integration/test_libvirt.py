@@ -9,6 +9,8 @@ network: it refuses to start libvirtd while a network is marked for autostart (D
 from __future__ import annotations
 
 import base64
+import contextlib
+import grp
 import json
 import os
 import shutil
@@ -101,6 +103,33 @@ def _can_connect() -> bool:
     return True
 
 
+KVM = Path("/dev/kvm")
+
+
+@contextlib.contextmanager
+def kvm_group_as_udev_sets_it() -> Iterator[None]:
+    """/dev/kvm in the group ``kvm`` while the tests' libvirtd runs, as Debian's udev rule
+    sets it; restored after. libvirtd checks /dev/kvm as its QEMU user (libvirt-qemu, group
+    kvm) but probes QEMU's capabilities as root. Where no udev rule ran (containers, this CI
+    root: /dev/kvm keeps an outer gid that names another group here) the two disagree, so its
+    capability cache is never valid and every domain definition re-probes QEMU: ~9 s each,
+    245 s for the acceptance test alone."""
+    try:
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+        before = KVM.stat().st_gid
+    except (KeyError, OSError):
+        yield
+        return
+    if before == kvm_gid:
+        yield
+        return
+    os.chown(KVM, -1, kvm_gid)
+    try:
+        yield
+    finally:
+        os.chown(KVM, -1, before)
+
+
 @pytest.fixture(scope="session")
 def libvirtd() -> Iterator[str]:
     """A libvirtd answering on qemu:///system; started here (and stopped after) if needed."""
@@ -111,6 +140,7 @@ def libvirtd() -> Iterator[str]:
     except Exception as exc:
         pytest.skip(f"{exc}: pip install libvirt-python (apt-get install libvirt-dev pkg-config)")
     started: list[subprocess.Popen[bytes]] = []
+    restore = contextlib.ExitStack()
     try:
         if not _can_connect():
             if os.geteuid() != 0:
@@ -121,6 +151,7 @@ def libvirtd() -> Iterator[str]:
                     f"libvirtd would autostart network(s) {autostart} in the host namespace: "
                     f"remove {AUTOSTART}/*.xml first (never start it outside a netns)"
                 )
+            restore.enter_context(kvm_group_as_udev_sets_it())
             for name, pidfile in DAEMONS:
                 if _daemon_pid(name, pidfile) is None:
                     # Under a subreaper: PID 1 here reaps nothing, and libvirtd would wait on
@@ -145,6 +176,7 @@ def libvirtd() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        restore.close()
 
 
 @pytest.fixture

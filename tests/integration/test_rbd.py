@@ -120,6 +120,10 @@ def test_a_pattern_written_through_librbd_verifies_through_vhost_user_blk(
     assert verify.ok, verify.failed  # fio exits non-zero on a verify mismatch
     (result,) = verify.results
     assert result.metrics["read_iops"] > 0
+    # qsd's own output is in the case, with when its export was proven ready for QEMU
+    assert (
+        "export exp-data ready on" in (verify.run.path / "cases/default/qsd-data.log").read_text()
+    )
     # a different pattern must fail: prove the check can fail
     bad = bench(
         f"name: b\nguest:\n  disks: [{disk % 'vhost-user-blk'}]\n"

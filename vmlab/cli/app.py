@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from vmlab.errors import SpecError, UsageError, VmlabError
+from vmlab.interrupt import sigterm_interrupts
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -60,9 +61,15 @@ def root_callback(
 
 def run_app(app: typer.Typer, argv: list[str] | None) -> None:
     """Typer reports usage errors; vmlab's own errors become one clear message and an exit
-    code (1, or 2 for a bad spec or bad arguments)."""
+    code (1, or 2 for a bad spec or bad arguments).
+
+    SIGTERM is Ctrl-C (:mod:`vmlab.interrupt`): everything started is stopped in order,
+    finished cases are kept, and the exit status is 130 either way (``EXIT_INTERRUPTED``, what
+    ``bench`` and ``fleet run`` return, and Typer for every other command), not 143: the run
+    was interrupted and cleaned up, not killed."""
     try:
-        app(args=argv)
+        with sigterm_interrupts():
+            app(args=argv)
     except VmlabError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         if exc.hint:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from vmlab.errors import LaunchError
 from vmlab.launch.base import LaunchRequest, needs_acpi
 from vmlab.launch.pinning import apply_pinning
-from vmlab.launch.qemu import QemuProcess, new_guest_dir
+from vmlab.launch.qemu import QemuProcess, VhostUserBackend, new_guest_dir
 from vmlab.render.model import GuestRuntime
 from vmlab.render.qemu import nic_plans, render_qemu
 
@@ -114,6 +114,11 @@ class QemuLauncher:
                 pass_fds=[fd for nic in request.nics for fd in nic.fds],
                 accel=request.accel,
                 acpi=needs_acpi(request.boot),
+                vhost_user=[
+                    VhostUserBackend(d.socket, d.server_log)
+                    for d in request.disks.values()
+                    if d.socket is not None
+                ],
             ) as vm:
                 guest = QemuGuest("127.0.0.1", runtime.ssh_port, vm.started_at)
                 guest.timings["qmp_s"] = time.monotonic() - vm.started_at

@@ -4,6 +4,12 @@ QEMU runs in its own session, so Ctrl-C reaches vmlab (which then shuts the gues
 order) rather than killing QEMU behind its back, and with PR_SET_PDEATHSIG, so it cannot
 outlive a vmlab that was killed outright. A pidfile and an owner file let the next run sweep
 up anything that still escaped.
+
+A QEMU with vhost-user disks talks to their servers (qemu-storage-daemon, SPDK) in its main
+loop, synchronously and without a timeout: a server that does not answer blocks QEMU while it
+sets up its devices (QMP greets, but negotiation never ends) or once the guest starts the
+disk (the guest hangs silent). Both waits have a deadline here, and their errors name each
+vhost-user socket and its server's log.
 """
 
 from __future__ import annotations
@@ -30,6 +36,73 @@ from vmlab.paths import runtime_dir
 from vmlab.proc import ManagedProcess, alive
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VhostUserBackend:
+    """A vhost-user socket QEMU connects to as it starts, and the log of the server behind it."""
+
+    socket: Path
+    log: Path | None = None
+
+    def __str__(self) -> str:
+        return f"vhost-user socket {self.socket}" + (
+            f" (server log: {self.log})" if self.log else ""
+        )
+
+
+class _Monitor(QEMUMonitorProtocol):
+    """QMP whose connect has a deadline. QEMU's monitor thread accepts and greets at once, but
+    capability negotiation is answered by QEMU's main loop, which a device being set up (a
+    vhost-user back end that does not answer) can hold for ever."""
+
+    def connect_within(self, timeout_s: float) -> None:
+        self._qmp.await_greeting = True
+        self._qmp.negotiate = True
+        self._sync(self._qmp.connect(self._address), timeout_s)
+
+
+def thread_states(pid: int) -> list[str]:
+    """One line per thread of ``pid``: name, state, kernel wait channel, syscall (number and
+    arguments, as /proc shows them): where a stuck QEMU is stuck."""
+    lines = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*"), key=lambda p: p.name):
+        fields = []
+        for name in ("comm", "wchan", "syscall"):
+            try:
+                fields.append((task / name).read_text(errors="replace").strip() or "-")
+            except OSError:
+                fields.append("?")
+        lines.append(f"thread {task.name} {fields[0]!r}: wchan {fields[1]}, syscall {fields[2]}")
+    return lines
+
+
+def blocked_on(
+    backends: Sequence[VhostUserBackend], qmp: QEMUMonitorProtocol | None, *, timeout_s: float
+) -> str:
+    """Why a QEMU with vhost-user disks may not have booted its guest: whether its main loop
+    still answers QMP (``query-status`` within ``timeout_s``) and which sockets it depends on.
+    Empty without vhost-user disks."""
+    if not backends:
+        return ""
+    where = "; ".join(str(b) for b in backends)
+    if qmp is None:
+        return f"its vhost-user disks are served through {where}"
+    try:
+        qmp.settimeout(timeout_s)
+        status = qmp.cmd("query-status")
+    except TimeoutError:  # before OSError: TimeoutError is one
+        return (
+            f"QEMU's main loop did not answer QMP within {timeout_s:g} s: it is blocked, most "
+            f"likely waiting on {where}"
+        )
+    except (QMPError, OSError, EOFError) as exc:
+        return f"QMP failed ({exc!r}); its vhost-user disks are served through {where}"
+    state = status.get("status") if isinstance(status, dict) else status
+    return (
+        f"QEMU answers QMP (status {state}): the guest may be blocked on I/O to a vhost-user "
+        f"disk, served through {where}"
+    )
 
 
 @dataclass(frozen=True)
@@ -105,7 +178,9 @@ class QemuProcess:
         pass_fds: Sequence[int] = (),
         accel: str = "tcg",
         acpi: bool = True,
+        vhost_user: Sequence[VhostUserBackend] = (),
     ) -> None:
+        self.vhost_user = tuple(vhost_user)  # named when QEMU stalls: it may wait on them
         self.pass_fds = tuple(pass_fds)
         self.acpi = acpi  # False: a vm stops with QMP quit, without the ACPI power button first
         self.accel = accel  # under kvm, QEMU's log is watched for KVM failures
@@ -158,9 +233,15 @@ class QemuProcess:
         while True:
             self._check_running("before QMP answered")
             if self.qmp_socket.exists():
-                qmp = QEMUMonitorProtocol(str(self.qmp_socket))
+                qmp = _Monitor(str(self.qmp_socket))
                 try:
-                    qmp.connect(negotiate=True)
+                    qmp.connect_within(max(deadline - time.monotonic(), 0.1))
+                except TimeoutError:  # before OSError: TimeoutError is one
+                    qmp.close()
+                    self._check_running("before QMP answered")
+                    self._stalled(
+                        f"QMP accepted but did not answer within {self.deadlines.qmp_s:.0f} s"
+                    )
                 except (OSError, QMPError) as exc:
                     qmp.close()
                     log.debug("QMP not ready yet: %s", exc)
@@ -179,6 +260,34 @@ class QemuProcess:
 
     def fail(self, message: str) -> NoReturn:
         raise LaunchError(message, log=self.qemu_log)
+
+    def _stalled(self, message: str) -> NoReturn:
+        """QEMU is alive but its main loop does not answer: with vhost-user disks, it waits on
+        their servers (QEMU talks to them synchronously while it sets up the devices)."""
+        self._note_threads()
+        if self.vhost_user:
+            where = "; ".join(str(b) for b in self.vhost_user)
+            message += f": QEMU is still setting up its devices, most likely waiting on {where}"
+        hint = "QEMU's threads and where each waits are noted at the end of its log"
+        raise LaunchError(
+            message,
+            log=self.qemu_log,
+            hint=f"read the server's log; {hint}" if self.vhost_user else hint,
+        )
+
+    def _note_threads(self) -> None:
+        if self.pid is not None:
+            for line in thread_states(self.pid):
+                self.note(line)
+
+    def _explain_silence(self) -> str:
+        if not self.vhost_user:
+            return ""
+        self._note_threads()
+        why = blocked_on(self.vhost_user, self.qmp, timeout_s=2.0)
+        if self.qmp is not None:
+            self.qmp.settimeout(self.deadlines.qmp_s)
+        return why
 
     def _check_running(self, when: str) -> None:
         if self.process is not None and not self.process.running():
@@ -199,6 +308,7 @@ class QemuProcess:
             accel=self.accel,
             qemu_log=self.qemu_log,
             check_alive=self._check_running,
+            explain_timeout=self._explain_silence,
         )
 
     @property

@@ -78,8 +78,12 @@ def wait_marker(
     accel: str,
     qemu_log: Path | None,
     check_alive: Callable[[str], None],
+    explain_timeout: Callable[[], str] | None = None,
 ) -> float:
     """Wait until ``marker`` appears on the serial console; returns seconds since launch.
+
+    ``explain_timeout()``, asked once when the deadline passes, says what the guest may be
+    waiting on (a vhost-user back end); it is added to the timeout's message.
 
     ``check_alive(when)`` raises when QEMU (or the domain) is gone. Under KVM, QEMU's log is read
     too: a KVM internal error leaves QEMU paused, alive and silent, and would otherwise only
@@ -107,8 +111,10 @@ def wait_marker(
             if accel == "kvm" and not data.strip():
                 detail = f"the guest printed nothing under KVM within {timeout_s:.0f} s"
                 raise AccelError(detail, accel=accel, detail=detail, log=qemu_log)
+            why = explain_timeout() if explain_timeout is not None else ""
             raise LaunchError(
-                f"guest did not print {marker} within {timeout_s:.0f} s",
+                f"guest did not print {marker} within {timeout_s:.0f} s"
+                + (f": {why}" if why else ""),
                 log=serial_log,
                 hint="read the serial log; under TCG try --timeout-scale 2",
             )

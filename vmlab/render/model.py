@@ -83,6 +83,7 @@ class DiskSource:
     format: str = "raw"
     protocol: str = "file"  # QEMU block driver: file | host_device | rbd
     socket: Path | None = None  # vhost-user socket, for disks a sidecar serves
+    server_log: Path | None = None  # the log of the sidecar behind ``socket``
     wwpn: str | None = None  # vhost-scsi target, for disks LIO serves
     rbd: RbdTarget | None = None  # for protocol rbd
 

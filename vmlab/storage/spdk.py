@@ -100,4 +100,4 @@ class SpdkServer:
         served = target.add_disk(plan)
         stack.callback(target.remove_disk, served)
         ctx.watchers.append(lambda: _watch(target, ctx.case_dir, disk))
-        return replace(source, socket=served.socket)
+        return replace(source, socket=served.socket, server_log=target.log_path)
