@@ -8,7 +8,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
-from vmlab.spec.base import Model, Size, parse_size
+from vmlab.sizes import parse_size
+from vmlab.spec.base import Model, Size
 
 
 class FileBackend(Model):

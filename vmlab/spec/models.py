@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from vmlab.errors import SpecError
+from vmlab.sizes import parse_size
 from vmlab.spdk.cpumask import parse_cpumask
 from vmlab.spec.backends import (
     Backend,
@@ -30,7 +31,6 @@ from vmlab.spec.base import (
     SLUG,
     Model,
     Size,
-    parse_size,
 )
 from vmlab.spec.fiooptions import check_fio_options
 from vmlab.spec.hypervisor import Hypervisor
