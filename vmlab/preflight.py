@@ -46,7 +46,12 @@ def _disk_problems(disk: Disk, facts: HostFacts, sysroot: Path) -> list[str]:
             "(leave path out for a scratch file vmlab makes)"
         )
     elif isinstance(backend, RbdBackend):
-        problems += _rbd_problems(where, backend, qemu_driver=disk.served_by in ("qemu", "qsd"))
+        problems += _rbd_problems(
+            where,
+            backend,
+            qemu_driver=disk.served_by in ("qemu", "qsd"),
+            host_krbd=backend.krbd and not disk.guest_is_client,
+        )
     served = disk.served_by
     if served == "qsd" and facts.qemu_storage_daemon is None:
         problems.append(
@@ -104,11 +109,13 @@ def _spdk_problems(spdk: Spdk, facts: HostFacts, sysroot: Path) -> list[str]:
     return problems
 
 
-def _rbd_problems(where: str, backend: RbdBackend, *, qemu_driver: bool) -> list[str]:
+def _rbd_problems(
+    where: str, backend: RbdBackend, *, qemu_driver: bool, host_krbd: bool
+) -> list[str]:
     problems = []
     if qemu_driver and "rbd" not in qemu_block_drivers():
         problems.append(f"{where}: QEMU has no rbd block driver: apt-get install qemu-block-extra")
-    if backend.krbd and not Path("/sys/bus/rbd").is_dir():
+    if host_krbd and not Path("/sys/bus/rbd").is_dir():
         problems.append(
             f"{where}: krbd needs the kernel RBD driver: modprobe rbd (this "
             "kernel has none: use QEMU's librbd, backend.krbd: false)"

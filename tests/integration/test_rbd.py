@@ -224,11 +224,17 @@ def test_the_reference_experiment_runs_what_this_host_can_and_reports_it(
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    spdk, lio = "vhost-user-blk-spdk-rbd-num-queues-2", "vhost-scsi-rbd-num-queues-2"
+    spdk, lio = "vhost-user-blk-spdk-rbd-num-queues-2", "vhost-scsi-rbd-krbd-num-queues-2"
     assert f"{lio}: unsupported" in done.stdout  # this kernel has no vhost_scsi, LIO or rbd
     (run,) = [p for p in results.iterdir() if p.is_dir()]
     status = json.loads((run / "status.json").read_text())
-    ran = ["guest-rbd", "host-baseline", "vhost-user-blk-rbd-num-queues-2", "virtio-blk-rbd"]
+    ran = [
+        "guest-rbd",
+        "guest-rbd-krbd",
+        "host-baseline",
+        "vhost-user-blk-rbd-num-queues-2",
+        "virtio-blk-rbd",
+    ]
     if find_spdk() is not None and os.geteuid() == 0:  # SPDK built: ../shared/tools/build-spdk
         assert set(status["unsupported"]) == {lio}
         ran.append(spdk)
@@ -238,6 +244,12 @@ def test_the_reference_experiment_runs_what_this_host_can_and_reports_it(
     assert status["status"] == "complete", status
     job = (run / "cases" / "guest-rbd" / "jobs" / "latency" / "r1" / "job.fio").read_text()
     assert "ioengine=rbd" in job and "filename" not in job
+    # 1b: the guest's kernel mapped the image (rbd loaded on demand) and fio ran on the device
+    krbd = run / "cases" / "guest-rbd-krbd"
+    job = (krbd / "jobs" / "latency" / "r1" / "job.fio").read_text()
+    assert "filename=/dev/rbd0" in job and "ioengine=rbd" not in job
+    metrics = json.loads((krbd / "jobs" / "latency" / "r1" / "summary.json").read_text())
+    assert metrics["metrics"]["read_iops"] > 0
     keyring = (Path(lab_env["VMLAB_STATE"]) / "ceph" / "ceph.client.admin.keyring").read_text()
     secret = keyring.split("key = ")[1].split()[0]
     stored = [p for p in run.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]

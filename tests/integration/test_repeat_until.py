@@ -1,4 +1,4 @@
-"""Repetitions that stop when sure, on real guests: with repeat {min: 3, max: 20, ci_pct: 2},
+"""Repetitions that stop when sure, on real guests: with repeat {min: 3, max: 12, ci_pct: 2},
 a disk QEMU throttles stops sooner than the same disk unthrottled (noisy under TCG), and the
 report and `vmlab results show` say how many repetitions each took and why they stopped."""
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 SPEC = """
 name: until-ci
-repeat: {min: 3, max: 20, ci_pct: 2}
+repeat: {min: 3, max: 12, ci_pct: 2}
 guest:
   disks:
     - name: data
@@ -60,7 +60,7 @@ def test_a_throttled_disk_is_sure_sooner_than_an_unthrottled_one(
         reps = sorted((run / "cases" / case / "jobs" / "randread").glob("r*/summary.json"))
         assert len(reps) == stop["repetitions"], case
     assert throttled["reason"] == "ci" and throttled["ci_pct"] <= 2
-    assert 3 <= throttled["repetitions"] < free["repetitions"] <= 20
+    assert 3 <= throttled["repetitions"] < free["repetitions"] <= 12
     assert free["reason"] in ("ci", "max")
     # the bench log says it as each job stops
     assert f"randread: {throttled['repetitions']} repetitions, ci: " in done.stdout

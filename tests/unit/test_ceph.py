@@ -450,3 +450,52 @@ def test_read_key_finds_the_entitys_key_and_names_the_file_when_it_cannot(tmp_pa
     keyring.write_text("[client.bench]\nkey = not base64!\n")
     with pytest.raises(HostError, match="not base64"):
         read_key(keyring, "client.bench")
+
+
+def fake_sys_bus_rbd(root: Path, mapped: dict[str, tuple[str, str]]) -> Path:
+    for dev_id, (pool, name) in mapped.items():
+        entry = root / "devices" / dev_id
+        entry.mkdir(parents=True)
+        (entry / "pool").write_text(pool + "\n")
+        (entry / "name").write_text(name + "\n")
+    return root
+
+
+def test_krbd_devices_reads_the_mappings_of_one_image_from_sysfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sysfs = {"0": ("vmlab", "a"), "1": ("vmlab", "b"), "3": ("vmlab", "a"), "4": ("other", "a")}
+    monkeypatch.setattr(rbd, "SYS_BUS_RBD", fake_sys_bus_rbd(tmp_path / "rbd", sysfs))
+    assert rbd.krbd_devices("vmlab", "a") == [Path("/dev/rbd0"), Path("/dev/rbd3")]
+    assert rbd.krbd_devices("vmlab", "none") == []
+
+
+@pytest.mark.parametrize("udev", [True, False])
+def test_a_map_that_timed_out_after_the_kernel_mapped_is_unmapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, udev: bool
+) -> None:
+    """Found in L1 (no udevd): rbd waited for udev's event forever, the kernel had mapped the
+    image, and the watch it left kept the image from being removed."""
+    monkeypatch.setattr(rbd, "SYS_BUS_RBD", fake_sys_bus_rbd(tmp_path / "rbd", {"2": ("p", "i")}))
+    control = tmp_path / "udev-control"
+    if udev:
+        control.touch()
+    monkeypatch.setattr(rbd, "UDEV_CONTROL", control)
+    calls: list[list[str]] = []
+
+    def fake_rbd_cli(_info: object, args: list[str], **_: object) -> str:
+        calls.append(args[1:])
+        if args[1:3] == ["device", "map"]:
+            raise CommandError(
+                "rbd device map did not finish within 60 s", argv=args, returncode=None
+            )
+        return ""
+
+    monkeypatch.setattr(rbd, "rbd_cli", fake_rbd_cli)
+    with pytest.raises(CommandError, match="did not finish"):
+        rbd.RbdImages(info(str(tmp_path / "ceph.conf"))).map_krbd("p", "i")
+    noudev = [] if udev else ["--options", "noudev"]
+    assert calls == [
+        ["device", "map", *noudev, "p/i"],
+        ["device", "unmap", *noudev, "/dev/rbd2"],
+    ]

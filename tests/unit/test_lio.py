@@ -7,12 +7,15 @@ targetcli a recording runner; the argvs are the contract checked here.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from vmlab.errors import CommandError, HostError, SpecError
+from vmlab.storage import lio
 from vmlab.storage.lio import (
     LioDisk,
     LioTarget,
@@ -39,8 +42,13 @@ def make_host(
     lio: bool = True,
     shipped: Sequence[str] | None = None,
     builtin: Sequence[str] = (),
+    bus: bool = True,
 ) -> Path:
-    """A host tree: /sys/module/*, /proc/{modules,mounts}, /dev/vhost-scsi, configfs, modules."""
+    """A host tree: /sys/module/*, /proc/{modules,mounts}, /dev/vhost-scsi, configfs, modules,
+    the D-Bus system bus socket."""
+    if bus:
+        (root / "run/dbus").mkdir(parents=True)
+        (root / "run/dbus/system_bus_socket").touch()
     for name in loaded:
         (root / "sys/module" / name).mkdir(parents=True)
     (root / "proc/sys/kernel").mkdir(parents=True)
@@ -163,6 +171,62 @@ def test_preflight_targetcli_and_root(tmp_path: Path) -> None:
     problems = check(make_host(tmp_path), which=lambda _name: None, euid=1000)
     assert codes(problems) == ["targetcli-missing", "not-root"]
     assert problems[0].fix == "apt-get install targetcli-fb"
+
+
+def test_preflight_without_a_system_bus_needs_dbus_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DBUS_SYSTEM_BUS_ADDRESS", raising=False)
+    root = make_host(tmp_path, bus=False)
+    (problem,) = check(root, which=lambda name: None if name == "dbus-daemon" else name)
+    assert problem.code == "dbus-missing" and "apt-get install dbus-daemon" in problem.fix
+    assert check(root, which=lambda name: name) == []  # vmlab starts a private bus then
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/elsewhere")
+    assert check(root, which=lambda name: None if name == "dbus-daemon" else name) == []
+
+
+@pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="apt-get install dbus-daemon")
+def test_a_private_bus_answers_targetcli_and_stops_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real dbus-daemon: targetcli-fb's D-Bus question (here dbus-send's) gets an answer."""
+    monkeypatch.delenv("DBUS_SYSTEM_BUS_ADDRESS", raising=False)
+    monkeypatch.setattr(lio, "SYSTEM_BUS_SOCKET", tmp_path / "no-system-bus")
+    with lio.bus_for_targetcli(tmp_path / "work") as env:
+        assert env is not None
+        address = env["DBUS_SYSTEM_BUS_ADDRESS"]
+        asked = subprocess.run(
+            [
+                "dbus-send",
+                f"--bus={address}",
+                "--print-reply",
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.ListNames",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert asked.returncode == 0 and "org.freedesktop.DBus" in asked.stdout, asked.stderr
+        daemons = subprocess.run(
+            ["pgrep", "-f", address.removeprefix("unix:path=")],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        assert len(daemons) == 1
+    assert not Path(f"/proc/{daemons[0]}").exists()
+
+
+def test_with_a_system_bus_targetcli_runs_in_vmlabs_own_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lio, "SYSTEM_BUS_SOCKET", tmp_path)  # exists
+    with lio.bus_for_targetcli(tmp_path / "work") as env:
+        assert env is None
+    assert not (tmp_path / "work").exists()
 
 
 def test_raise_for_problems_names_every_fix(tmp_path: Path) -> None:

@@ -99,7 +99,8 @@ name: bad
 hypervisor: {kind: nested}
 guest:
   disks:
-    - {name: a, model: vhost-user-blk, target: spdk, backend: {type: malloc}}
+    - {name: a, model: vhost-user-blk, target: spdk, spdk: {rpc_socket: /run/spdk.sock},
+       backend: {type: malloc}}
     - {name: b, backend: {type: file, path: /srv/disk.raw}}
 jobs: [{name: j, rw: randread, disk: a}]
 """
@@ -107,8 +108,26 @@ jobs: [{name: j, rw: randread, disk: a}]
     with pytest.raises(SpecError) as info:
         l1_plans(spec, plan(spec))
     problems = "\n".join(info.value.problems)
-    assert "disk a: target spdk" in problems
+    assert "disk a: spdk.rpc_socket/binary name host paths" in problems
     assert "/srv/disk.raw is a host path" in problems
+
+
+def test_an_spdk_case_carries_the_host_build_and_its_debian_libraries() -> None:
+    text = """\
+name: spdk
+hypervisor: {kind: nested}
+guest:
+  disks:
+    - - {name: a, model: vhost-user-blk, target: spdk, backend: {type: malloc}}
+    - - {name: a, model: virtio-blk}
+jobs: [{name: j, rw: randread, disk: a}]
+"""
+    spec = spec_of(text)
+    (only,) = l1_plans(spec, plan(spec))
+    assert only.spdk and only.describe()["spdk"] is True
+    assert {"librte-vhost23", "librte-eal23", "liburing2"} <= set(only.packages)
+    (plain,) = l1_plans(spec_of(ONE), plan(spec_of(ONE)))
+    assert not plain.spdk and "librte-eal23" not in plain.packages
 
 
 def test_bad_hypervisor_values_name_the_field() -> None:
@@ -236,7 +255,16 @@ def test_mount_script_and_bench_command() -> None:
     assert "modprobe vhost_scsi || echo" in script  # a missing module is only a warning
     assert "mount -t configfs none /sys/kernel/config" in script
     assert "modprobe" not in mount_script((), configfs=False)
+    assert "spdk" not in script
+    linked = mount_script((), configfs=False, spdk="/opt/vmlab-spdk/23.01.1")
+    assert (
+        "mkdir -p /opt/vmlab-spdk && ln -sfn /root/nested/payload/spdk /opt/vmlab-spdk/23.01.1"
+        in linked
+    )
+    spdk = bench_command(timeout_scale=6, l2_key="abc", spdk="/opt/vmlab-spdk/23.01.1")
+    assert "VMLAB_SPDK=/opt/vmlab-spdk/23.01.1 " in spdk
     command = bench_command(timeout_scale=6, l2_key="abc")
+    assert "VMLAB_SPDK" not in command
     assert command.startswith("rm -f /root/nested/work/rc; ")
     assert "VMLAB_GUEST_IMAGE=/root/nested/payload/l2/abc" in command
     assert "--timeout-scale 6" in command
@@ -286,3 +314,25 @@ def test_host_facts_of_older_runs_still_validate() -> None:
     }
     parsed = HostFacts.model_validate(facts)
     assert parsed.nested == [] and parsed.kernel_modules == {}
+
+
+def test_l1_memory_fits_the_largest_case_unless_the_spec_says() -> None:
+    text = """\
+name: mem
+hypervisor: {kind: nested}
+guest:
+  memory_mib: 2048
+  disks:
+    - - {name: a, model: vhost-user-blk, target: spdk, spdk: {mem_mib: 1024},
+         backend: {type: malloc}}
+    - - {name: a, model: virtio-blk}
+jobs: [{name: j, rw: randread, disk: a}]
+"""
+    spec = spec_of(text)
+    (planned,) = l1_plans(spec, plan(spec))
+    assert planned.hypervisor.memory_mib == 2048 + 1024 + 1536
+    assert planned.describe()["memory_mib"] == 4608
+    small = spec_of(ONE)
+    assert l1_plans(small, plan(small))[0].hypervisor.memory_mib == 3072  # the floor
+    fixed = spec_of(text.replace("{kind: nested}", "{kind: nested, memory_mib: 8192}"))
+    assert l1_plans(fixed, plan(fixed))[0].hypervisor.memory_mib == 8192

@@ -8,7 +8,7 @@ import yaml
 from vmlab.errors import HostError
 from vmlab.host import HostFacts
 from vmlab.plan import plan
-from vmlab.preflight import check_plan
+from vmlab.preflight import check_plan, plan_problems
 from vmlab.spec import parse_spec
 
 
@@ -91,6 +91,8 @@ def test_vhost_scsi_passes_when_the_modules_are_there(
     (tmp_path / "proc/mounts").write_text("configfs /sys/kernel/config configfs rw 0 0\n")
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev/vhost-scsi").touch()
+    (tmp_path / "run/dbus").mkdir(parents=True)
+    (tmp_path / "run/dbus/system_bus_socket").touch()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "targetcli").write_text("#!/bin/sh\n")
@@ -140,3 +142,18 @@ def test_spdk_needs_a_binary_host_cores_and_the_run_s_hugepages(tmp_path: Path) 
         pages.value
     )
     assert "echo 512 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages" in str(pages.value)
+
+
+@pytest.mark.skipif(Path("/sys/bus/rbd").is_dir(), reason="this host has the kernel rbd driver")
+def test_krbd_needs_the_host_driver_only_when_the_host_maps(tmp_path: Path) -> None:
+    backend = "backend: {type: rbd, krbd: true}"
+    text = (
+        "name: k\nguest:\n  nics: [{name: lab0}]\n  disks:\n"
+        f"    - - {{name: data, model: vhost-scsi, {backend}}}\n"
+        f"    - - {{name: data, target: guest, {backend}}}\n"
+    )
+    host, guest = cases(text)
+    assert guest.variant.guest.disks[0].guest_is_client
+    found = plan_problems([host, guest], facts(), sysroot=tmp_path)
+    assert any("krbd needs the kernel RBD driver" in p for p in found[host.id])
+    assert not any("krbd" in p for p in found.get(guest.id, []))

@@ -42,3 +42,26 @@ def test_status_keeps_earlier_fields(tmp_path: Path) -> None:
     run.set_status("running", started="t0")
     run.set_status("complete", finished="t1")
     assert run.status()["started"] == "t0" and run.status()["finished"] == "t1"
+
+
+def test_create_file_writes_everything_once_and_never_over_a_file(tmp_path: Path) -> None:
+    from vmlab.results.rundir.dirs import create_file
+
+    data = bytes(range(256)) * 4096  # 1 MiB: more than one write may take
+    create_file(tmp_path / "a.bin", data)
+    assert (tmp_path / "a.bin").read_bytes() == data
+    create_file(str(tmp_path / "empty"), b"")
+    assert (tmp_path / "empty").read_bytes() == b""
+    with pytest.raises(ResultError, match="refusing to overwrite") as refused:
+        create_file(str(tmp_path / "a.bin"), b"other")
+    assert refused.value.path == tmp_path / "a.bin"
+    assert (tmp_path / "a.bin").read_bytes() == data
+    with pytest.raises(FileNotFoundError):  # folders are the caller's (write_bytes makes them)
+        create_file(tmp_path / "no" / "such" / "folder", b"x")
+
+
+def test_write_bytes_makes_the_folder_of_its_first_file(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "results", "t")
+    target = run.case("c").job("j", 1).write_bytes("fio.json", b"{}")
+    assert target == run.path / "cases" / "c" / "jobs" / "j" / "r1" / "fio.json"
+    assert target.read_bytes() == b"{}"

@@ -189,6 +189,9 @@ def measure_case(
         configure_nics(ssh, nics)
         if storage.guest_ceph is not None:
             storage.guest_ceph.push_client(ssh)
+            if storage.guest_ceph.krbd:
+                stage("mapping RBD images with the guest's kernel driver")
+                devices.update(storage.guest_ceph.map_krbd(ssh))
         where.mark("facts_s")
         carried = len(jobs.outcome.of(case.id))  # a resumed case's repetitions ran elsewhere
         run_guest_jobs(

@@ -30,7 +30,7 @@ from vmlab.launch.base import RunningGuest
 from vmlab.launch.qemu import Deadlines
 from vmlab.net.lab import LabNic, guest_ifname_command
 from vmlab.plan import Case
-from vmlab.render.model import pci_slot
+from vmlab.render.model import hostdev_slot, pci_slot
 from vmlab.results.rundir import CaseDir
 
 
@@ -128,6 +128,25 @@ def find_disks(case: Case, facts: GuestFacts) -> dict[str, str]:
                 hint="the guest kernel may lack the driver for this device model",
             )
         devices[disk.name] = found[0]
+    wanted = {job.disk for job in case.jobs}
+    guest = case.variant.guest
+    for index, (name, address) in enumerate(
+        zip(guest.hostdev_names(), guest.hostdevs, strict=True)
+    ):
+        if name not in wanted:
+            continue  # passed through for something other than fio (a NIC, a GPU)
+        slot = f"0000:00:{int(hostdev_slot(index), 16):02x}.0"
+        found = [d.device for d in facts.disks if d.pci == slot]
+        if len(found) != 1:
+            have = ", ".join(f"{d.device} ({d.pci})" for d in facts.disks)
+            raise GuestError(
+                f"{name} (host {address}, guest PCI {slot}) has "
+                f"{'several block devices' if found else 'no block device'} in the guest; "
+                f"it has: {have or 'none'}",
+                hint="a fio job needs a passed-through NVMe (or other disk) whose driver the "
+                "guest kernel has",
+            )
+        devices[name] = found[0]
     return devices
 
 

@@ -117,15 +117,27 @@ class RbdImages:
     # ---- krbd
 
     def map_krbd(self, pool: str, name: str) -> Path:
-        """Map an image through the kernel RBD driver (root only); returns /dev/rbdN."""
+        """Map an image through the kernel RBD driver (root only); returns /dev/rbdN.
+
+        A map that fails or runs out of time after the kernel mapped the image (waiting for
+        udev, say) is unmapped before the error goes on: nothing is left holding a watch."""
         krbd_preflight()
-        out = self._rbd(["device", "map", f"{pool}/{name}"], what="rbd device map")
+        try:
+            out = self._rbd(
+                ["device", "map", *_udev_options(), f"{pool}/{name}"], what="rbd device map"
+            )
+        except VmlabError:
+            for device in krbd_devices(pool, name):
+                log.warning("unmapping %s, which the failed map of %s/%s left", device, pool, name)
+                with contextlib.suppress(VmlabError):
+                    self.unmap_krbd(device)
+            raise
         device = Path(out.strip().splitlines()[-1])
         log.info("mapped %s/%s at %s", pool, name, device)
         return device
 
     def unmap_krbd(self, device: Path) -> None:
-        self._rbd(["device", "unmap", str(device)], what="rbd device unmap")
+        self._rbd(["device", "unmap", *_udev_options(), str(device)], what="rbd device unmap")
 
     # ---- helpers
 
@@ -166,6 +178,28 @@ class RbdImages:
                 tmp.replace(path)
         finally:
             os.close(fd)
+
+
+UDEV_CONTROL = Path("/run/udev/control")  # udevd's control socket: there while it runs
+
+
+def _udev_options() -> list[str]:
+    """``rbd device map`` waits for udev's event of the new device; where no udevd runs
+    (containers, an init without it, vmlab's L1 host) that wait never ends: noudev."""
+    return [] if UDEV_CONTROL.exists() else ["--options", "noudev"]
+
+
+def krbd_devices(pool: str, name: str) -> list[Path]:
+    """The /dev/rbdN that map ``pool/name`` now, read from sysfs (no rbd CLI, no udev)."""
+    found = []
+    for entry in sorted((SYS_BUS_RBD / "devices").glob("*")):
+        try:
+            mapped = ((entry / "pool").read_text().strip(), (entry / "name").read_text().strip())
+        except OSError:
+            continue  # unmapped while we looked
+        if mapped == (pool, name):
+            found.append(Path(f"/dev/rbd{entry.name}"))
+    return found
 
 
 def krbd_preflight(*, timeout_s: float = 15.0) -> None:

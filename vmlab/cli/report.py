@@ -19,10 +19,9 @@ from rich.table import Table
 
 from vmlab.errors import ResultError, UsageError
 from vmlab.metrics import METRICS
-from vmlab.report.charts import human_pm
+from vmlab.report import FORMATS
+from vmlab.report.charts import human_pm, pct
 from vmlab.report.compare import CompareResult, Rule, compare_runs, load_rules, parse_rule
-from vmlab.report.model import build_report
-from vmlab.report.render import FORMATS, compare_junit, pct, write_report
 from vmlab.report.stats import (
     DEFAULT_ALPHA,
     DEFAULT_CONFIDENCE,
@@ -30,7 +29,6 @@ from vmlab.report.stats import (
     CellStats,
     StatOptions,
 )
-from vmlab.results.importer import import_tree
 from vmlab.results.rundir import RunRecord, resolve_run, scan_run
 
 app = typer.Typer(no_args_is_help=True)
@@ -93,6 +91,8 @@ def import_(
             f"{source}: no such file or directory",
             hint="pass a folder (tree) of fio JSON output files, or one such file",
         )
+    from vmlab.results.importer import import_tree  # the fio models: not for compare
+
     console = _console()
     result = import_tree(source, results, name=name)
     if result.runs:
@@ -288,6 +288,8 @@ def compare(
     print_comparison(console, result)
     print_checks(console, result, fail_inconclusive=fail_inconclusive)
     if junit is not None:
+        from vmlab.report.render import compare_junit  # Jinja and the report models
+
         junit.parent.mkdir(parents=True, exist_ok=True)
         junit.write_text(compare_junit(result, fail_inconclusive=fail_inconclusive))
         console.print(f"JUnit: {escape(str(junit))}")
@@ -319,6 +321,9 @@ def report(
     fraction of the host baseline (when a host-baseline case exists), and the exact command line
     behind every configuration.
     """
+    from vmlab.report.model import build_report
+    from vmlab.report.render import write_report
+
     chosen = [f.strip().lower() for f in formats.split(",") if f.strip()]
     unknown = [f for f in chosen if f not in FORMATS]
     if unknown or not chosen:

@@ -17,8 +17,6 @@ from rich.table import Table
 from rich.text import Span, Text
 
 from vmlab.errors import ResultError
-from vmlab.report.model import build_run
-from vmlab.report.render import result_rows
 from vmlab.report.stages import Stage, case_stages, overhead_s
 from vmlab.report.stats import StatOptions
 from vmlab.results.index import (
@@ -87,33 +85,31 @@ def _run_list(rows: Sequence[RunRow], title: str) -> Text:
     cells = [_cells(r) for r in rows]
     widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
     right = {5, 6}  # counts
-
-    def line(values: Sequence[str]) -> tuple[str, int, int]:
-        """The line, and where its status column starts and ends."""
-        padded = [
-            v.rjust(w) if i in right else v.ljust(w)
-            for i, (v, w) in enumerate(zip(values, widths, strict=True))
-        ]
-        start = len(padded[0]) + len(padded[1]) + 4
-        return "  ".join(padded).rstrip() + "\n", start, start + len(values[2])
-
-    head = line(header)[0]
-    parts = [title + "\n", head]
-    spans = [Span(len(parts[0]), len(parts[0]) + len(head), "bold")]
-    offset = len(parts[0]) + len(head)
+    # One format for every line; the status column starts at the same place on each.
+    layout = "  ".join(f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths)).format
+    status_at = widths[0] + widths[1] + 4
+    head = layout(*header).rstrip() + "\n"
+    lines = [title + "\n", head]
+    offset = len(lines[0])
+    spans = [Span(offset, offset + len(head), "bold")]
+    offset += len(head)
     for values in cells:
-        text, start, end = line(values)
+        text = layout(*values).rstrip() + "\n"
         style = _STATUS_STYLE.get(values[2])
         if style:
-            spans.append(Span(offset + start, offset + end, style))
-        parts.append(text)
+            spans.append(Span(offset + status_at, offset + status_at + len(values[2]), style))
+        lines.append(text)
         offset += len(text)
-    return Text("".join(parts), spans=spans)
+    return Text("".join(lines), spans=spans)
 
 
 @app.command()
 def show(run: RunArg, results: ResultsOpt = Path("results")) -> None:
     """Show one run: where and when it ran, its configurations, and mean results."""
+    # The report modules (fio models, Jinja) load here, not for every command.
+    from vmlab.report.model import build_run
+    from vmlab.report.render import result_rows
+
     console = _console()
     record = scan_run(resolve_run(results, run))
     view = build_run(record, StatOptions(), details=False)

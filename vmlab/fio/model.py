@@ -57,14 +57,14 @@ class Latency(BaseModel):
     @classmethod
     def _named_percentiles(cls, data: Any) -> Any:
         """Fill ``p50_ns``... from ``percentiles_ns`` when they are not given."""
-        if isinstance(data, dict) and isinstance(data.get("percentiles_ns"), Mapping):
+        table = data.get("percentiles_ns") if isinstance(data, dict) else None
+        # An empty table (no percentiles: most slat and lat blocks) fills nothing.
+        if table and isinstance(table, Mapping):
             missing = [f for f in _NAMED_PERCENTILES if data.get(f) is None]
             if missing:
                 data = dict(data)
                 for field in missing:
-                    data[field] = _find_percentile(
-                        data["percentiles_ns"], _NAMED_PERCENTILES[field]
-                    )
+                    data[field] = _find_percentile(table, _NAMED_PERCENTILES[field])
         return data
 
 

@@ -54,7 +54,8 @@ def l1_argv(
     ssh_port: int,
     key_line: str,
 ) -> list[str]:
-    """QEMU argv of one L1 host (pure)."""
+    """QEMU argv of one L1 host (pure); ``hv`` as planned (its memory filled in)."""
+    assert hv.memory_mib is not None, "l1_plans fills in the memory"
     cpu = "host" if accel == "kvm" else "max"
     append = f"{image.cmdline} {authkey_cmdline(key_line)} no_timer_check"
     machine = f"q35,accel={accel}"

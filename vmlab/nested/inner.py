@@ -38,8 +38,9 @@ POLL_INTERVAL_S = 3.0
 COMMAND_TIMEOUT_S = 120.0
 
 
-def mount_script(modules: Sequence[str], *, configfs: bool) -> str:
-    """Shell for L1: the payload (read-only) and scratch disks by serial, then the modules."""
+def mount_script(modules: Sequence[str], *, configfs: bool, spdk: str | None = None) -> str:
+    """Shell for L1: the payload (read-only) and scratch disks by serial, then the modules;
+    ``spdk``: the host's SPDK prefix, where L1 links the payload's copy (its RUNPATH)."""
     lines = [
         "set -e",
         f"mkdir -p {PAYLOAD} {WORK}",
@@ -60,10 +61,15 @@ def mount_script(modules: Sequence[str], *, configfs: bool) -> str:
         lines.append(
             "mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config"
         )
+    if spdk is not None:
+        parent = str(Path(spdk).parent)
+        lines.append(
+            f"mkdir -p {shlex.quote(parent)} && ln -sfn {PAYLOAD}/spdk {shlex.quote(spdk)}"
+        )
     return "\n".join(lines) + "\n"
 
 
-def bench_command(*, timeout_scale: float, l2_key: str) -> str:
+def bench_command(*, timeout_scale: float, l2_key: str, spdk: str | None = None) -> str:
     """The inner bench, detached; its exit code goes to ``rc`` when it ends."""
     env = {
         "PYTHONPATH": f"{PAYLOAD}/src:{PAYLOAD}/site",
@@ -72,6 +78,8 @@ def bench_command(*, timeout_scale: float, l2_key: str) -> str:
         "VMLAB_CACHE": f"{WORK}/cache",
         "PYTHONDONTWRITEBYTECODE": "1",  # the payload is read-only
     }
+    if spdk is not None:
+        env["VMLAB_SPDK"] = spdk
     argv = [
         "python3", "-m", "vmlab.cli", "bench", f"{PAYLOAD}/spec.yaml", "--ci",
         "--results", RESULTS, "--timeout-scale", f"{timeout_scale:g}",

@@ -7,6 +7,8 @@ binary wheels work), the L2 guest image the host built, and the inner spec.
       src/vmlab/  src/templates/    this vmlab, as a source checkout (PYTHONPATH=src)
       site/                         its libraries (PYTHONPATH=site)
       l2/<key>/                     the default guest image (VMLAB_GUEST_IMAGE)
+      spdk/bin/vhost  spdk/lib/     the host's SPDK build, when a case needs it: L1 links it
+                                    at the host's prefix (its RUNPATH), VMLAB_SPDK names it
       spec.yaml  plan.json          the inner spec, the L1 plan
 
 Nothing here goes into the L1 image's cache key: a change to vmlab never rebuilds L1.
@@ -78,7 +80,9 @@ def library_files() -> Iterator[tuple[Path, str]]:
             yield path, item.as_posix()
 
 
-def write_tree(tree: Path, *, l2: GuestImage, spec_text: str, plan_json: str) -> None:
+def write_tree(
+    tree: Path, *, l2: GuestImage, spec_text: str, plan_json: str, spdk: Path | None = None
+) -> None:
     package = Path(__file__).resolve().parents[1]
     shutil.copytree(package, tree / "src/vmlab", ignore=_IGNORED)
     shutil.copytree(resources.templates_dir(), tree / "src/templates", ignore=_IGNORED)
@@ -88,17 +92,28 @@ def write_tree(tree: Path, *, l2: GuestImage, spec_text: str, plan_json: str) ->
         shutil.copy2(src, dest)
     # Under its key: an image directory is only taken for the key its manifest names.
     shutil.copytree(l2.root, tree / "l2" / l2.root.name, ignore=shutil.ignore_patterns(".*"))
+    if spdk is not None:  # bin/vhost and its libraries; not the headers nor the other tools
+        (tree / "spdk/bin").mkdir(parents=True)
+        shutil.copy2(spdk / "bin/vhost", tree / "spdk/bin/vhost")
+        shutil.copytree(spdk / "lib", tree / "spdk/lib", symlinks=True, ignore=_IGNORED)
     (tree / "spec.yaml").write_text(spec_text)
     (tree / "plan.json").write_text(plan_json)
     (tree / "python.txt").write_text(f"{sys.version_info.major}.{sys.version_info.minor}\n")
 
 
 def make_payload(
-    workdir: Path, *, l2: GuestImage, spec_text: str, plan_json: str, timeout_s: float = 600
+    workdir: Path,
+    *,
+    l2: GuestImage,
+    spec_text: str,
+    plan_json: str,
+    spdk: Path | None = None,
+    timeout_s: float = 600,
 ) -> Path:
-    """The payload disk (raw ext4, labelled ``vmlab-payload``) in ``workdir``."""
+    """The payload disk (raw ext4, labelled ``vmlab-payload``) in ``workdir``; ``spdk``: the
+    install prefix of the SPDK build to carry."""
     tree = workdir / "payload"
-    write_tree(tree, l2=l2, spec_text=spec_text, plan_json=plan_json)
+    write_tree(tree, l2=l2, spec_text=spec_text, plan_json=plan_json, spdk=spdk)
     used = sum(p.lstat().st_size for p in tree.rglob("*") if p.is_file())
     size_kib = (used + used // 8 + HEADROOM_BYTES) // 1024
     raw = workdir / "payload.raw"

@@ -26,9 +26,36 @@ from vmlab.spec import BenchSpec, BlockBackend, FileBackend, NestedHypervisor, R
 BASE_PACKAGES = ("qemu-system-x86", "qemu-utils", "fio", "python3", "kmod", "iproute2")
 CEPH_CLIENT_PACKAGES = ("ceph-common", "qemu-block-extra")  # rbd CLI, krbd map, QEMU's rbd
 CEPH_MICRO_PACKAGES = ("ceph-mon", "ceph-osd", "ceph-mgr")  # vmlab's micro cluster in L1
+# SPDK is no Debian package: L1 gets the host's build (on the payload disk, at the same prefix)
+# and the Debian libraries it links (../shared/tools/build-spdk: DPDK 22.11, librbd, uring).
+SPDK_RUNTIME_PACKAGES = (
+    "libaio1",
+    "librados2",
+    "librbd1",
+    "librte-bus-pci23",
+    "librte-cryptodev23",
+    "librte-dmadev23",
+    "librte-eal23",
+    "librte-ethdev23",
+    "librte-hash23",
+    "librte-kvargs23",
+    "librte-mbuf23",
+    "librte-mempool-ring23",
+    "librte-mempool23",
+    "librte-net23",
+    "librte-pci23",
+    "librte-power23",
+    "librte-rcu23",
+    "librte-ring23",
+    "librte-telemetry23",
+    "librte-vhost23",
+    "liburing2",
+)
 # Loaded once L1 is up: these always (cheap; L1's host facts then show /dev/vhost-net), the
 # rest only when a case needs them.
 ALWAYS_MODULES = ("tun", "vhost_net")
+L1_OWN_MIB = 1536  # L1's kernel, QEMU, vmlab and a micro Ceph cluster, besides its guests
+L1_MIN_MIB = 3072
 NET_MODULES = ("bridge", "veth")
 
 
@@ -42,6 +69,7 @@ class L1Plan:
     modules: tuple[str, ...]  # modprobe'd in L1 before the bench
     case_ids: tuple[str, ...]  # the host's case ids, in plan order
     inner_ids: Mapping[str, str]  # host case id -> the case id inside L1
+    spdk: bool = False  # a case has a disk with target spdk: L1 gets the host's SPDK
 
     def describe(self) -> dict[str, Any]:
         """What goes into L1, as stored in the run (nested/<label>/plan.json) and golden."""
@@ -53,6 +81,7 @@ class L1Plan:
             "packages": list(self.packages),
             "modules": list(self.modules),
             "cases": {c: self.inner_ids[c] for c in self.case_ids},
+            "spdk": self.spdk,
         }
 
 
@@ -67,8 +96,12 @@ def _unsupported(case: Case) -> list[str]:
     if case.variant.launcher == "libvirt":
         problems.append("launcher libvirt (L1 has no libvirtd yet): use launcher qemu")
     for disk in guest.disks:
-        if disk.served_by == "spdk":
-            problems.append(f"disk {disk.name}: target spdk (SPDK is not a Debian package)")
+        spdk = disk.spdk if disk.served_by == "spdk" else None
+        if spdk is not None and (spdk.rpc_socket is not None or spdk.binary is not None):
+            problems.append(
+                f"disk {disk.name}: spdk.rpc_socket/binary name host paths; L1 starts the "
+                "SPDK vmlab finds on the host: leave them out"
+            )
         if isinstance(disk.backend, RbdBackend) and not disk.backend.cluster.is_micro:
             problems.append(
                 f"disk {disk.name}: an external Ceph cluster (L1 sees only vmlab's micro cluster)"
@@ -101,8 +134,10 @@ def l1_packages(hv: NestedHypervisor, cases: Sequence[Case], *, net_jobs: bool) 
         if guest.hostdevs:
             wanted.add("pciutils")
         for disk in guest.disks:
-            if disk.served_by == "lio":
-                wanted.add("targetcli-fb")
+            if disk.served_by == "lio":  # its D-Bus question needs a bus (vmlab starts one)
+                wanted.update(("targetcli-fb", "dbus-daemon"))
+            if disk.served_by == "spdk":
+                wanted.update(SPDK_RUNTIME_PACKAGES)
             if isinstance(disk.backend, RbdBackend):
                 wanted.update(CEPH_CLIENT_PACKAGES)
                 if disk.backend.cluster.is_micro:
@@ -127,9 +162,24 @@ def l1_modules(cases: Sequence[Case]) -> tuple[str, ...]:
             if disk.served_by == "lio":
                 wanted += ["target_core_mod", "target_core_iblock", "target_core_file"]
                 wanted.append("vhost_scsi")
-            if isinstance(disk.backend, RbdBackend) and disk.backend.krbd:
+            host_krbd = isinstance(disk.backend, RbdBackend) and disk.backend.krbd
+            if host_krbd and not disk.guest_is_client:  # a guest maps with its own kernel
                 wanted.append("rbd")
     return tuple(dict.fromkeys(wanted))
+
+
+def l1_memory_mib(hv: NestedHypervisor, cases: Sequence[Case]) -> int:
+    """``hv.memory_mib``, or enough for the largest of ``cases``: its guest's memory and the
+    hugepages of its SPDK targets, plus what L1 itself uses."""
+    if hv.memory_mib is not None:
+        return hv.memory_mib
+    need = 0
+    for case in cases:
+        guest = case.variant.guest
+        spdk = {d.spdk_target.model_dump_json(): d.spdk_target.mem_mib
+                for d in guest.disks if d.served_by == "spdk"}  # fmt: skip
+        need = max(need, guest.memory_mib + sum(spdk.values()))
+    return max(L1_MIN_MIB, need + L1_OWN_MIB)
 
 
 def l1_plans(spec: BenchSpec, cases: Sequence[Case]) -> list[L1Plan]:
@@ -162,11 +212,12 @@ def l1_plans(spec: BenchSpec, cases: Sequence[Case]) -> list[L1Plan]:
         plans.append(
             L1Plan(
                 label=label,
-                hypervisor=hv,
+                hypervisor=hv.model_copy(update={"memory_mib": l1_memory_mib(hv, group)}),
                 packages=l1_packages(hv, group, net_jobs=bool(spec.net_jobs)),
                 modules=l1_modules(group),
                 case_ids=tuple(c.id for c in group),
                 inner_ids=inner,
+                spdk=any(d.served_by == "spdk" for c in group for d in c.variant.guest.disks),
             )
         )
     return plans

@@ -44,6 +44,7 @@ from vmlab.plan import Case
 from vmlab.plan import plan as plan_cases
 from vmlab.results.index import index_run_in
 from vmlab.results.rundir import RunDir, now_iso, run_dirs
+from vmlab.spdk.find import find_spdk
 from vmlab.spec import BenchSpec
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ class NestedBench:
         )
         guest_dir = new_guest_dir()
         back = workdir / "back"
+        spdk = self._spdk_prefix() if plan.spdk else None
         try:
             self.stage(plan, "payload: this vmlab, its libraries, the L2 image")
             payload = make_payload(
@@ -165,6 +167,7 @@ class NestedBench:
                 l2=self.image,
                 spec_text=self.spec_text,
                 plan_json=json.dumps(plan.describe()),
+                spdk=spdk,
             )
             scratch = make_scratch(workdir)
             nvme = make_nvme(workdir, plan.hypervisor.nvme)
@@ -182,7 +185,7 @@ class NestedBench:
                 key=lab_key(self.options.lab_key_path),
                 timeout_scale=self.options.timeout_scale,
             ) as l1:
-                self._inside(plan, l1, back)
+                self._inside(plan, l1, back, spdk=str(spdk) if spdk else None)
             self._adopt(plan, l1_image.key, back, logs)
         finally:
             if logs.is_dir():  # L1 never came back with a run: keep its logs anyway
@@ -193,16 +196,32 @@ class NestedBench:
             shutil.rmtree(workdir, ignore_errors=True)
             shutil.rmtree(guest_dir, ignore_errors=True)
 
-    def _inside(self, plan: L1Plan, l1: Any, back: Path) -> None:
+    @staticmethod
+    def _spdk_prefix() -> Path:
+        """The install prefix of the SPDK build this host uses (``<prefix>/bin/vhost``)."""
+        found = find_spdk()
+        prefix = found.vhost.resolve().parent.parent if found is not None else None
+        if prefix is None or not (prefix / "lib").is_dir():
+            raise VmlabError(
+                "a case inside L1 has target spdk, but this host has no SPDK build to carry "
+                f"into it{f' ({found.vhost} has no ../lib)' if found else ''}",
+                hint="build it: ../shared/tools/build-spdk (or set VMLAB_SPDK to its prefix)",
+            )
+        return prefix
+
+    def _inside(self, plan: L1Plan, l1: Any, back: Path, *, spdk: str | None) -> None:
         ssh = l1.ssh
         lio = any(
             d.served_by == "lio" for c in plan.case_ids for d in self.cases[c].variant.guest.disks
         )
-        ssh.run(inner.mount_script(plan.modules, configfs=lio), timeout_s=inner.COMMAND_TIMEOUT_S)
+        ssh.run(
+            inner.mount_script(plan.modules, configfs=lio, spdk=spdk),
+            timeout_s=inner.COMMAND_TIMEOUT_S,
+        )
         self.stage(plan, f"up ({inner.l1_uname(ssh)}); running {len(plan.case_ids)} case(s)")
         scale = INNER_TIMEOUT_SCALE[self.accel] * self.options.timeout_scale
         ssh.run(
-            inner.bench_command(timeout_scale=scale, l2_key=self.image.key),
+            inner.bench_command(timeout_scale=scale, l2_key=self.image.key, spdk=spdk),
             timeout_s=inner.COMMAND_TIMEOUT_S,
         )
         by_inner = {v: k for k, v in plan.inner_ids.items()}

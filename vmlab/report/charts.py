@@ -418,3 +418,8 @@ def percentile_chart(
         y_ticks=y_ticks,
         series=tuple(series),
     )
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """A signed percentage: ``+4.2%``; ``-`` for none."""
+    return "-" if value is None else f"{value:+.{digits}f}%"

@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from vmlab.errors import SpecError
 from vmlab.metrics import METRICS
 from vmlab.report.stats import (
@@ -46,7 +44,7 @@ from vmlab.report.stats import (
     describe,
 )
 from vmlab.results.rundir import RunRecord
-from vmlab.spec import parse_size
+from vmlab.sizes import parse_size
 
 DEFAULT_METRICS = (
     "total_iops",
@@ -121,6 +119,8 @@ def parse_rule(text: str, *, file: Path | None = None) -> Rule:
 
 def load_rules(path: Path) -> list[Rule]:
     """Rules from a YAML or JSON file (see the module docstring)."""
+    import yaml  # only with --rules: not at start-up of every `vmlab compare`
+
     try:
         data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -22,6 +22,7 @@ import jinja2
 
 from vmlab.metrics import DIRECTIONS, METRICS
 from vmlab.render import environment
+from vmlab.report import FORMATS
 from vmlab.report.charts import (
     BarChart,
     BarInput,
@@ -30,13 +31,13 @@ from vmlab.report.charts import (
     bar_chart,
     human,
     human_pm,
+    pct,
     percentile_chart,
 )
 from vmlab.report.compare import CompareResult
 from vmlab.report.model import CaseView, JobView, MetricView, Report, RunView
 from vmlab.report.sweep import MAX_SERIES, sweeps
 
-FORMATS = ("md", "csv", "json", "junit", "html")
 FILE_NAMES = {
     "md": "report.md",
     "csv": "report.csv",
@@ -81,10 +82,6 @@ def csv_cell(value: object) -> object:
         except ValueError:
             return "'" + value
     return value
-
-
-def pct(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:+.{digits}f}%"
 
 
 def stat_text(metric: MetricView | None) -> str:

@@ -27,7 +27,7 @@ from vmlab.report.charts import (
 )
 from vmlab.report.heatmap import HeatMap, heat_map
 from vmlab.report.model import JobView, MetricView, Report, Stat
-from vmlab.spec import parse_size
+from vmlab.sizes import parse_size
 
 PREFERRED_X = ("iodepth", "numjobs", "bs", "num_queues", "iothreads", "queue_size", "cpus")
 """Which varying numeric parameter goes on the x axis first."""

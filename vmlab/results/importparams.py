@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from vmlab.fio.model import JobResult
-from vmlab.spec import parse_size
+from vmlab.sizes import parse_size
 
 PARAM_KEYS = (
     "rw",

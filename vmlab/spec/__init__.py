@@ -21,6 +21,7 @@ name is importable from ``vmlab.spec``.
 
 from __future__ import annotations
 
+from vmlab.sizes import parse_size
 from vmlab.spec.backends import (
     Backend,
     BlockBackend,
@@ -33,7 +34,6 @@ from vmlab.spec.backends import (
 from vmlab.spec.base import (
     SLUG,
     Model,
-    parse_size,
 )
 from vmlab.spec.hypervisor import DEFAULT_KERNEL, Hypervisor, NestedHypervisor
 from vmlab.spec.load import (

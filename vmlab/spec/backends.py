@@ -8,7 +8,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
-from vmlab.spec.base import Model, Size, parse_size
+from vmlab.sizes import parse_size
+from vmlab.spec.base import Model, Size
 
 
 class FileBackend(Model):
@@ -63,8 +64,9 @@ class RbdBackend(Model):
     cluster: CephCluster = Field(default_factory=CephCluster)
     krbd: bool = Field(
         default=False,
-        description="map it on the host (rbd device map) and "
-        "serve /dev/rbdN as a host block device",
+        description="map it with the kernel RBD driver and use /dev/rbdN: on the host (rbd "
+        "device map), served as a host block device; with target guest, in the guest itself "
+        "(fio runs on its /dev/rbdN instead of fio's rbd engine)",
     )
 
     @property

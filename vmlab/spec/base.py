@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import re
 import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
@@ -12,6 +11,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
+from vmlab.sizes import parse_size
 from vmlab.spec.text import refused_text
 
 SLUG = r"^[a-z0-9][a-z0-9_.-]{0,39}$"
@@ -23,19 +23,6 @@ MACHINE = r"[a-z0-9][a-z0-9._-]{0,63}"
 CPU_MODEL = (
     r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(,[+-]?[A-Za-z0-9_.-]{1,64}(=[A-Za-z0-9_.-]{1,64})?)*$"
 )
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(i?[bB])?\s*$")
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(value: str | int) -> int:
-    """'1G', '512M', '4k', 1048576 -> bytes (binary units, as QEMU and fio read them)."""
-    if isinstance(value, int):
-        return value
-    match = _SIZE_RE.match(value)
-    if not match:
-        raise ValueError(f"not a size: {value!r} (expected e.g. 512M, 1G, 4k or a byte count)")
-    number, unit, _ = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit.lower()])
 
 
 def _checked_size(value: str) -> str:

@@ -5,7 +5,7 @@ that vmlab builds from Debian packages and boots (``{kind: nested, ...}``, see
     hypervisor:
       kind: nested
       kernel: [linux-image-amd64, linux-image-cloud-amd64]   # an axis: two L1 kernels
-      memory_mib: 3072
+      memory_mib: 3072                # left out: enough for the largest case
       packages: [strace]                                      # more Debian packages in L1
 """
 
@@ -30,7 +30,13 @@ class NestedHypervisor(Model):
 
     kind: Literal["nested"] = "nested"
     kernel: str = Field(default=DEFAULT_KERNEL, pattern=DEBIAN_PACKAGE)
-    memory_mib: int = Field(default=3072, ge=1024, le=1 << 20)
+    memory_mib: int | None = Field(
+        default=None,
+        ge=1024,
+        le=1 << 20,
+        description="L1's memory; left out: its largest case's guest and SPDK hugepages, "
+        "plus 1.5 GiB for L1 itself (QEMU, vmlab, a micro Ceph cluster), at least 3 GiB",
+    )
     cpus: int = Field(default=2, ge=1, le=256)
     packages: list[str] = Field(default_factory=list, description="more Debian packages in L1")
     iommu: bool = Field(default=False, description="an emulated Intel IOMMU in L1 (for VFIO)")

@@ -123,12 +123,22 @@ def _cross_problems(
             "{kind: nested, kernel: [A, B]})"
         )
     disk_names = {d.name for v in variants for d in v.guest.disks}
+    hostdev_names = {n for v in variants for n in v.guest.hostdev_names()}
     for job in jobs:
-        if variants and job.disk not in disk_names:
-            problems.append(
-                f"jobs.{job.name}.disk: no disk named {job.disk!r} "
-                f"(disks: {', '.join(sorted(disk_names))})"
-            )
+        if not variants or job.disk in disk_names:
+            continue
+        if job.disk in hostdev_names:
+            lacking = [v for v in variants if job.disk not in v.guest.hostdev_names()]
+            if lacking:
+                problems.append(
+                    f"jobs.{job.name}.disk: {job.disk} is a passed-through device that some "
+                    f"guests lack ({len(lacking)} of {len(variants)} have fewer guest.hostdevs)"
+                )
+            continue
+        known = sorted(disk_names) + sorted(hostdev_names)
+        problems.append(
+            f"jobs.{job.name}.disk: no disk named {job.disk!r} (disks: {', '.join(known)})"
+        )
     return problems
 
 

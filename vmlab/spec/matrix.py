@@ -106,6 +106,7 @@ def _label(path: str, value: Any) -> str:
         backend = value.get("backend")
         if isinstance(backend, Mapping):
             parts += [backend.get("type"), backend.get("format")]
+            parts += [k for k, v in backend.items() if v is True]  # krbd, overlay, ...
         parts += [k for k, v in value.items() if v is True]
         parts += [f"{k}-{v}" for k, v in value.items() if k in ("queues", "num_queues")]
         text = "-".join(str(p) for p in parts if p) or "-".join(map(str, value.values()))

@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from vmlab.errors import SpecError
+from vmlab.sizes import parse_size
 from vmlab.spdk.cpumask import parse_cpumask
 from vmlab.spec.backends import (
     Backend,
@@ -30,7 +31,6 @@ from vmlab.spec.base import (
     SLUG,
     Model,
     Size,
-    parse_size,
 )
 from vmlab.spec.fiooptions import check_fio_options
 from vmlab.spec.hypervisor import Hypervisor
@@ -115,9 +115,7 @@ class Disk(Model):
                     "target guest (the guest is the Ceph client) needs an rbd "
                     "backend on vmlab's micro cluster (cluster: {})"
                 )
-            if self.backend.krbd:
-                raise ValueError("target guest runs fio's rbd engine in the guest: drop krbd")
-            return self
+            return self  # krbd: the guest maps the image with its own kernel driver
         allowed = {
             "vhost-user-blk": ("qsd", "spdk"),
             "vhost-scsi": ("lio",),
@@ -243,8 +241,15 @@ class Guest(Model):
     disks: list[Disk] = Field(default_factory=lambda: [Disk()], min_length=1)
     nics: list[Nic] = Field(default_factory=list)
     hostdevs: list[str] = Field(
-        default_factory=list, description="host PCI devices passed through with VFIO"
+        default_factory=list,
+        description="host PCI devices passed through with VFIO; a fio job aims at the block "
+        "device of the first with disk: hostdev0",
     )
+
+    def hostdev_names(self) -> list[str]:
+        """What a fio job's ``disk`` calls each passed-through device, in ``hostdevs`` order."""
+        return [f"hostdev{i}" for i in range(len(self.hostdevs))]
+
     kernel_args: str = ""
 
     @field_validator("machine")
@@ -273,6 +278,12 @@ class Guest(Model):
         names = [d.name for d in self.disks]
         if {"root", "seed"} & set(names):
             raise ValueError("disk names root and seed are taken by the boot disk and the seed")
+        taken = [n for n in names if re.fullmatch(r"hostdev[0-9]+", n)]
+        if taken:
+            raise ValueError(
+                f"disk name {taken[0]} is taken: a fio job names the guest's passed-through "
+                "devices hostdev0, hostdev1, ... in guest.hostdevs order"
+            )
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"disk names must be unique, repeated: {', '.join(dupes)}")

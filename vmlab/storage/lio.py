@@ -18,22 +18,24 @@ VPD page 0x80 (``/sys/block/sdX/device/vpd_pg80``): that identifies the disk, no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import re
 import shlex
 import shutil
+import time
 import uuid
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
 from vmlab.errors import CommandError, HostError, SpecError
-from vmlab.proc import run
+from vmlab.proc import ManagedProcess, run
 from vmlab.render.model import DiskSource
 from vmlab.spec import Disk
 from vmlab.storage.base import Preview, ServeContext
@@ -181,6 +183,14 @@ def preflight(
         problems.append(
             Problem("targetcli-missing", "targetcli is not on PATH", "apt-get install targetcli-fb")
         )
+    if needs_private_bus(root) and which("dbus-daemon") is None:
+        problems.append(
+            Problem(
+                "dbus-missing",
+                "there is no D-Bus system bus, and targetcli-fb dies without one",
+                "apt-get install dbus-daemon (vmlab then starts a private bus for targetcli)",
+            )
+        )
     if (os.geteuid() if euid is None else euid) != 0:
         problems.append(
             Problem(
@@ -310,11 +320,57 @@ def render_lio(disk: LioDisk, *, targetcli: str = "targetcli") -> LioPlan:
 # running it
 
 
-def run_command(argv: Sequence[str], *, timeout_s: float = 60.0) -> None:
+# targetcli-fb (2.1.53, Debian 12) asks tcmu-runner for user backstores over the D-Bus system
+# bus on every start and dies ("g-io-error-quark: Could not connect") where there is none:
+# containers, an init without D-Bus, vmlab's L1 host. A private bus that nobody else joins is
+# enough; the question then finds no tcmu-runner, which targetcli handles.
+SYSTEM_BUS_SOCKET = Path("/run/dbus/system_bus_socket")
+BUS_READY_S = 10.0
+
+
+def needs_private_bus(root: Path = Path("/"), environ: Mapping[str, str] = os.environ) -> bool:
+    """True where targetcli would find no D-Bus system bus."""
+    if environ.get("DBUS_SYSTEM_BUS_ADDRESS"):
+        return False
+    return not (root / str(SYSTEM_BUS_SOCKET).lstrip("/")).exists()
+
+
+@contextmanager
+def bus_for_targetcli(workdir: Path) -> Iterator[dict[str, str] | None]:
+    """The environment targetcli runs with: None (inherit) where a system bus is there, else
+    one pointing at a private ``dbus-daemon`` in ``workdir``, stopped on exit."""
+    if not needs_private_bus():
+        yield None
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    socket = workdir / "dbus.sock"
+    daemon = ManagedProcess(
+        ["dbus-daemon", "--session", f"--address=unix:path={socket}", "--nofork", "--nopidfile"],
+        log_path=workdir / "dbus-daemon.log",
+        what="dbus-daemon (a private bus for targetcli)",
+        missing_hint="apt-get install dbus-daemon: targetcli-fb needs a D-Bus system bus",
+    )
+    with daemon:
+        deadline = time.monotonic() + BUS_READY_S
+        while not socket.exists():
+            daemon.check_running("starting")
+            if time.monotonic() > deadline:
+                raise HostError(
+                    f"dbus-daemon made no socket {socket} within {BUS_READY_S:.0f} s",
+                    hint=f"read {daemon.log_path}",
+                )
+            time.sleep(0.05)
+        yield {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={socket}"}
+
+
+def run_command(
+    argv: Sequence[str], *, timeout_s: float = 60.0, env: Mapping[str, str] | None = None
+) -> None:
     """The default runner: one targetcli invocation; CommandError when it fails."""
     run(
         argv,
         timeout_s=timeout_s,
+        env=env,
         missing_hint="apt-get install targetcli-fb",
         hint="is another targetcli holding the configfs lock? `targetcli ls` shows the "
         "current LIO configuration",
@@ -414,5 +470,7 @@ class LioServer:
     ) -> DiskSource:
         plan = lio_plan(disk, source)
         ctx.case_dir.write_text(f"lio-{disk.name}.txt", plan.describe() + "\n")
-        stack.enter_context(LioTarget(plan))
+        # entered first, so the bus outlives the target's teardown (which runs targetcli too)
+        env = stack.enter_context(bus_for_targetcli(ctx.scratch_root / f"lio-{ctx.case.id}"))
+        stack.enter_context(LioTarget(plan, runner=functools.partial(run_command, env=env)))
         return replace(source, wwpn=plan.wwpn)

@@ -54,6 +54,7 @@ from vmlab.guest.image.recipe import (
     FAILED_MARKER,
     MIN_MEMORY_MIB,
     MODULES,
+    ON_DEMAND_MODULES,
     READY_MARKER,
     USER,
 )
@@ -88,6 +89,7 @@ def key_material(
         "packages": [[r.package, r.version, r.filename, r.sha256] for r in records],
         "init_sha256": hashlib.sha256(init_text.encode()).hexdigest(),
         "modules": list(MODULES),
+        "on_demand_modules": {k: list(v) for k, v in sorted(ON_DEMAND_MODULES.items())},
         "cmdline": BASE_CMDLINE,
         "host_packages": dict(sorted(host_packages.items())),
         "min_memory_mib": MIN_MEMORY_MIB,
@@ -215,6 +217,11 @@ def _build_into(
             hint="the Debian kernel package layout changed: vmlab.guest.image needs an update",
         )
     plan = resolve_modules(moddir, MODULES)
+    at_boot = set(plan.load_order)
+    on_demand = {  # what each group adds to the modules /init loads, in load order
+        group: tuple(m for m in resolve_modules(moddir, names).load_order if m not in at_boot)
+        for group, names in sorted(ON_DEMAND_MODULES.items())
+    }
     note(progress, "preparing the kernel")
     kernel_file, kernel_kind, kernel_note = prepare_kernel(work, bzimage_src)
     note(progress, "generating the guest's ssh host key")
@@ -234,6 +241,7 @@ def _build_into(
         tree=tree,
         moddir=moddir,
         plan=plan,
+        on_demand=on_demand,
         init_text=init_text,
         host_key_file=host_key_file,
     )
@@ -268,6 +276,7 @@ def _build_into(
             "requested": list(MODULES),
             "builtin": list(plan.builtin),
             "load_order": list(plan.load_order),
+            "on_demand": {group: list(order) for group, order in on_demand.items()},
         },
         "build_time_s": round(time.monotonic() - started, 2),
         "sizes": {

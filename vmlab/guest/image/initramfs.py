@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ MULTIARCH = "x86_64-linux-gnu"
 INIT_TEMPLATE = "guest/init.sh.j2"
 HOST_KEY_GUEST_PATH = "/etc/dropbear/dropbear_ed25519_host_key"
 MODULE_LIST_GUEST_PATH = "/etc/vmlab/modules"
+ON_DEMAND_GUEST_DIR = "/etc/vmlab/modules.d"  # one list per group, loaded by vmlab-modules
 COMPLETE_GUEST_PATH = "/etc/vmlab/complete"  # the initramfs' last member
 
 
@@ -50,6 +52,7 @@ def render_init() -> str:
         default_gw=DEFAULT_GW,
         complete_path=COMPLETE_GUEST_PATH,
         modules_path=MODULE_LIST_GUEST_PATH,
+        on_demand_dir=ON_DEMAND_GUEST_DIR,
         host_key_path=HOST_KEY_GUEST_PATH,
         min_memory_mib=MIN_MEMORY_MIB,
     )
@@ -146,9 +149,12 @@ def write_initramfs(
     plan: ModulePlan,
     init_text: str,
     host_key_file: Path,
+    on_demand: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The initramfs: merged-/usr layout, /init, busybox + applets, dropbear, sftp-server, fio,
-    their libraries, the modules (decompressed) and the list /init loads them from."""
+    their libraries, the modules (decompressed) and the list /init loads them from; and
+    ``on_demand`` (group -> module paths, load order) with one list per group that the guest's
+    ``vmlab-modules GROUP`` loads."""
     binaries = {
         "/usr/sbin/dropbear": tree / "usr/sbin/dropbear",
         "/usr/lib/openssh/sftp-server": tree / "usr/lib/openssh/sftp-server",
@@ -160,10 +166,13 @@ def write_initramfs(
         libraries.update(ldd_closure(binary, tree))
     host_libraries = sorted(str(src) for src in libraries.values() if tree not in src.parents)
     guest_moddir = f"/usr/lib/modules/{moddir.name}"
-    modules = [  # (source, guest path): compressed modules are stored decompressed
-        (moddir / rel, re.sub(r"\.ko\.(xz|gz|zst)$", ".ko", f"{guest_moddir}/{rel}"))
-        for rel in plan.load_order
-    ]
+
+    def guest_path(rel: str) -> str:  # compressed modules are stored decompressed
+        return re.sub(r"\.ko\.(xz|gz|zst)$", ".ko", f"{guest_moddir}/{rel}")
+
+    groups = {group: list(order) for group, order in (on_demand or {}).items()}
+    wanted = dict.fromkeys([*plan.load_order, *(m for order in groups.values() for m in order)])
+    modules = [(moddir / rel, guest_path(rel)) for rel in wanted]  # (source, guest path)
 
     with out.open("wb") as f, NewcWriter(f) as cpio:
         for top in ("bin", "sbin", "lib", "lib64"):
@@ -175,8 +184,11 @@ def write_initramfs(
         cpio.add_chardev("dev/console", 5, 1, 0o600)
         cpio.add_chardev("dev/null", 1, 3, 0o666)
         cpio.add_bytes("init", init_text.encode(), 0o755)
-        module_list = "".join(f"{guest}\n" for _src, guest in modules)
+        module_list = "".join(f"{guest_path(rel)}\n" for rel in plan.load_order)
         cpio.add_bytes(MODULE_LIST_GUEST_PATH, module_list.encode())
+        for group, order in groups.items():
+            listing = "".join(f"{guest_path(rel)}\n" for rel in order)
+            cpio.add_bytes(f"{ON_DEMAND_GUEST_DIR}/{group}", listing.encode())
         cpio.add_file(HOST_KEY_GUEST_PATH, host_key_file, 0o600)
         add_busybox(cpio, tree / "bin/busybox")
         for guest, src in binaries.items():

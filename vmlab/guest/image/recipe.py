@@ -51,6 +51,10 @@ MODULES = (
     "evdev",
     "virtio_rng",
 )
+# Modules the image carries but /init does not load: a feature loads its group on demand
+# (`vmlab-modules NAME` in the guest) so that no guest pays for them at boot. rbd: the guest
+# maps an RBD image with the kernel driver (a disk with target guest and backend.krbd).
+ON_DEMAND_MODULES: dict[str, tuple[str, ...]] = {"rbd": ("rbd",)}
 
 
 def authkey_cmdline(public_line: str) -> str:
