@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 import shutil
 import statistics
 import tempfile
@@ -22,6 +23,7 @@ from vmlab.launch.direct import free_port
 from vmlab.launch.qemu import Deadlines, QemuProcess, new_guest_dir
 
 BARE_MARKER = "VMLAB-BARE-INIT"
+INIT_STAMP = re.compile(r"vmlab-init: at (?P<up>[0-9.]+) s: (?P<what>.+)")
 
 
 def bare_initrd(initrd: Path, dest: Path) -> Path:
@@ -90,6 +92,10 @@ def boot(
                 marks["SSH login"] = time.monotonic() - vm.started_at
                 session.run("true", timeout_s=30)
             marks["first command (SSH-ready)"] = time.monotonic() - vm.started_at
+            for line in serial.read_text(errors="replace").splitlines():
+                found = INIT_STAMP.search(line)
+                if found:  # /init's own stamps: seconds of kernel uptime, not since launch
+                    marks[f"guest uptime: {found['what']}"] = float(found["up"])
             return marks
     finally:
         shutil.rmtree(guest_dir, ignore_errors=True)
@@ -166,10 +172,18 @@ def main() -> None:
     )
     print("default guest, median seconds since launch and the step from the stage before:")
     before = 0.0
-    for stage in full[0]:
+    for stage in (s for s in full[0] if not s.startswith("guest uptime: ")):
         at = statistics.median(m[stage] for m in full)
         print(f"  {stage:28} {at:6.2f}  +{at - before:.2f}")
         before = at
+    stamps = [s for s in full[0] if s.startswith("guest uptime: ")]
+    if stamps:
+        print("inside the default guest, median seconds of kernel uptime at each /init stage:")
+        before = 0.0
+        for stage in stamps:
+            at = statistics.median(m.get(stage, 0.0) for m in full)
+            print(f"  {stage.removeprefix('guest uptime: '):28} {at:6.2f}  +{at - before:.2f}")
+            before = at
 
 
 if __name__ == "__main__":
