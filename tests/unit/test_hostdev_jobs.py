@@ -68,3 +68,8 @@ def test_a_job_on_a_hostdev_the_guest_lacks_is_a_spec_error() -> None:
 def test_hostdev_names_are_not_disk_names() -> None:
     with pytest.raises(SpecError, match="disk name hostdev0 is taken"):
         spec("name: a\nguest: {disks: [{name: hostdev0}]}\n")
+
+
+def test_a_host_baseline_of_a_passed_through_device_is_a_spec_error() -> None:
+    with pytest.raises(SpecError, match=r"jobs\.on-nvme\.disk: the host baseline runs fio"):
+        spec("baseline: true\n" + SPEC)

@@ -7,6 +7,7 @@ field with its path. ``DEFAULT_LAB`` is the spec vmlab runs when it is given non
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,14 @@ def parse_spec(
         except ValidationError as exc:
             problems.extend(_problems(exc, f"net_jobs.{index}."))
     problems += _cross_problems(jobs, net_jobs, variants)
+    if raw.get("baseline") is True:
+        on_hostdev = [j.name for j in jobs if re.fullmatch(r"hostdev[0-9]+", j.disk)]
+        for name in on_hostdev:
+            problems.append(
+                f"jobs.{name}.disk: the host baseline runs fio on each disk's backing store, and "
+                "a passed-through device has none on the host (vfio-pci holds it): leave out "
+                "baseline or this job"
+            )
     if not jobs and not net_jobs and not problems:
         problems.append("jobs: a bench needs at least one fio job or net job")
     if not problems:
