@@ -50,7 +50,7 @@ def _disk_problems(disk: Disk, facts: HostFacts, sysroot: Path) -> list[str]:
             where,
             backend,
             qemu_driver=disk.served_by in ("qemu", "qsd"),
-            host_krbd=backend.krbd and not disk.guest_is_client,
+            host_krbd=disk.host_krbd,
         )
     served = disk.served_by
     if served == "qsd" and facts.qemu_storage_daemon is None:

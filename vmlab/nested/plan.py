@@ -162,8 +162,7 @@ def l1_modules(cases: Sequence[Case]) -> tuple[str, ...]:
             if disk.served_by == "lio":
                 wanted += ["target_core_mod", "target_core_iblock", "target_core_file"]
                 wanted.append("vhost_scsi")
-            host_krbd = isinstance(disk.backend, RbdBackend) and disk.backend.krbd
-            if host_krbd and not disk.guest_is_client:  # a guest maps with its own kernel
+            if disk.host_krbd:  # a guest that maps the image loads rbd in its own kernel
                 wanted.append("rbd")
     return tuple(dict.fromkeys(wanted))
 

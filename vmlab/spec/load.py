@@ -7,7 +7,6 @@ field with its path. ``DEFAULT_LAB`` is the spec vmlab runs when it is given non
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -103,10 +102,11 @@ def check_matrix_size(
 
 
 def _cross_problems(
-    jobs: list[FioJob], net_jobs: list[IperfJob], variants: list[Variant]
+    jobs: list[FioJob], net_jobs: list[IperfJob], variants: list[Variant], *, baseline: bool
 ) -> list[str]:
     """What is wrong between the parts of a spec that are each valid: jobs naming disks and
-    NICs the guests lack, host and nested cases mixed."""
+    NICs the guests lack, host and nested cases mixed, a host baseline of a passed-through
+    device."""
     problems: list[str] = []
     for net_job in net_jobs:
         for checked in variants:
@@ -134,6 +134,12 @@ def _cross_problems(
                 problems.append(
                     f"jobs.{job.name}.disk: {job.disk} is a passed-through device that some "
                     f"guests lack ({len(lacking)} of {len(variants)} have fewer guest.hostdevs)"
+                )
+            if baseline:
+                problems.append(
+                    f"jobs.{job.name}.disk: the host baseline runs fio on each disk's backing "
+                    "store, and a passed-through device has none on the host (vfio-pci holds "
+                    "it): leave out baseline or this job"
                 )
             continue
         known = sorted(disk_names) + sorted(hostdev_names)
@@ -190,15 +196,7 @@ def parse_spec(
             net_jobs.append(IperfJob.model_validate(net_job))
         except ValidationError as exc:
             problems.extend(_problems(exc, f"net_jobs.{index}."))
-    problems += _cross_problems(jobs, net_jobs, variants)
-    if raw.get("baseline") is True:
-        on_hostdev = [j.name for j in jobs if re.fullmatch(r"hostdev[0-9]+", j.disk)]
-        for name in on_hostdev:
-            problems.append(
-                f"jobs.{name}.disk: the host baseline runs fio on each disk's backing store, and "
-                "a passed-through device has none on the host (vfio-pci holds it): leave out "
-                "baseline or this job"
-            )
+    problems += _cross_problems(jobs, net_jobs, variants, baseline=raw.get("baseline") is True)
     if not jobs and not net_jobs and not problems:
         problems.append("jobs: a bench needs at least one fio job or net job")
     if not problems:

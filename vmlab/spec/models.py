@@ -156,6 +156,13 @@ class Disk(Model):
         return self.target == "guest"
 
     @property
+    def host_krbd(self) -> bool:
+        """This host's kernel maps the disk's RBD image (not a guest that maps it itself)."""
+        return (
+            isinstance(self.backend, RbdBackend) and self.backend.krbd and not self.guest_is_client
+        )
+
+    @property
     def served_by(self) -> str:
         if self.target is not None:
             return self.target
