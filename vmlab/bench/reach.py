@@ -110,13 +110,18 @@ def record_facts(
     return find_disks(case, facts)
 
 
+def guest_pci(slot: str) -> str:
+    """The address the guest reports for a device vmlab put at ``slot`` (``0x10``) of bus 0."""
+    return f"0000:00:{int(slot, 16):02x}.0"
+
+
 def find_disks(case: Case, facts: GuestFacts) -> dict[str, str]:
     """Guest device node per spec disk: by serial, else by the PCI slot vmlab gave it."""
     devices: dict[str, str] = {}
     for index, disk in enumerate(case.variant.guest.disks):
         if disk.guest_is_client:
             continue  # no device: fio's rbd engine in the guest talks to the cluster
-        slot = f"0000:00:{int(pci_slot(index), 16):02x}.0"
+        slot = guest_pci(pci_slot(index))
         by_serial = [d.device for d in facts.disks if d.serial == disk.serial]
         by_slot = [d.device for d in facts.disks if d.pci == slot]
         found = by_serial or by_slot
@@ -135,7 +140,7 @@ def find_disks(case: Case, facts: GuestFacts) -> dict[str, str]:
     ):
         if name not in wanted:
             continue  # passed through for something other than fio (a NIC, a GPU)
-        slot = f"0000:00:{int(hostdev_slot(index), 16):02x}.0"
+        slot = guest_pci(hostdev_slot(index))
         found = [d.device for d in facts.disks if d.pci == slot]
         if len(found) != 1:
             have = ", ".join(f"{d.device} ({d.pci})" for d in facts.disks)
