@@ -36,6 +36,25 @@ jobs:
 """
 
 
+def bench(
+    lab_env: dict[str, str], *args: str, timeout_s: float = 3600
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``vmlab bench ARGS --ci`` into the lab's results: the finished process (it succeeded)
+    and the one run it made."""
+    results = Path(lab_env["RESULTS"])
+    done = subprocess.run(
+        [*VMLAB, "bench", *args, "--ci", "--results", str(results)],
+        env=lab_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    (run,) = [p for p in results.iterdir() if p.is_dir()]
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    return done, run
+
+
 @pytest.fixture
 def nested_ready(guest_image: GuestImage) -> GuestImage:
     if os.geteuid() != 0:
@@ -54,17 +73,7 @@ def test_one_case_runs_inside_l1_and_comes_back_as_a_host_run(
 ) -> None:
     spec = tmp_path / "nested-one.yaml"
     spec.write_text(ONE_CASE)
-    results = Path(lab_env["RESULTS"])
-    done = subprocess.run(
-        [*VMLAB, "bench", str(spec), "--results", str(results), "--ci"],
-        env=lab_env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
-    (run,) = [p for p in results.iterdir() if p.is_dir()]
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done, run = bench(lab_env, str(spec))
     # Progress through the long stages reached the person running it.
     assert "L1 amd64: image" in done.stdout and "L1 amd64: booting" in done.stdout
     assert "L1 amd64: case 1/1: default" in done.stdout
@@ -128,17 +137,7 @@ def test_reference_case_2_tap_with_vhost_on_runs_inside_l1(
     host (no /dev/vhost-net) cannot run, inside L1 whose kernel has vhost_net."""
     spec = tmp_path / "nested-vhost.yaml"
     spec.write_text(VHOST_TAP)
-    results = Path(lab_env["RESULTS"])
-    done = subprocess.run(
-        [*VMLAB, "bench", str(spec), "--results", str(results), "--ci"],
-        env=lab_env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
-    (run,) = [p for p in results.iterdir() if p.is_dir()]
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _, run = bench(lab_env, str(spec))
     case = run / "cases" / "default"
     argv = (case / "argv.sh").read_text()
     assert "vhost=on" in argv, argv
@@ -206,18 +205,7 @@ def test_the_reference_experiment_runs_every_case_inside_l1(
 
     if find_spdk() is None:
         pytest.skip("no SPDK build to carry into L1: ../shared/tools/build-spdk")
-    results = Path(lab_env["RESULTS"])
-    argv = [*VMLAB, "bench", str(REFERENCE), "--nested", "--runtime", "2", "--ci"]
-    done = subprocess.run(
-        [*argv, "--results", str(results)],
-        env=lab_env,
-        capture_output=True,
-        text=True,
-        timeout=7200,
-        check=False,
-    )
-    (run,) = [p for p in results.iterdir() if p.is_dir()]
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    _, run = bench(lab_env, str(REFERENCE), "--nested", "--runtime", "2", timeout_s=7200)
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "complete" and not status.get("unsupported"), status
     cases = sorted(p.name for p in (run / "cases").iterdir())
@@ -249,17 +237,7 @@ KERNELS = Path(__file__).parent.parent.parent / "examples" / "nested-kernels.yam
 def test_two_hypervisor_kernels_side_by_side_in_one_report(
     nested_ready: GuestImage, lab_env: dict[str, str], tmp_path: Path
 ) -> None:
-    results = Path(lab_env["RESULTS"])
-    done = subprocess.run(
-        [*VMLAB, "bench", str(KERNELS), "--runtime", "2", "--ci", "--results", str(results)],
-        env=lab_env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
-    (run,) = [p for p in results.iterdir() if p.is_dir()]
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    _, run = bench(lab_env, str(KERNELS), "--runtime", "2")
     host = json.loads((run / "host.json").read_text())
     kernels = {n["kernel_package"]: n["kernel"] for n in host["nested"]}
     assert set(kernels) == {"linux-image-amd64", "linux-image-cloud-amd64"}
@@ -289,17 +267,7 @@ def test_vfio_passthrough_of_l1s_emulated_nvme_runs_as_a_spec(
     """What scripts/nested-vfio did by hand: L1 with an emulated IOMMU and NVMe, vmlab in L1
     binding the NVMe to vfio-pci for the guest, fio in the guest on the passed-through
     namespace (disk: hostdev0) next to a virtio-blk disk."""
-    results = Path(lab_env["RESULTS"])
-    done = subprocess.run(
-        [*VMLAB, "bench", str(VFIO), "--runtime", "2", "--ci", "--results", str(results)],
-        env=lab_env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=False,
-    )
-    (run,) = [p for p in results.iterdir() if p.is_dir()]
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _, run = bench(lab_env, str(VFIO), "--runtime", "2")
     case = run / "cases" / "default"
     assert "vfio-pci,host=0000:00:10.0" in (case / "argv.sh").read_text()
     job = (case / "jobs" / "nvme-vfio" / "r1" / "job.fio").read_text()
