@@ -7,6 +7,7 @@ channel, then holds the exec request, which paramiko's client waits for without 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import threading
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paramiko.common import AUTH_SUCCESSFUL, OPEN_SUCCEEDED
 
 from vmlab.errors import GuestError, HostError
-from vmlab.guest.ssh import GuestSSH, lab_key
+from vmlab.guest.ssh import GuestSSH, lab_key, wait_banner
 
 
 def _key() -> paramiko.Ed25519Key:
@@ -225,3 +226,37 @@ def test_a_lab_key_that_cannot_be_created_is_a_host_error(tmp_path: Path) -> Non
     (tmp_path / "state").write_text("a file where the state folder should be\n")
     with pytest.raises(HostError, match="cannot create the lab SSH key"):
         lab_key(tmp_path / "state" / "lab" / "id_ed25519")
+
+
+def test_a_slow_banner_gets_a_longer_window_instead_of_endless_reconnects() -> None:
+    """Every connection's banner comes 0.5 s after accept: windows of 0.2 and 0.4 s stay
+    silent, the third (0.8 s) gets it. A fixed window shorter than the guest's answer would
+    reconnect until the deadline."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+
+            def answer(c: socket.socket = conn) -> None:
+                time.sleep(0.5)
+                with contextlib.suppress(OSError):  # the client gave up on this one
+                    c.sendall(b"SSH-2.0-slow\r\n")
+
+            threading.Thread(target=answer, daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        waited = wait_banner("127.0.0.1", port, timeout_s=10, first_window_s=0.2)
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    assert len(accepted) == 3, len(accepted)
+    assert 0.5 < waited < 5, waited

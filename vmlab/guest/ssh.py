@@ -68,25 +68,33 @@ def public_line(key: paramiko.PKey, comment: str = "vmlab") -> str:
     return f"{key.get_name()} {key.get_base64()} {comment}"
 
 
-def wait_banner(host: str, port: int, *, timeout_s: float) -> float:
+def wait_banner(host: str, port: int, *, timeout_s: float, first_window_s: float = 2.0) -> float:
     """Wait until an SSH server answers with its 'SSH-' banner; returns seconds waited.
 
     QEMU's user-mode hostfwd accepts TCP before the guest's sshd listens, so a successful
-    connect proves nothing: only the banner does.
+    connect proves nothing: only the banner does. A connection that stays silent gets a window
+    twice as long the next time (up to 30 s): a guest slow enough to need more than the first
+    window (TCG inside TCG beside a busy L1) would otherwise be reconnected forever, each
+    attempt leaving it one more sshd child to serve.
     """
     start = time.monotonic()
     deadline = start + timeout_s
+    window = first_window_s
     last: str = "no attempt"
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((host, port), timeout=2.0) as sock:
-                sock.settimeout(2.0)
-                data = sock.recv(256)
+                sock.settimeout(max(min(window, deadline - time.monotonic()), 0.1))
+                try:
+                    data = sock.recv(256)
+                except TimeoutError:
+                    window = min(window * 2, 30.0)
+                    raise
                 if data.startswith(b"SSH-"):
                     return time.monotonic() - start
                 last = f"got {data[:20]!r} instead of a banner"
         except OSError as exc:
-            last = str(exc)
+            last = str(exc) or type(exc).__name__
         time.sleep(0.2)
     raise GuestError(
         f"no SSH banner from {host}:{port} within {timeout_s:.0f} s ({last})",
@@ -138,6 +146,7 @@ class GuestSSH:
         pinned = paramiko.PKey.from_type_string(keytype, base64.b64decode(blob))
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
+        window = 5.0  # banner and auth, doubled after each failed attempt (see wait_banner)
         while time.monotonic() < deadline:
             client = paramiko.SSHClient()
             client.get_host_keys().add(f"[{host}]:{port}" if port != 22 else host, keytype, pinned)
@@ -149,8 +158,8 @@ class GuestSSH:
                     username=user,
                     pkey=key,
                     timeout=5.0,
-                    banner_timeout=5.0,
-                    auth_timeout=5.0,
+                    banner_timeout=min(window, max(deadline - time.monotonic(), 1.0)),
+                    auth_timeout=min(window, max(deadline - time.monotonic(), 1.0)),
                     allow_agent=False,
                     look_for_keys=False,
                 )
@@ -164,6 +173,7 @@ class GuestSSH:
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 client.close()
                 last = exc
+                window = min(window * 2, 30.0)
                 time.sleep(0.3)
         raise GuestError(
             f"cannot log in to {user}@{host}:{port} within {timeout_s:.0f} s: {last}",
