@@ -49,6 +49,7 @@ def image(tmp_path: Path) -> GuestImage:
         key="k",
         kernel=kernel,
         initrd=tmp_path / "initrd",
+        slim_initrd=tmp_path / "initrd-slim",
         cmdline="",
         ready_marker="R",
         failed_marker="F",

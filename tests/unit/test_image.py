@@ -94,12 +94,15 @@ def _fake_image(images: Path, key: str, *, fmt: int = FORMAT_VERSION) -> Path:
     root.mkdir(parents=True)
     (root / "vmlinux").write_bytes(b"k" * 10)
     (root / "initrd.img").write_bytes(b"i" * 20)
+    (root / "initrd-slim.img").write_bytes(b"s" * 5)
     manifest = {
         "format": fmt, "key": key, "kernel": "vmlinux", "initrd": "initrd.img",
+        "slim_initrd": "initrd-slim.img",
         "cmdline": "console=ttyS0", "ready_marker": "VMLAB-READY",
         "failed_marker": "VMLAB-INIT-FAILED", "host_key": "ssh-ed25519 AAAA", "user": "root",
         "kernel_version": "6.1.0-9-cloud-amd64", "fio_version": "fio-3.33",
-        "min_memory_mib": 384, "sizes": {"kernel_bytes": 10, "initrd_bytes": 20},
+        "min_memory_mib": 384,
+        "sizes": {"kernel_bytes": 10, "initrd_bytes": 20, "slim_initrd_bytes": 5},
     }  # fmt: skip
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
@@ -117,7 +120,8 @@ def test_find_image(tmp_path: Path) -> None:
     (new / "initrd.img").write_bytes(b"short")  # incomplete → ignored
     assert find_image(tmp_path) == GuestImage(
         root=old, key="aaaa", kernel=old / "vmlinux", initrd=old / "initrd.img",
-        cmdline="console=ttyS0", ready_marker="VMLAB-READY", failed_marker="VMLAB-INIT-FAILED",
+        slim_initrd=old / "initrd-slim.img", cmdline="console=ttyS0",
+        ready_marker="VMLAB-READY", failed_marker="VMLAB-INIT-FAILED",
         host_key="ssh-ed25519 AAAA", user="root", kernel_version="6.1.0-9-cloud-amd64",
         fio_version="fio-3.33", min_memory_mib=384,
     )  # fmt: skip

@@ -60,7 +60,7 @@ def fake_image(root: Path, key: str, kernel_sha: str = "aa") -> GuestImage:
     ]  # fmt: skip
     (root / "manifest.json").write_text(json.dumps({"packages": packages}))
     return GuestImage(
-        root=root, key=key, kernel=root / "vmlinux", initrd=root / "i",
+        root=root, key=key, kernel=root / "vmlinux", initrd=root / "i", slim_initrd=root / "s",
         cmdline="", ready_marker="R", failed_marker="F", host_key="", user="root",
         kernel_version="6.1", fio_version="fio-3.33", min_memory_mib=384,
     )  # fmt: skip

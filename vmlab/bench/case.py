@@ -26,7 +26,7 @@ from vmlab.bench.watch import Watchdog
 from vmlab.bench.workloads import JobContext
 from vmlab.bench.workloads.fio import run_guest_jobs
 from vmlab.bench.workloads.iperf import run_net_jobs
-from vmlab.guest.boot import plan_boot
+from vmlab.guest.boot import needs_full_image, plan_boot
 from vmlab.guest.image import GuestImage
 from vmlab.guest.ssh import public_line
 from vmlab.launch.base import Launcher, LaunchRequest
@@ -135,6 +135,7 @@ def measure_case(
         nonce=nonce,
         public_key=public_line(env.key),
         default=env.image,
+        full=needs_full_image(guest, case.jobs),
     )
     with ExitStack() as stack:
         if guest.hostdevs:  # bound to vfio-pci for this guest, restored after it

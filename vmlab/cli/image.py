@@ -76,6 +76,7 @@ def image_info() -> None:
         ("kernel", image.kernel),
         ("kernel version", image.kernel_version),
         ("initrd", image.initrd),
+        ("initrd (slim)", image.slim_initrd),
         ("fio", image.fio_version),
         ("host key", image.host_key),
         ("cmdline", image.cmdline),

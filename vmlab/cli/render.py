@@ -28,7 +28,7 @@ def render(
     yes: YesOpt = False,
 ) -> None:
     """Print, per case, the exact QEMU argv that would run, without running anything."""
-    from vmlab.guest.boot import preview_boot
+    from vmlab.guest.boot import needs_full_image, preview_boot
     from vmlab.plan import plan
     from vmlab.render.libvirt import preview_runtime, render_libvirt
     from vmlab.render.model import GuestRuntime
@@ -64,11 +64,12 @@ def render(
                 out.print(preview.steps, markup=False)
             sources[name] = preview.source
         serial_log = Path(f"<run>/cases/{c.id}/serial.log")
+        full = needs_full_image(c.variant.guest, c.jobs)
         if (launcher or c.variant.launcher) == "libvirt":
             domain = render_libvirt(
                 c,
                 accel=accel,
-                boot=preview_boot(c.variant.guest, boot),
+                boot=preview_boot(c.variant.guest, boot, full=full),
                 disks=sources,
                 runtime=preview_runtime(c.id, serial_log=serial_log),
             )
@@ -85,7 +86,7 @@ def render(
                 c,
                 qemu="qemu-system-x86_64",
                 accel=accel,
-                boot=preview_boot(c.variant.guest, boot),
+                boot=preview_boot(c.variant.guest, boot, full=full),
                 disks=sources,
                 runtime=rt,
             )
@@ -113,11 +114,11 @@ def boot_placeholder() -> BootImage:
     if image is None:
         return BootImage(
             Path("<image>/vmlinux"),
-            Path("<image>/initrd.img"),
+            Path("<image>/initrd-slim.img"),
             "<image cmdline> vmlab.authkey=<lab key> vmlab.nonce=<per boot>",
         )
     return BootImage(
         image.kernel,
-        image.initrd,
+        image.slim_initrd,
         f"{image.cmdline} vmlab.authkey=<lab key> vmlab.nonce=<per boot>",
     )

@@ -9,15 +9,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vmlab.guest import cloud, cloudinit
 from vmlab.guest.image import GuestImage, authkey_cmdline
+from vmlab.guest.image.stubs import FULL_ENGINES
 from vmlab.guest.rootfs import build_rootfs
 from vmlab.render.model import BootImage, mac_address
 from vmlab.results.rundir import CaseDir
-from vmlab.spec import CloudImageSpec, Guest, RootfsImageSpec, parse_size
+from vmlab.spec import CloudImageSpec, FioJob, Guest, RbdBackend, RootfsImageSpec, parse_size
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,31 @@ def _seed(
     return config
 
 
-def preview_boot(guest: Guest, default: BootImage) -> BootImage:
-    """What `vmlab render` shows for a guest's boot, without building or downloading."""
+def needs_full_image(guest: Guest, jobs: Iterable[FioJob]) -> bool:
+    """Whether the default guest boots its full initramfs: fio in it uses an engine whose
+    libraries the slim one only stands in for (a job's ``ioengine``, or the rbd engine on a
+    disk the guest reaches as a Ceph client; a guest that maps its image with krbd runs
+    libaio)."""
+    rbd_client = any(
+        d.guest_is_client and isinstance(d.backend, RbdBackend) and not d.backend.krbd
+        for d in guest.disks
+    )
+    return rbd_client or any(job.ioengine in FULL_ENGINES for job in jobs)
+
+
+def default_initrd(image: GuestImage, full: bool) -> Path:
+    return image.initrd if full else image.slim_initrd
+
+
+def preview_boot(guest: Guest, default: BootImage, *, full: bool = False) -> BootImage:
+    """What `vmlab render` shows for a guest's boot, without building or downloading
+    (``default``: the slim default image's boot; ``full``: :func:`needs_full_image`)."""
     image = guest.image
     if image == "default":
-        return replace(default, cmdline=_cmdline(default.cmdline, guest.kernel_args))
+        initrd = default.initrd
+        if full and initrd is not None:
+            initrd = initrd.with_name("initrd.img")
+        return replace(default, initrd=initrd, cmdline=_cmdline(default.cmdline, guest.kernel_args))
     root = Path("<scratch>/boot/<case>-root.qcow2")
     if isinstance(image, RootfsImageSpec):
         seed = Path("<run>/cases/<case>/seed.iso") if image.cloud_init else None
@@ -90,8 +112,10 @@ def plan_boot(
     nonce: str,
     public_key: str,
     default: GuestImage,
+    full: bool = False,
 ) -> BootPlan:
-    """Build (or reuse) what the guest boots from; overlays go under `scratch`."""
+    """Build (or reuse) what the guest boots from; overlays go under `scratch`. ``full``: the
+    default image boots its full initramfs (:func:`needs_full_image`)."""
     identity = f"vmlab.nonce={nonce}"
     image = guest.image
     if image == "default":
@@ -99,7 +123,7 @@ def plan_boot(
             default.cmdline, authkey_cmdline(public_key), identity, guest.kernel_args
         )
         return BootPlan(
-            BootImage(default.kernel, default.initrd, cmdline),
+            BootImage(default.kernel, default_initrd(default, full), cmdline),
             default.ready_marker,
             default.failed_marker,
             default.host_key,

@@ -46,7 +46,13 @@ from vmlab.guest.image.debs import (
     host_library_packages,
     resolve_packages,
 )
-from vmlab.guest.image.initramfs import dropbear_host_key, render_init, tree_env, write_initramfs
+from vmlab.guest.image.initramfs import (
+    dropbear_host_key,
+    ldd_closure,
+    render_init,
+    tree_env,
+    write_initramfs,
+)
 from vmlab.guest.image.kernel import BZIMAGE, prepare_kernel
 from vmlab.guest.image.kernel_modules import resolve_modules
 from vmlab.guest.image.recipe import (
@@ -58,8 +64,9 @@ from vmlab.guest.image.recipe import (
     READY_MARKER,
     USER,
 )
+from vmlab.guest.image.stubs import STUBBED, build_stubs, stubbed_of
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a slim initramfs beside the full one
 LOCK_TIMEOUT_S = 900.0
 IMAGES = "images"  # <cache>/images/<key>/
 PINNED_IMAGE_ENV = "VMLAB_GUEST_IMAGE"  # a built image's directory, used as it is
@@ -70,7 +77,8 @@ class GuestImage:
     root: Path  # the image dir
     key: str  # cache key
     kernel: Path  # what to pass to -kernel (vmlinux if PVH-capable else bzImage)
-    initrd: Path
+    initrd: Path  # the full initramfs: every library of fio's engines
+    slim_initrd: Path  # stand-ins for the libraries only some engines use (.stubs)
     cmdline: str  # base kernel cmdline, without vmlab.authkey
     ready_marker: str
     failed_marker: str
@@ -107,6 +115,7 @@ def _load(root: Path) -> GuestImage | None:
             key=manifest["key"],
             kernel=root / manifest["kernel"],
             initrd=root / manifest["initrd"],
+            slim_initrd=root / manifest["slim_initrd"],
             cmdline=manifest["cmdline"],
             ready_marker=manifest["ready_marker"],
             failed_marker=manifest["failed_marker"],
@@ -118,7 +127,11 @@ def _load(root: Path) -> GuestImage | None:
         )
     except (ValueError, KeyError, TypeError):
         return None
-    files = ((image.kernel, "kernel_bytes"), (image.initrd, "initrd_bytes"))
+    files = (
+        (image.kernel, "kernel_bytes"),
+        (image.initrd, "initrd_bytes"),
+        (image.slim_initrd, "slim_initrd_bytes"),
+    )
     return image if sizes_match(manifest, files) else None
 
 
@@ -234,18 +247,27 @@ def _build_into(
         missing_hint=LAYOUT_HINT,
     )
 
-    note(progress, "writing the initramfs")
+    note(progress, "compiling stand-ins of the libraries only some fio engines use")
+    stubs = build_stubs(
+        tree / "usr/bin/fio", stubbed_of(ldd_closure(tree / "usr/bin/fio", tree)), work / "stubs"
+    )
+    note(progress, "writing the initramfs, full and slim")
     (work / "init.sh").write_text(init_text)
-    content = write_initramfs(
-        work / "initrd.img",
-        tree=tree,
-        moddir=moddir,
-        plan=plan,
-        on_demand=on_demand,
-        init_text=init_text,
-        host_key_file=host_key_file,
+    content, slim = (
+        write_initramfs(
+            work / name,
+            tree=tree,
+            moddir=moddir,
+            plan=plan,
+            on_demand=on_demand,
+            init_text=init_text,
+            host_key_file=host_key_file,
+            stubs=stub_dir,
+        )
+        for name, stub_dir in (("initrd.img", None), ("initrd-slim.img", work / "stubs"))
     )
     host_key_file.unlink()
+    shutil.rmtree(work / "stubs")
     shutil.rmtree(tree)
 
     manifest = {
@@ -265,6 +287,8 @@ def _build_into(
         "kernel": kernel_file,
         "bzimage": BZIMAGE,
         "initrd": "initrd.img",
+        "slim_initrd": "initrd-slim.img",
+        "stubbed": {soname: STUBBED[soname] for soname in sorted(stubs)},
         "cmdline": BASE_CMDLINE,
         "ready_marker": READY_MARKER,
         "failed_marker": FAILED_MARKER,
@@ -284,6 +308,8 @@ def _build_into(
             "bzimage_bytes": (work / BZIMAGE).stat().st_size,
             "vmlinux_bytes": (work / "vmlinux").stat().st_size if kernel_file == "vmlinux" else 0,
             "initrd_bytes": (work / "initrd.img").stat().st_size,
+            "slim_initrd_bytes": (work / "initrd-slim.img").stat().st_size,
+            "slim_initrd_members": slim["initrd_members"],
             **content,
         },
     }

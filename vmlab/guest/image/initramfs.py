@@ -79,12 +79,16 @@ def tree_env(tree: Path) -> dict[str, str]:
     }
 
 
-def ldd_closure(binary: Path, tree: Path) -> dict[str, Path]:
-    """Guest path → file to copy, for every shared object ``binary`` loads: libraries from the
-    extracted ``tree`` first (LD_LIBRARY_PATH), then the host's."""
+def ldd_closure(binary: Path, tree: Path, stubs: Path | None = None) -> dict[str, Path]:
+    """Guest path → file to copy, for every shared object ``binary`` loads: libraries from
+    ``stubs`` (stand-ins, :mod:`.stubs`) first, then from the extracted ``tree``
+    (LD_LIBRARY_PATH), then the host's."""
+    env = tree_env(tree)
+    if stubs is not None:
+        env["LD_LIBRARY_PATH"] = f"{stubs}:{env['LD_LIBRARY_PATH']}"
     done = proc.run(
         ["ldd", binary],
-        env=tree_env(tree),
+        env=env,
         timeout_s=60,
         check=False,
         missing_hint="apt-get install libc-bin",
@@ -104,6 +108,9 @@ def ldd_closure(binary: Path, tree: Path) -> dict[str, Path]:
     libs: dict[str, Path] = {}
     for match in re.finditer(r"^\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)$", text, re.MULTILINE):
         seen = Path(match.group(1))  # lines without a path (linux-vdso.so.1) do not match
+        if stubs is not None and seen.parent == stubs:
+            libs[f"/usr/lib/{MULTIARCH}/{seen.name}"] = seen
+            continue
         try:
             guest = "/" + seen.relative_to(tree).as_posix()
         except ValueError:
@@ -150,11 +157,14 @@ def write_initramfs(
     init_text: str,
     host_key_file: Path,
     on_demand: Mapping[str, Sequence[str]] | None = None,
+    stubs: Path | None = None,
 ) -> dict[str, Any]:
     """The initramfs: merged-/usr layout, /init, busybox + applets, dropbear, sftp-server, fio,
     their libraries, the modules (decompressed) and the list /init loads them from; and
     ``on_demand`` (group -> module paths, load order) with one list per group that the guest's
-    ``vmlab-modules GROUP`` loads."""
+    ``vmlab-modules GROUP`` loads. With ``stubs`` (a directory of stand-ins, :mod:`.stubs`),
+    the slim initramfs: the stand-ins in place of the libraries they stand for, and none of
+    what those would pull in."""
     binaries = {
         "/usr/sbin/dropbear": tree / "usr/sbin/dropbear",
         "/usr/lib/openssh/sftp-server": tree / "usr/lib/openssh/sftp-server",
@@ -163,8 +173,12 @@ def write_initramfs(
     }
     libraries: dict[str, Path] = {}
     for binary in binaries.values():
-        libraries.update(ldd_closure(binary, tree))
-    host_libraries = sorted(str(src) for src in libraries.values() if tree not in src.parents)
+        libraries.update(ldd_closure(binary, tree, stubs))
+    host_libraries = sorted(
+        str(src)
+        for src in libraries.values()
+        if tree not in src.parents and (stubs is None or src.parent != stubs)
+    )
     guest_moddir = f"/usr/lib/modules/{moddir.name}"
 
     def guest_path(rel: str) -> str:  # compressed modules are stored decompressed
