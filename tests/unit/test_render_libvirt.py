@@ -72,8 +72,8 @@ BOOT = BootImage(Path("/img/vmlinux"), Path("/img/initrd.img"), "console=ttyS0 v
 def fixed_boot(case: Case) -> BootImage:
     """`vmlab render`'s boot preview with absolute paths (the schema wants them)."""
     boot = preview_boot(case.variant.guest, BOOT)
-    if boot == BOOT:
-        return BOOT
+    if case.variant.guest.image == "default":
+        return boot
     return replace(
         boot,
         kernel=Path("/rootfs/vmlinux") if boot.kernel else None,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vmlab.guest import cloud, cloudinit
 from vmlab.guest.image import GuestImage, authkey_cmdline
+from vmlab.guest.image.recipe import BOOT_GROUPS_ARG
 from vmlab.guest.image.stubs import FULL_ENGINES
 from vmlab.guest.rootfs import build_rootfs
 from vmlab.render.model import BootImage, mac_address
@@ -71,6 +72,16 @@ def needs_full_image(guest: Guest, jobs: Iterable[FioJob]) -> bool:
     return rbd_client or any(job.ioengine in FULL_ENGINES for job in jobs)
 
 
+SCSI_MODELS = ("virtio-scsi", "vhost-scsi")  # both are virtio-scsi to the guest's kernel
+
+
+def boot_groups(guest: Guest) -> str:
+    """The default image's ``vmlab.modules=`` argument: the module groups (recipe.
+    ON_DEMAND_MODULES) /init loads at boot for this guest's disks, or '' for none."""
+    groups = ["scsi"] if any(d.model in SCSI_MODELS for d in guest.disks) else []
+    return f"{BOOT_GROUPS_ARG}={','.join(groups)}" if groups else ""
+
+
 def default_initrd(image: GuestImage, full: bool) -> Path:
     return image.initrd if full else image.slim_initrd
 
@@ -83,7 +94,8 @@ def preview_boot(guest: Guest, default: BootImage, *, full: bool = False) -> Boo
         initrd = default.initrd
         if full and initrd is not None:
             initrd = initrd.with_name("initrd.img")
-        return replace(default, initrd=initrd, cmdline=_cmdline(default.cmdline, guest.kernel_args))
+        cmdline = _cmdline(default.cmdline, boot_groups(guest), guest.kernel_args)
+        return replace(default, initrd=initrd, cmdline=cmdline)
     root = Path("<scratch>/boot/<case>-root.qcow2")
     if isinstance(image, RootfsImageSpec):
         seed = Path("<run>/cases/<case>/seed.iso") if image.cloud_init else None
@@ -120,7 +132,11 @@ def plan_boot(
     image = guest.image
     if image == "default":
         cmdline = _cmdline(
-            default.cmdline, authkey_cmdline(public_key), identity, guest.kernel_args
+            default.cmdline,
+            authkey_cmdline(public_key),
+            identity,
+            boot_groups(guest),
+            guest.kernel_args,
         )
         return BootPlan(
             BootImage(default.kernel, default_initrd(default, full), cmdline),

@@ -24,6 +24,7 @@ from vmlab.guest.cpio import NewcWriter
 from vmlab.guest.image.debs import LAYOUT_HINT
 from vmlab.guest.image.kernel_modules import ModulePlan, module_bytes
 from vmlab.guest.image.recipe import (
+    BOOT_GROUPS_ARG,
     DEFAULT_GW,
     DEFAULT_IP,
     FAILED_MARKER,
@@ -53,6 +54,7 @@ def render_init() -> str:
         complete_path=COMPLETE_GUEST_PATH,
         modules_path=MODULE_LIST_GUEST_PATH,
         on_demand_dir=ON_DEMAND_GUEST_DIR,
+        groups_arg=BOOT_GROUPS_ARG,
         host_key_path=HOST_KEY_GUEST_PATH,
         min_memory_mib=MIN_MEMORY_MIB,
     )

@@ -43,8 +43,6 @@ USERLAND_PACKAGES = (
 MODULES = (
     "virtio_pci",
     "virtio_blk",
-    "virtio_scsi",
-    "sd_mod",
     "nvme",
     "virtio_net",
     "button",
@@ -52,9 +50,15 @@ MODULES = (
     "virtio_rng",
 )
 # Modules the image carries but /init does not load: a feature loads its group on demand
-# (`vmlab-modules NAME` in the guest) so that no guest pays for them at boot. rbd: the guest
-# maps an RBD image with the kernel driver (a disk with target guest and backend.krbd).
-ON_DEMAND_MODULES: dict[str, tuple[str, ...]] = {"rbd": ("rbd",)}
+# (`vmlab-modules NAME` in the guest, or /init with the groups named by BOOT_GROUPS_ARG on the
+# kernel command line) so that no guest pays for them at boot. rbd: the guest maps an RBD
+# image with the kernel driver (a disk with target guest and backend.krbd). scsi: a
+# virtio-scsi or vhost-scsi disk (the SCSI core is the largest module a guest would load).
+ON_DEMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "rbd": ("rbd",),
+    "scsi": ("virtio_scsi", "sd_mod"),
+}
+BOOT_GROUPS_ARG = "vmlab.modules"  # vmlab.modules=scsi[,GROUP...]: loaded with MODULES
 
 
 def authkey_cmdline(public_line: str) -> str:
