@@ -70,6 +70,9 @@ def test_default_lab_prints_a_table_from_three_real_guests(
         cdir = run / "cases" / case
         argv = json.loads((cdir / "argv.json").read_text())
         assert argv[0].endswith("qemu-system-x86_64")
+        # local-disk jobs boot the slim initramfs; only the SCSI guest loads the SCSI modules
+        assert argv[argv.index("-initrd") + 1] == str(guest_image.slim_initrd)
+        assert ("vmlab.modules=scsi" in argv[argv.index("-append") + 1]) == (case == "virtio-scsi")
         assert "VMLAB-READY" in (cdir / "serial.log").read_text(errors="replace")
         guest = json.loads((cdir / "guest.json").read_text())
         assert [d["serial"] for d in guest["disks"].values()] == ["vmlab-data"]

@@ -244,6 +244,14 @@ def test_the_reference_experiment_runs_what_this_host_can_and_reports_it(
     assert status["status"] == "complete", status
     job = (run / "cases" / "guest-rbd" / "jobs" / "latency" / "r1" / "job.fio").read_text()
     assert "ioengine=rbd" in job and "filename" not in job
+
+    def initrd(case: str) -> str:
+        argv = json.loads((run / "cases" / case / "argv.json").read_text())
+        return str(argv[argv.index("-initrd") + 1])
+
+    # fio's rbd engine in the guest needs the real librbd: the full initramfs; krbd runs libaio
+    assert initrd("guest-rbd") == str(guest_image.initrd)
+    assert initrd("guest-rbd-krbd") == str(guest_image.slim_initrd)
     # 1b: the guest's kernel mapped the image (rbd loaded on demand) and fio ran on the device
     krbd = run / "cases" / "guest-rbd-krbd"
     job = (krbd / "jobs" / "latency" / "r1" / "job.fio").read_text()
