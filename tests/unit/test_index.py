@@ -78,22 +78,40 @@ def test_reindexing_replaces_changed_rows(results: Path) -> None:
 
 def test_migrations_apply_in_order_and_once(tmp_path: Path) -> None:
     db = tmp_path / "index.sqlite"
+    latest = len(MIGRATIONS)
     with open_index(db) as conn:
-        assert schema_version(conn) == 1
+        assert schema_version(conn) == latest
     calls: list[int] = []
 
-    def migration_2(conn: sqlite3.Connection) -> None:
+    def migration_next(conn: sqlite3.Connection) -> None:
         calls.append(1)
         conn.execute("ALTER TABLE runs ADD COLUMN note TEXT")
 
-    v2 = (*MIGRATIONS, migration_2)
-    with open_index(db, migrations=v2) as conn:
-        assert schema_version(conn) == 2
+    with_next = (*MIGRATIONS, migration_next)
+    with open_index(db, migrations=with_next) as conn:
+        assert schema_version(conn) == latest + 1
         columns = [row[1] for row in conn.execute("PRAGMA table_info(runs)")]
         assert "note" in columns
-    with open_index(db, migrations=v2) as conn:
-        assert schema_version(conn) == 2
+    with open_index(db, migrations=with_next) as conn:
+        assert schema_version(conn) == latest + 1
     assert calls == [1]
+
+
+def test_migration_2_counts_the_cases_and_samples_of_indexed_runs(results: Path) -> None:
+    db = default_index_path(results)
+    warmup = {("nvme", "latency"): {"read_iops": [1.0]}}
+    index_run(db, make_run(results, "run-a", CELLS, warmup=warmup))
+    index_run(db, make_run(results, "run-b", {("nvme", "latency"): {"read_iops": [5.0]}}))
+    written = list_runs(db)
+    with open_index(db) as conn:  # back to a v1 index, rows and all
+        conn.execute("ALTER TABLE runs DROP COLUMN cases")
+        conn.execute("ALTER TABLE runs DROP COLUMN samples")
+        conn.execute("PRAGMA user_version = 1")
+    migrated = list_runs(db)
+    assert [(r.id, r.cases, r.samples) for r in migrated] == [
+        (r.id, r.cases, r.samples) for r in written
+    ]
+    assert sorted((r.id, r.cases, r.samples) for r in written) == [("run-a", 2, 8), ("run-b", 1, 1)]
 
 
 def test_a_failing_migration_leaves_the_old_version(tmp_path: Path) -> None:
@@ -108,7 +126,7 @@ def test_a_failing_migration_leaves_the_old_version(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), open_index(db, migrations=(*MIGRATIONS, broken)):
         pass
     with open_index(db) as conn:
-        assert schema_version(conn) == 1
+        assert schema_version(conn) == len(MIGRATIONS)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         assert "half_done" not in tables
 
