@@ -6,7 +6,6 @@ Errors are raised as VmlabError; vmlab.cli prints them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -14,20 +13,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Span, Text
 
+from vmlab.cli.runlist import list_runs_command, warn_skipped
 from vmlab.errors import ResultError
 from vmlab.report.stages import Stage, case_stages, overhead_s
 from vmlab.report.stats import StatOptions
-from vmlab.results.index import (
-    RunRow,
-    default_index_path,
-    index_run,
-    list_runs,
-    reindex,
-    remove_run,
-    sync_index,
-)
+from vmlab.results.index import default_index_path, index_run, reindex, remove_run
 from vmlab.results.rundir import resolve_run, scan_run
 
 app = typer.Typer(
@@ -45,62 +36,10 @@ def _console() -> Console:
     return Console(highlight=False)
 
 
-def _warn_skipped(console: Console, skipped: dict[str, str]) -> None:
-    for path, reason in skipped.items():
-        console.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}")
-
-
 @app.command("list")
 def list_command(results: ResultsOpt = Path("results")) -> None:
     """List the runs, newest first (new or changed run directories are indexed first)."""
-    console = _console()
-    if not results.is_dir():
-        console.print(f"no runs: {escape(str(results))} does not exist")
-        return
-    synced = sync_index(results)
-    _warn_skipped(console, dict(synced.skipped))
-    rows = list_runs(default_index_path(results))
-    if not rows:
-        console.print(f"no runs under {escape(str(results))}")
-        return
-    listing = _run_list(rows, f"runs in {results}")
-    if console.is_terminal:
-        console.print(listing, end="", soft_wrap=True)
-    else:  # piped: the same text without styles, and without rich rendering 10,000 lines
-        console.file.write(listing.plain)
-
-
-_STATUS_STYLE = {"complete": "green", "failed": "red", "interrupted": "yellow"}
-
-
-def _cells(r: RunRow) -> tuple[str, ...]:
-    started, host = r.started or "-", r.host or "-"
-    return (r.id, r.name, r.status, r.source, started, str(r.cases), str(r.samples), host)
-
-
-def _run_list(rows: Sequence[RunRow], title: str) -> Text:
-    """The runs as aligned columns in one Text: a rich Table measures every cell and takes
-    seconds for 10,000 runs; this takes milliseconds."""
-    header = ("run", "name", "status", "source", "started", "cases", "samples", "host")
-    cells = [_cells(r) for r in rows]
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
-    right = {5, 6}  # counts
-    # One format for every line; the status column starts at the same place on each.
-    layout = "  ".join(f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths)).format
-    status_at = widths[0] + widths[1] + 4
-    head = layout(*header).rstrip() + "\n"
-    lines = [title + "\n", head]
-    offset = len(lines[0])
-    spans = [Span(offset, offset + len(head), "bold")]
-    offset += len(head)
-    for values in cells:
-        text = layout(*values).rstrip() + "\n"
-        style = _STATUS_STYLE.get(values[2])
-        if style:
-            spans.append(Span(offset + status_at, offset + status_at + len(values[2]), style))
-        lines.append(text)
-        offset += len(text)
-    return Text("".join(lines), spans=spans)
+    list_runs_command(results)
 
 
 @app.command()
@@ -212,7 +151,7 @@ def reindex_command(results: ResultsOpt = Path("results")) -> None:
             "no such results directory", path=results, hint="pass --results DIR (default: results)"
         )
     result = reindex(results)
-    _warn_skipped(console, dict(result.skipped))
+    warn_skipped(console, dict(result.skipped))
     console.print(
         f"indexed {len(result.indexed)} runs in {escape(str(default_index_path(results)))}"
         + (f"; dropped {len(result.removed)} that no longer exist" if result.removed else "")
