@@ -1,6 +1,8 @@
 """Start-up of the `vmlab` command: only the chosen command's module is loaded, and quick
-commands load none of the heavy libraries (issue 18: `results list` under 0.5 s at 10,000 runs).
-Each check runs in a new interpreter, as a user's command does."""
+commands load none of the heavy libraries (issue 18: `results list` under 0.5 s at 10,000 runs);
+the quick forms of `results list` and `compare` (vmlab.cli.quick) not even pydantic, which
+Typer's parameter conversion imports, and `results list` not Typer. Each check runs in a new
+interpreter, as a user's command does."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from runs_fixture import make_run
 
-from vmlab.cli import COMMANDS, GROUPS, TOP_LEVEL, build_app, chosen_command
+from vmlab.cli import COMMANDS, GROUPS, TOP_LEVEL, chosen_command
+from vmlab.cli.root import build_app
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = (
@@ -28,10 +32,57 @@ HEAVY = (
 )
 
 
+def _loaded_after_main(*argv: str) -> set[str]:
+    """The modules loaded once vmlab ran ``argv`` (printed after its own output)."""
+    code = (
+        "import json, sys\n"
+        "from vmlab.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    return set(json.loads(done.stderr.splitlines()[-1]))
+
+
+NOT_FOR_STATISTICS = tuple(m for m in HEAVY if m not in ("numpy", "scipy"))  # compare's t-test
+
+
+@pytest.mark.parametrize(
+    ("argv", "unloaded"),
+    [
+        (("results", "list", "--results", "{results}"), (*HEAVY, "typer", "pydantic")),
+        (("-v", "results", "list", "--results={results}"), (*HEAVY, "typer", "pydantic")),
+        (
+            ("compare", "run-a", "run-b", "--results", "{results}"),
+            (*NOT_FOR_STATISTICS, "pydantic"),
+        ),
+    ],
+)
+def test_the_quick_forms_load_no_pydantic(
+    argv: tuple[str, ...], unloaded: tuple[str, ...], tmp_path: Path
+) -> None:
+    results = tmp_path / "results"
+    for run in ("run-a", "run-b"):
+        make_run(results, run, {("nvme", "latency"): {"read_iops": [1.0, 2.0]}})
+    loaded = _loaded_after_main(*(a.format(results=results) for a in argv))
+    assert "vmlab.results.rundir" in loaded  # it did list or compare
+    assert sorted(m for m in unloaded if m in loaded) == []
+
+
 def _loaded_after_build(*argv: str) -> set[str]:
     code = (
         "import json, sys\n"
-        "from vmlab.cli import build_app\n"
+        "from vmlab.cli.root import build_app\n"
         "build_app(sys.argv[1:] or None)\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )

@@ -79,7 +79,7 @@ def test_missing_tools_are_named_with_their_packages(monkeypatch: pytest.MonkeyP
 def test_image_build_rootfs_options_need_kind_rootfs() -> None:
     from typer.testing import CliRunner
 
-    from vmlab.cli import build_app
+    from vmlab.cli.root import build_app
 
     app = build_app()
     for args in (["--disk"], ["--cloud-init"], ["--kind", "qcow2"]):
