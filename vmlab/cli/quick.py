@@ -1,11 +1,11 @@
 """The two read-only commands run most often, read without Typer: ``vmlab [-v] results list
 [--results DIR]`` and ``vmlab [-v] compare RUN RUN... [--results DIR]``.
 
-Typer converts every parameter of a command through a pydantic TypeAdapter: importing pydantic
-and building the adapters is ~0.1 s of a 0.35 s `results list` (issue 18: `results list` and
-`compare` under 0.5 s with 10,000 runs), and importing Typer another 0.05 s. These two forms
-hold only plain words, so they are read here and the same command functions are called, every
-other parameter at its default; `results list` runs without Typer at all.
+Typer (0.29) converts every parameter of a command through a pydantic TypeAdapter: importing
+pydantic and building the adapters costs ~0.12 s a command, a third of what `results list`
+took with 10,000 runs (issue 18 asks for under 0.5 s), and importing Typer ~0.04 s more. These
+two forms hold only plain words, so they are read here and the same command functions are
+called, every other parameter at its default; `results list` runs without Typer at all.
 Anything else (another option, ``--help``, ``--``, ``--results`` without a value or given
 twice, a single RUN, shell completion) is not quick: :func:`quick_command` returns None and
 Typer parses it, errors and help included.
