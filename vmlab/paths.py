@@ -30,3 +30,17 @@ def runtime_dir() -> Path:
         return Path(base)
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     return Path(xdg) / "vmlab" if xdg else Path("/tmp") / f"vmlab-{os.getuid()}"
+
+
+UNIX_PATH_MAX = 107  # usable bytes of sun_path
+
+
+def check_socket_path(path: Path, what: str) -> None:
+    """A clear error for a unix socket path the kernel would refuse (bind: "name too long")."""
+    from vmlab.errors import HostError
+
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise HostError(
+            f"{what} {path} is longer than {UNIX_PATH_MAX} bytes, the limit of a unix socket",
+            hint="use a shorter directory (VMLAB_RUNTIME, or the target's -S)",
+        )

@@ -6,6 +6,7 @@ targetcli a recording runner; the argvs are the contract checked here.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -192,7 +193,7 @@ def test_a_private_bus_answers_targetcli_and_stops_after(
     """A real dbus-daemon: targetcli-fb's D-Bus question (here dbus-send's) gets an answer."""
     monkeypatch.delenv("DBUS_SYSTEM_BUS_ADDRESS", raising=False)
     monkeypatch.setattr(lio, "SYSTEM_BUS_SOCKET", tmp_path / "no-system-bus")
-    with lio.bus_for_targetcli(tmp_path / "work") as env:
+    with lio.bus_for_targetcli(tmp_path / "work", tmp_path) as env:
         assert env is not None
         address = env["DBUS_SYSTEM_BUS_ADDRESS"]
         asked = subprocess.run(
@@ -220,11 +221,32 @@ def test_a_private_bus_answers_targetcli_and_stops_after(
     assert not Path(f"/proc/{daemons[0]}").exists()
 
 
+def test_a_long_case_scratch_path_keeps_the_bus_socket_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference experiment's case 4 id made a scratch path past a socket's 107 bytes:
+    dbus-daemon died ("Socket name too long"). The log stays there; the socket does not."""
+    monkeypatch.delenv("DBUS_SYSTEM_BUS_ADDRESS", raising=False)
+    monkeypatch.setattr(lio, "SYSTEM_BUS_SOCKET", tmp_path / "no-system-bus")
+    workdir = tmp_path / ("x" * 60) / "lio-vhost-scsi-rbd-krbd-num-queues-2"
+    short = tmp_path / "p"
+    short.mkdir()
+    if shutil.which("dbus-daemon") is not None:
+        with lio.bus_for_targetcli(workdir, short) as env:
+            assert env == {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={short}/dbus.sock"}
+        assert (workdir / "dbus-daemon.log").exists()
+    with (
+        pytest.raises(HostError, match="longer than 107 bytes"),
+        lio.bus_for_targetcli(workdir, workdir),
+    ):
+        pass
+
+
 def test_with_a_system_bus_targetcli_runs_in_vmlabs_own_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(lio, "SYSTEM_BUS_SOCKET", tmp_path)  # exists
-    with lio.bus_for_targetcli(tmp_path / "work") as env:
+    with lio.bus_for_targetcli(tmp_path / "work", tmp_path) as env:
         assert env is None
     assert not (tmp_path / "work").exists()
 

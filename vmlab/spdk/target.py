@@ -14,7 +14,6 @@ bdevs and controllers died with it, and the cleanup only removes what is on the 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import tempfile
@@ -27,7 +26,7 @@ from typing import Self
 
 from vmlab import hugepages
 from vmlab.errors import CommandError, HostError, LaunchError
-from vmlab.paths import runtime_dir
+from vmlab.paths import check_socket_path, runtime_dir
 from vmlab.proc import Deadline, ManagedProcess
 from vmlab.spdk.cpumask import format_cpumask
 from vmlab.spdk.plan import DiskPlan, RpcCall, undo_call
@@ -35,7 +34,6 @@ from vmlab.spdk.rpc import SpdkRpc, SpdkVersion
 
 log = logging.getLogger(__name__)
 
-UNIX_PATH_MAX = 107  # usable bytes of sun_path
 HUGEPAGE_HINT = (
     "SPDK needs 2 MiB hugepages and a hugetlbfs mount; as root vmlab reserves and mounts "
     "them for the run, otherwise: echo N > /proc/sys/vm/nr_hugepages; "
@@ -79,14 +77,6 @@ class ServedDisk:
     ctrlr: str
     socket: Path
     undo: tuple[RpcCall, ...] = field(default=(), repr=False)  # newest first
-
-
-def check_socket_path(path: Path, what: str) -> None:
-    if len(os.fsencode(path)) > UNIX_PATH_MAX:
-        raise HostError(
-            f"{what} {path} is longer than {UNIX_PATH_MAX} bytes, the limit of a unix socket",
-            hint="use a shorter directory (VMLAB_RUNTIME, or the target's -S)",
-        )
 
 
 class SpdkTarget:

@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 from vmlab.errors import CommandError, HostError, SpecError
+from vmlab.paths import check_socket_path
 from vmlab.proc import ManagedProcess, run
 from vmlab.render.model import DiskSource
 from vmlab.spec import Disk
@@ -336,14 +337,17 @@ def needs_private_bus(root: Path = Path("/"), environ: Mapping[str, str] = os.en
 
 
 @contextmanager
-def bus_for_targetcli(workdir: Path) -> Iterator[dict[str, str] | None]:
+def bus_for_targetcli(workdir: Path, socket_dir: Path) -> Iterator[dict[str, str] | None]:
     """The environment targetcli runs with: None (inherit) where a system bus is there, else
-    one pointing at a private ``dbus-daemon`` in ``workdir``, stopped on exit."""
+    one pointing at a private ``dbus-daemon`` (its log in ``workdir``, its socket in the short
+    ``socket_dir``: a case's scratch path can pass a unix socket's 107 bytes), stopped on
+    exit."""
     if not needs_private_bus():
         yield None
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    socket = workdir / "dbus.sock"
+    socket = socket_dir / "dbus.sock"
+    check_socket_path(socket, "the private D-Bus socket for targetcli")
     daemon = ManagedProcess(
         ["dbus-daemon", "--session", f"--address=unix:path={socket}", "--nofork", "--nopidfile"],
         log_path=workdir / "dbus-daemon.log",
@@ -471,6 +475,8 @@ class LioServer:
         plan = lio_plan(disk, source)
         ctx.case_dir.write_text(f"lio-{disk.name}.txt", plan.describe() + "\n")
         # entered first, so the bus outlives the target's teardown (which runs targetcli too)
-        env = stack.enter_context(bus_for_targetcli(ctx.scratch_root / f"lio-{ctx.case.id}"))
+        env = stack.enter_context(
+            bus_for_targetcli(ctx.scratch_root / f"lio-{ctx.case.id}", ctx.private_dir)
+        )
         stack.enter_context(LioTarget(plan, runner=functools.partial(run_command, env=env)))
         return replace(source, wwpn=plan.wwpn)
