@@ -304,9 +304,9 @@ def test_vfio_passthrough_of_l1s_emulated_nvme_runs_as_a_spec(
     lab_env: dict[str, str],
     qemu_pids: Callable[[str], list[int]],
 ) -> None:
-    """What scripts/nested-vfio (now gone) did by hand: L1 with an emulated IOMMU and NVMe, vmlab in L1
-    binding the NVMe to vfio-pci for the guest, fio in the guest on the passed-through
-    namespace (disk: hostdev0) next to a virtio-blk disk."""
+    """What scripts/nested-vfio (now gone) did by hand: L1 with an emulated IOMMU and NVMe,
+    vmlab in L1 binding the NVMe to vfio-pci for the guest, fio in the guest on the
+    passed-through namespace (disk: hostdev0) next to a virtio-blk disk."""
     _, run = bench(lab_env, str(VFIO), "--runtime", "2")
     case = run / "cases" / "default"
     assert "vfio-pci,host=0000:00:10.0" in (case / "argv.sh").read_text()

@@ -254,3 +254,30 @@ def test_command_of_the_last_boot_attempt_or_domain_xml(tmp_path: Path) -> None:
     html = render_html(build_report([scan_run(run)]))
     assert "&lt;domain type=&#39;kvm&#39;&gt;" in html
     assert "<summary>libvirt domain XML</summary>" in html
+
+
+def test_a_nested_run_says_which_l1_kernel_served_its_cases(tmp_path: Path) -> None:
+    run = make_run(
+        tmp_path,
+        "kernels",
+        {
+            ("linux-image-amd64", "j"): {"read_iops": [10.0]},
+            ("linux-image-cloud-amd64", "j"): {"read_iops": [9.0]},
+        },
+    )
+    l1 = {
+        "label": "cloud-amd64", "kernel": "6.1.0-57-cloud-amd64",
+        "kernel_package": "linux-image-cloud-amd64", "accel": "tcg", "l2_accel": "tcg",
+        "vhost_net": True, "kernel_modules": {"vhost_scsi": True, "rbd": False},
+    }  # fmt: skip
+    (run / "host.json").write_text(json.dumps({"accel": "tcg", "nested": [l1]}))
+    report = build_report([scan_run(run)])
+    (line,) = report.runs[0].hypervisors
+    assert line == (
+        "L1 cloud-amd64: kernel 6.1.0-57-cloud-amd64 (linux-image-cloud-amd64), run under tcg, "
+        "its guests under tcg; /dev/vhost-net yes; modules: vhost_scsi"
+    )
+    assert "- L1 cloud-amd64: kernel 6.1.0-57-cloud-amd64" in render_markdown(report)
+    assert "<dt>hypervisor</dt><dd>L1 cloud-amd64: kernel" in render_html(report)
+    (run / "host.json").write_text(json.dumps({"accel": "tcg"}))  # a run on the host
+    assert build_report([scan_run(run)]).runs[0].hypervisors == []

@@ -11,9 +11,11 @@ repetitions. The warm-up repetition (r0) never enters any number.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -154,6 +156,7 @@ class RunView(BaseModel):
     limit_case: str | None
     jobs: list[str]
     cases: list[CaseView]
+    hypervisors: list[str] = []  # one line per nested L1 host that served cases
 
 
 class ComparisonRow(BaseModel):
@@ -276,6 +279,29 @@ def _metric_order(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda m: (order.get(m, len(order)), m))
 
 
+def hypervisor_lines(run_path: Path) -> list[str]:
+    """What served a nested run's cases, one line per L1 (host.json's ``nested``): its label,
+    kernel and kernel package, the accelerators of both levels and the lab facilities its
+    kernel has. Empty for a run on the host, or an imported one."""
+    try:
+        nested = json.loads((run_path / "host.json").read_text()).get("nested") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    lines = []
+    for l1 in nested:
+        if not isinstance(l1, dict):
+            continue
+        modules = l1.get("kernel_modules") or {}
+        has = ", ".join(sorted(m for m, present in modules.items() if present)) or "none"
+        lines.append(
+            f"L1 {l1.get('label', '?')}: kernel {l1.get('kernel', '?')} "
+            f"({l1.get('kernel_package', '?')}), run under {l1.get('accel', '?')}, its guests "
+            f"under {l1.get('l2_accel', '?')}; /dev/vhost-net "
+            f"{'yes' if l1.get('vhost_net') else 'no'}; modules: {has}"
+        )
+    return lines
+
+
 def build_run(run: RunRecord, options: StatOptions, *, details: bool = True) -> RunView:
     """One run's view; ``details=False`` skips reading the repetitions' summary.json (faster):
     no latency curves, and no fio options as an imported case's command."""
@@ -367,6 +393,7 @@ def build_run(run: RunRecord, options: StatOptions, *, details: bool = True) -> 
         limit_case=limit,
         jobs=[j for j in run.jobs() if any(c.job(j) for c in cases)],
         cases=cases,
+        hypervisors=hypervisor_lines(run.path),
     )
 
 
