@@ -258,21 +258,43 @@ def _cache_file() -> Path:
     return cache_dir() / "accel.json"
 
 
-def remember(key: str, accel: Accel, reason: str) -> None:
-    """Cache a verdict (the probe's, or a run's that saw KVM fail under a real guest)."""
+MAX_VERDICTS = 32  # kernels (images, trees, versions) one boot of this host may probe
+
+
+def _verdicts() -> dict[str, dict[str, str]]:
+    """The cached verdicts by key: several kernels (two vmlab trees, the default image and a
+    rootfs one) each keep theirs. A file of another shape (the one-verdict format) is empty."""
     try:
-        _cache_file().parent.mkdir(parents=True, exist_ok=True)
-        _cache_file().write_text(json.dumps({"key": key, "accel": accel, "reason": reason}))
+        saved = json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    verdicts = saved.get("verdicts") if isinstance(saved, dict) else None
+    if not isinstance(verdicts, dict):
+        return {}
+    return {k: v for k, v in verdicts.items() if isinstance(v, dict)}
+
+
+def remember(key: str, accel: Accel, reason: str) -> None:
+    """Cache a verdict (the probe's, or a run's that saw KVM fail under a real guest), beside
+    the others of this boot (other boots' are dropped: they prove nothing now), written whole
+    and renamed into place so that concurrent runs never read half a file."""
+    boot = f"{PROBE_FORMAT}:{_boot_id()}:"
+    verdicts = {k: v for k, v in _verdicts().items() if k.startswith(boot) and k != key}
+    verdicts[key] = {"accel": accel, "reason": reason}
+    kept = dict(list(verdicts.items())[-MAX_VERDICTS:])  # the newest, this one last
+    path = _cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"verdicts": kept}))
+        tmp.replace(path)
     except OSError as exc:
         log.debug("cannot cache the accelerator verdict: %s", exc)
 
 
 def _cached(key: str) -> tuple[Accel, str] | None:
-    try:
-        saved = json.loads(_cache_file().read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(saved, dict) or saved.get("key") != key:
+    saved = _verdicts().get(key)
+    if saved is None:
         return None
     accel, reason = saved.get("accel"), saved.get("reason")
     if accel not in ("kvm", "tcg") or not isinstance(reason, str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import platform
 import subprocess
 import time
@@ -154,8 +155,18 @@ def test_the_verdict_is_cached_per_kernel(tmp_path: Path, monkeypatch: pytest.Mo
     assert first[0] == again[0] == other[0] == "tcg"
     assert again[1] == f"{first[1]} (cached for this boot)"
     assert probes == ["sector", "kernel vmlinux-1", "sector", "kernel vmlinux-2"]
+    # Alternating between two kernels (two vmlab trees, two images) probes neither again.
+    assert accel.detect_accel("qemu", "7.2", one)[1] == again[1]
+    assert accel.detect_accel("qemu", "7.2", two)[1].endswith("(cached for this boot)")
+    assert len(probes) == 4
     accel.detect_accel("qemu", "7.2", one, use_cache=False)
     assert probes[-1] == "kernel vmlinux-1"
+    # After a reboot the old verdicts prove nothing: probed again, and dropped from the file.
+    monkeypatch.setattr(accel, "_boot_id", lambda: "another-boot")
+    accel.detect_accel("qemu", "7.2", one)
+    assert probes[-1] == "kernel vmlinux-1" and len(probes) == 8
+    saved = json.loads((tmp_path / "cache" / "accel.json").read_text())["verdicts"]
+    assert list(saved) == [accel.cache_key("qemu", "7.2", one)]
 
 
 def test_host_check_explains_pvm_and_a_kvm_that_cannot_run_guests() -> None:

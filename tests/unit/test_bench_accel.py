@@ -143,7 +143,7 @@ def test_kvm_failing_at_the_second_case_reruns_the_first_under_tcg_too(
     (notice,) = events.notices
     assert "virtio-scsi" in notice and "TCG" in notice
     # The verdict cache says TCG now, with the reason.
-    cached = json.loads((env / "cache" / "accel.json").read_text())
+    (cached,) = json.loads((env / "cache" / "accel.json").read_text())["verdicts"].values()
     assert cached["accel"] == "tcg" and "emulation failure" in cached["reason"]
 
 
