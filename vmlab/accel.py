@@ -261,7 +261,7 @@ def _cache_file() -> Path:
 MAX_VERDICTS = 32  # kernels (images, trees, versions) one boot of this host may probe
 
 
-def _verdicts() -> dict[str, dict[str, str]]:
+def _verdicts() -> dict[str, dict[str, object]]:
     """The cached verdicts by key: several kernels (two vmlab trees, the default image and a
     rootfs one) each keep theirs. A file of another shape (the one-verdict format) is empty."""
     try:
@@ -297,9 +297,13 @@ def _cached(key: str) -> tuple[Accel, str] | None:
     if saved is None:
         return None
     accel, reason = saved.get("accel"), saved.get("reason")
-    if accel not in ("kvm", "tcg") or not isinstance(reason, str):
+    if not isinstance(reason, str):
         return None
-    return accel, reason
+    if accel == "kvm":
+        return "kvm", reason
+    if accel == "tcg":
+        return "tcg", reason
+    return None
 
 
 def detect_accel(
