@@ -3,11 +3,12 @@
 :func:`build_image` resolves the packages with apt (:mod:`.debs`), computes the cache key
 (:func:`key_material`: the exact .deb versions and checksums, the rendered init script, the
 module list, the kernel command line, the versions of the host packages the copied libraries
-come from, :data:`FORMAT_VERSION`) and returns the cached image of that key, or builds it:
-download and unpack the packages, plan the modules (:mod:`.kernel_modules`), prepare the
-kernel (:mod:`.kernel`), make the host key and write the initramfs (:mod:`.initramfs`),
-manifest.json last, in a temporary directory renamed into ``<cache>/images/<key>/``
-(:mod:`.cache`).
+come from, the libraries the slim initramfs stands in for, :data:`FORMAT_VERSION`, which a
+change to how the stand-ins are made bumps) and returns the cached image of that key, or
+builds it: download and unpack the packages, plan the modules (:mod:`.kernel_modules`),
+prepare the kernel (:mod:`.kernel`), make the host key, compile the stand-ins (:mod:`.stubs`)
+and write the full and the slim initramfs (:mod:`.initramfs`), manifest.json last, in a
+temporary directory renamed into ``<cache>/images/<key>/`` (:mod:`.cache`).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def key_material(
         "cmdline": BASE_CMDLINE,
         "host_packages": dict(sorted(host_packages.items())),
         "min_memory_mib": MIN_MEMORY_MIB,
+        "stubbed": {soname: list(engines) for soname, engines in sorted(STUBBED.items())},
     }
 
 
