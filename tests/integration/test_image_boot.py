@@ -187,7 +187,8 @@ def test_image_is_cached_and_found(image: GuestImage, cache_root: Path) -> None:
 
 
 def test_boot_ssh_sftp_powerdown(image: GuestImage, workdir: Path, client_key: ClientKey) -> None:
-    append = authkey_cmdline(client_key.public_line)
+    # the SCSI modules are an on-demand group: /init loads them when the command line asks
+    append = f"{authkey_cmdline(client_key.public_line)} vmlab.modules=scsi"
     with boot(image, workdir, append, disks=True) as booted:
         marker = wait_for_marker(booted, (image.ready_marker, image.failed_marker), READY_TIMEOUT_S)
         assert marker == image.ready_marker, booted.serial.read_text()
