@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,6 +13,9 @@ from vmlab.cli.app import out
 from vmlab.cli.spec import SpecArg, YesOpt, check_choice, load
 from vmlab.errors import UsageError
 from vmlab.render.model import BootImage
+
+if TYPE_CHECKING:
+    from vmlab.guest.image import GuestImage
 
 app = typer.Typer()
 
@@ -48,7 +51,9 @@ def render(
                 f"no case {case!r} in the plan (cases: {shown})",
                 hint="run `vmlab render SPEC` to list the case ids",
             )
-    boot = boot_placeholder()
+    from vmlab.guest.image import find_image
+
+    image = find_image()
     for index, c in enumerate(cases, start=1):
         out.print(
             f"[bold]# case {index}/{len(cases)}: {c.id}[/]  "
@@ -64,12 +69,12 @@ def render(
                 out.print(preview.steps, markup=False)
             sources[name] = preview.source
         serial_log = Path(f"<run>/cases/{c.id}/serial.log")
-        full = needs_full_image(c.variant.guest, c.jobs)
+        boot = boot_placeholder(image, full=needs_full_image(c.variant.guest, c.jobs))
         if (launcher or c.variant.launcher) == "libvirt":
             domain = render_libvirt(
                 c,
                 accel=accel,
-                boot=preview_boot(c.variant.guest, boot, full=full),
+                boot=preview_boot(c.variant.guest, boot),
                 disks=sources,
                 runtime=preview_runtime(c.id, serial_log=serial_log),
             )
@@ -86,7 +91,7 @@ def render(
                 c,
                 qemu="qemu-system-x86_64",
                 accel=accel,
-                boot=preview_boot(c.variant.guest, boot, full=full),
+                boot=preview_boot(c.variant.guest, boot),
                 disks=sources,
                 runtime=rt,
             )
@@ -107,18 +112,19 @@ def argv_lines(argv: list[str]) -> list[str]:
     return lines
 
 
-def boot_placeholder() -> BootImage:
-    from vmlab.guest.image import find_image
+def boot_placeholder(image: GuestImage | None, *, full: bool) -> BootImage:
+    """The default image's boot as `vmlab render` shows it: its files if it is built, else
+    placeholders; the full initramfs where ``full`` (the case needs it)."""
+    from vmlab.guest.image import INITRD, SLIM_INITRD
 
-    image = find_image()
     if image is None:
         return BootImage(
             Path("<image>/vmlinux"),
-            Path("<image>/initrd-slim.img"),
+            Path(f"<image>/{INITRD if full else SLIM_INITRD}"),
             "<image cmdline> vmlab.authkey=<lab key> vmlab.nonce=<per boot>",
         )
     return BootImage(
         image.kernel,
-        image.slim_initrd,
+        image.initrd_for(full),
         f"{image.cmdline} vmlab.authkey=<lab key> vmlab.nonce=<per boot>",
     )

@@ -82,20 +82,13 @@ def boot_groups(guest: Guest) -> str:
     return f"{BOOT_GROUPS_ARG}={','.join(groups)}" if groups else ""
 
 
-def default_initrd(image: GuestImage, full: bool) -> Path:
-    return image.initrd if full else image.slim_initrd
-
-
-def preview_boot(guest: Guest, default: BootImage, *, full: bool = False) -> BootImage:
+def preview_boot(guest: Guest, default: BootImage) -> BootImage:
     """What `vmlab render` shows for a guest's boot, without building or downloading
-    (``default``: the slim default image's boot; ``full``: :func:`needs_full_image`)."""
+    (``default``: the default image's boot for this guest's jobs)."""
     image = guest.image
     if image == "default":
-        initrd = default.initrd
-        if full and initrd is not None:
-            initrd = initrd.with_name("initrd.img")
         cmdline = _cmdline(default.cmdline, boot_groups(guest), guest.kernel_args)
-        return replace(default, initrd=initrd, cmdline=cmdline)
+        return replace(default, cmdline=cmdline)
     root = Path("<scratch>/boot/<case>-root.qcow2")
     if isinstance(image, RootfsImageSpec):
         seed = Path("<run>/cases/<case>/seed.iso") if image.cloud_init else None
@@ -139,7 +132,7 @@ def plan_boot(
             guest.kernel_args,
         )
         return BootPlan(
-            BootImage(default.kernel, default_initrd(default, full), cmdline),
+            BootImage(default.kernel, default.initrd_for(full), cmdline),
             default.ready_marker,
             default.failed_marker,
             default.host_key,

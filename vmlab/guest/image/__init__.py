@@ -22,6 +22,8 @@ The names other modules use are importable from here.
 
 from vmlab.guest.image.build import (
     FORMAT_VERSION,
+    INITRD,
+    SLIM_INITRD,
     GuestImage,
     build_image,
     find_image,
@@ -53,9 +55,11 @@ __all__ = [
     "FAILED_MARKER",
     "FORMAT_VERSION",
     "HOSTNAME",
+    "INITRD",
     "MIN_MEMORY_MIB",
     "MODULES",
     "READY_MARKER",
+    "SLIM_INITRD",
     "USER",
     "DebRecord",
     "GuestImage",

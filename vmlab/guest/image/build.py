@@ -71,6 +71,7 @@ FORMAT_VERSION = 2  # 2: a slim initramfs beside the full one
 LOCK_TIMEOUT_S = 900.0
 IMAGES = "images"  # <cache>/images/<key>/
 PINNED_IMAGE_ENV = "VMLAB_GUEST_IMAGE"  # a built image's directory, used as it is
+INITRD, SLIM_INITRD = "initrd.img", "initrd-slim.img"  # the image's two initramfs files
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,11 @@ class GuestImage:
     kernel_version: str
     fio_version: str
     min_memory_mib: int
+
+    def initrd_for(self, full: bool) -> Path:
+        """The initramfs a guest boots: the full one only where fio needs the real libraries
+        (:func:`vmlab.guest.boot.needs_full_image`)."""
+        return self.initrd if full else self.slim_initrd
 
 
 def key_material(
@@ -266,7 +272,7 @@ def _build_into(
             host_key_file=host_key_file,
             stubs=stub_dir,
         )
-        for name, stub_dir in (("initrd.img", None), ("initrd-slim.img", work / "stubs"))
+        for name, stub_dir in ((INITRD, None), (SLIM_INITRD, work / "stubs"))
     )
     host_key_file.unlink()
     shutil.rmtree(work / "stubs")
@@ -288,8 +294,8 @@ def _build_into(
         "kernel_note": kernel_note,
         "kernel": kernel_file,
         "bzimage": BZIMAGE,
-        "initrd": "initrd.img",
-        "slim_initrd": "initrd-slim.img",
+        "initrd": INITRD,
+        "slim_initrd": SLIM_INITRD,
         "stubbed": {soname: STUBBED[soname] for soname in sorted(stubs)},
         "cmdline": BASE_CMDLINE,
         "ready_marker": READY_MARKER,
@@ -309,8 +315,8 @@ def _build_into(
             "kernel_bytes": (work / kernel_file).stat().st_size,
             "bzimage_bytes": (work / BZIMAGE).stat().st_size,
             "vmlinux_bytes": (work / "vmlinux").stat().st_size if kernel_file == "vmlinux" else 0,
-            "initrd_bytes": (work / "initrd.img").stat().st_size,
-            "slim_initrd_bytes": (work / "initrd-slim.img").stat().st_size,
+            "initrd_bytes": (work / INITRD).stat().st_size,
+            "slim_initrd_bytes": (work / SLIM_INITRD).stat().st_size,
             "slim_initrd_members": slim["initrd_members"],
             **content,
         },
