@@ -11,11 +11,9 @@ repetitions. The warm-up repetition (r0) never enters any number.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -279,19 +277,14 @@ def _metric_order(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda m: (order.get(m, len(order)), m))
 
 
-def hypervisor_lines(run_path: Path) -> list[str]:
+def hypervisor_lines(run: RunRecord) -> list[str]:
     """What served a nested run's cases, one line per L1 (host.json's ``nested``): its label,
     kernel and kernel package, the accelerators of both levels and the lab facilities its
     kernel has. Empty for a run on the host, or an imported one."""
-    try:
-        nested = json.loads((run_path / "host.json").read_text()).get("nested") or []
-    except (OSError, ValueError, AttributeError):
-        return []
     lines = []
-    for l1 in nested:
-        if not isinstance(l1, dict):
-            continue
-        modules = l1.get("kernel_modules") or {}
+    for l1 in run.nested:
+        modules = l1.get("kernel_modules")
+        modules = modules if isinstance(modules, dict) else {}
         has = ", ".join(sorted(m for m, present in modules.items() if present)) or "none"
         lines.append(
             f"L1 {l1.get('label', '?')}: kernel {l1.get('kernel', '?')} "
@@ -393,7 +386,7 @@ def build_run(run: RunRecord, options: StatOptions, *, details: bool = True) -> 
         limit_case=limit,
         jobs=[j for j in run.jobs() if any(c.job(j) for c in cases)],
         cases=cases,
-        hypervisors=hypervisor_lines(run.path),
+        hypervisors=hypervisor_lines(run),
     )
 
 

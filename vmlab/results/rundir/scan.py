@@ -68,6 +68,8 @@ class RunRecord:
     stamp: int = 0
     stops: Mapping[tuple[str, str], RepeatStop] = field(default_factory=dict)
     """(case, job) -> why its repetitions stopped (runs before vmlab stored it: none)."""
+    nested: tuple[Mapping[str, Any], ...] = ()
+    """host.json's ``nested``: the facts of each L1 host that served a nested run's cases."""
 
     def case(self, case_id: str) -> CaseRecord | None:
         return next((c for c in self.cases if c.case_id == case_id), None)
@@ -244,6 +246,7 @@ def scan_run(run_dir: Path) -> RunRecord:
         job_params=job_params,
         stamp=run_stamp(run.path),
         stops=stops,
+        nested=tuple(_mapping(l1) for l1 in host.get("nested") or () if isinstance(l1, dict)),
     )
 
 
