@@ -32,17 +32,10 @@ HEAVY = (
 )
 
 
-def _loaded_after_main(*argv: str) -> set[str]:
-    """The modules loaded once vmlab ran ``argv`` (printed after its own output)."""
-    code = (
-        "import json, sys\n"
-        "from vmlab.cli import main\n"
-        "try:\n"
-        "    main(sys.argv[1:])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
-    )
+def _modules_loaded(body: str, *argv: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after ``body`` ran with ``argv`` (printed
+    to stderr after anything the body prints)."""
+    code = f"import json, sys\n{body}print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
     done = subprocess.run(
         [sys.executable, "-c", code, *argv],
         check=True,
@@ -52,6 +45,14 @@ def _loaded_after_main(*argv: str) -> set[str]:
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     return set(json.loads(done.stderr.splitlines()[-1]))
+
+
+def _loaded_after_main(*argv: str) -> set[str]:
+    """The modules loaded once vmlab ran ``argv``."""
+    body = (
+        "from vmlab.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    )
+    return _modules_loaded(body, *argv)
 
 
 NOT_FOR_STATISTICS = tuple(m for m in HEAVY if m not in ("numpy", "scipy"))  # compare's t-test
@@ -80,21 +81,8 @@ def test_the_quick_forms_load_no_pydantic(
 
 
 def _loaded_after_build(*argv: str) -> set[str]:
-    code = (
-        "import json, sys\n"
-        "from vmlab.cli.root import build_app\n"
-        "build_app(sys.argv[1:] or None)\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code, *argv],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    return set(json.loads(done.stdout))
+    body = "from vmlab.cli.root import build_app\nbuild_app(sys.argv[1:] or None)\n"
+    return _modules_loaded(body, *argv)
 
 
 @pytest.mark.parametrize(
