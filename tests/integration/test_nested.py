@@ -240,7 +240,8 @@ def test_the_reference_experiment_runs_every_case_inside_l1(
     """The issue's own check: every storage path of the reference experiment, measured inside
     one L1 whose kernel has what this host lacks (case 4's LIO vhost-scsi over krbd, the
     guest's krbd), SPDK carried in from the host's build. The same spec through the CLI
-    with --runtime 5 took 19.5 minutes here (2026-12-07); vhost-net is case 2's test."""
+    with --runtime 5 took 19.5 minutes here (2026-12-07) before case 2 (vhost-net, from the
+    spec's include:) was added."""
     from vmlab.spdk.find import find_spdk
 
     if find_spdk() is None:
@@ -252,6 +253,7 @@ def test_the_reference_experiment_runs_every_case_inside_l1(
     assert cases == [
         "guest-rbd",
         "guest-rbd-krbd",
+        "guest-rbd-vhost-net",
         "host-baseline",
         "vhost-scsi-rbd-krbd-num-queues-2",
         "vhost-user-blk-rbd-num-queues-2",
@@ -261,6 +263,8 @@ def test_the_reference_experiment_runs_every_case_inside_l1(
     for case in cases:
         fio = [json.loads(p.read_text()) for p in (run / "cases" / case).rglob("summary.json")]
         assert fio and all(s["metrics"]["read_iops"] > 0 for s in fio), case
+    argv = (run / "cases" / "guest-rbd-vhost-net" / "argv.sh").read_text()
+    assert "vhost=on" in argv and "vhost=on" not in (run / "cases/guest-rbd/argv.sh").read_text()
     lio = run / "cases" / "vhost-scsi-rbd-krbd-num-queues-2"
     assert "targetcli /vhost create naa.5001405" in (lio / "lio-data.txt").read_text()
     (l1,) = json.loads((run / "host.json").read_text())["nested"]

@@ -184,3 +184,85 @@ def test_malloc_is_an_spdk_backend_and_spdk_finds_its_own_binary() -> None:
 def test_spdk_fields_that_cannot_work(disk: str, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         spec(_disk_spec(disk))
+
+
+INCLUDED = """
+name: m
+guest:
+  memory_mib: 1024
+  nics: [{attach: tap}]
+  disks:
+    - - {name: data, model: virtio-blk}
+    - - {name: data, model: nvme}
+include:
+  # the first disk again, over a NIC with vhost-net: a case the product does not give
+  - name: virtio-blk-vhost-net
+    guest:
+      nics: [{attach: tap, vhost: true}]
+      disks: [{name: data, model: virtio-blk}]
+"""
+
+
+def test_an_included_case_says_only_what_differs_and_keeps_the_rest() -> None:
+    cases = plan(spec(INCLUDED))
+    assert [c.id for c in cases] == ["virtio-blk", "nvme", "virtio-blk-vhost-net"]
+    extra = cases[2]
+    assert extra.params == {"include": "virtio-blk-vhost-net"}
+    assert extra.variant.guest.memory_mib == 1024  # merged over the spec's guest
+    assert [n.vhost for n in extra.variant.guest.nics] == [True]
+    assert [d.model for d in extra.variant.guest.disks] == ["virtio-blk"]
+    assert all(not n.vhost for c in cases[:2] for n in c.variant.guest.nics)
+
+
+def test_axes_an_include_entry_leaves_in_place_still_expand() -> None:
+    s = spec("""
+name: m
+guest:
+  cpus: [1, 2]
+  disks: [{model: [virtio-blk, nvme]}]
+include:
+  - name: scsi
+    guest: {disks: [{model: virtio-scsi}]}
+""")
+    assert [c.id for c in plan(s)][-2:] == ["scsi_cpus-1", "scsi_cpus-2"]
+    assert [c.variant.guest.cpus for c in plan(s)][-2:] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("include", "expected"),
+    [
+        ("oops", "include: expected a list of cases"),
+        ("[{guest: {cpus: 1}}]", "include.0.name: a case name is 1-40 of"),
+        ("[{name: Bad_Name, guest: {cpus: 1}}]", "(got 'Bad_Name')"),
+        ("[{name: a, guest: {cpus: 1}}, {name: a, guest: {cpus: 2}}]", "include.1.name: 'a' "),
+        ("[{name: a, jobs: []}]", "include.0.jobs: unknown key"),
+        ("[{name: a}]", "include.0: says nothing that differs"),
+        (
+            "[{name: nvme, guest: {disks: [{model: nvme, cache: writeback}]}}]",
+            "include.0.name: 'nvme' is already the id",
+        ),
+        ("[{name: a, guest: {cpus: 0}}]", "include.0.guest.cpus: Input should be greater"),
+    ],
+)
+def test_a_bad_include_entry_is_named_with_its_path(include: str, expected: str) -> None:
+    text = f"name: m\nguest: {{disks: [{{model: [virtio-blk, nvme]}}]}}\ninclude: {include}\n"
+    with pytest.raises(SpecError) as err:
+        spec(text)
+    assert expected in str(err.value)
+
+
+def test_a_problem_the_matrix_shares_with_an_include_is_said_once_without_its_path() -> None:
+    with pytest.raises(SpecError) as err:
+        spec("name: m\nguest: {memory_mib: 1}\ninclude: [{name: a, guest: {cpus: 1}}]\n")
+    lines = [p for p in err.value.problems if "memory_mib" in p]
+    assert lines == [lines[0]] and lines[0].startswith("guest.memory_mib")
+
+
+def test_include_counts_toward_the_matrix_size_limit() -> None:
+    raw = yaml.safe_load(
+        "name: m\nguest: {cpus: [1, 2]}\n"
+        "include: [{name: a, guest: {memory_mib: [512, 1024, 2048]}}]\n"
+    )
+    with pytest.raises(SpecError, match=r"8 cases \(guest.cpus x2, include: 6\)"):
+        parse_spec(raw, max_cases=7)
+    assert len(plan(parse_spec(raw, max_cases=8))) == 8  # the entry keeps the cpus axis

@@ -15,7 +15,13 @@ import yaml
 from pydantic import ValidationError
 
 from vmlab.errors import SpecError
-from vmlab.spec.matrix import _VARIANT_KEYS, expand_matrix, matrix_axes
+from vmlab.spec.matrix import (
+    _VARIANT_KEYS,
+    count_cases,
+    expand_matrix,
+    include_problems,
+    matrix_axes,
+)
 from vmlab.spec.models import BenchSpec, FioJob, IperfJob, Variant, reference_jobs
 from vmlab.spec.source import parse_yaml, read_spec_text
 
@@ -29,6 +35,7 @@ _TOP_KEYS = (
     "jobs",
     "net_jobs",
     *_VARIANT_KEYS,
+    "include",
 )
 
 
@@ -72,7 +79,7 @@ def check_matrix_size(
     """Refuse a matrix of more than `limit` cases (None: only MAX_CASES), saying how many cases
     it has, from which axes, and about how long they would run."""
     axes = matrix_axes(raw)
-    cases = math.prod(n for _, n in axes)
+    cases = count_cases(raw)
     if cases <= min(limit if limit is not None else MAX_CASES, MAX_CASES):
         return
     runtime = raw.get("runtime_s")
@@ -83,6 +90,8 @@ def check_matrix_size(
     ) * max(reps, 1)
     hours = cases * per_case / 3600
     shown = ", ".join(f"{path} x{n}" for path, n in axes if n > 1)
+    if isinstance(raw.get("include"), list):
+        shown += f"{', ' if shown else ''}include: {cases - math.prod(n for _, n in axes)}"
     message = (
         f"{where}: the matrix has {cases:,} cases ({shown}): about {hours:,.0f} h "
         f"at ~{per_case:.0f} s per case"
@@ -149,6 +158,38 @@ def _cross_problems(
     return problems
 
 
+def _variants(raw: Mapping[str, Any]) -> tuple[list[Variant], list[str]]:
+    """Every case's variant of the matrix and of ``include:``, validated, and the problems."""
+    problems: list[str] = []
+    variants: list[Variant] = []
+    seen: set[str] = set()
+    entries = raw.get("include")
+    entries = entries if isinstance(entries, list) else []
+    entry_index = {e.get("name"): i for i, e in enumerate(entries) if isinstance(e, Mapping)}
+    matrix_ids: set[str] = set()
+    for params, variant in expand_matrix(raw):
+        included = params.get("include")
+        cid = "_".join(params.values()) or "default"
+        if included is None:
+            matrix_ids.add(cid)
+        elif cid in matrix_ids:
+            problems.append(
+                f"include.{entry_index[included]}.name: {cid!r} is already the id of a case "
+                "of the matrix: name the extra case for what makes it differ"
+            )
+        try:
+            variants.append(Variant.model_validate({"params": params, **variant}))
+        except ValidationError as exc:
+            # A problem an included case shares with the matrix (which comes first) is the
+            # spec's and said once; one of its own is said at its entry.
+            prefix = "" if included is None else f"include.{entry_index[included]}."
+            for line in _problems(exc):
+                if line not in seen and f"{prefix}{line}" not in seen:
+                    seen.add(f"{prefix}{line}")
+                    problems.append(f"{prefix}{line}")
+    return variants, problems
+
+
 def parse_spec(
     raw: Any, *, file: Path | None = None, source: str = "", max_cases: int | None = None
 ) -> BenchSpec:
@@ -175,17 +216,10 @@ def parse_spec(
                 jobs.append(FioJob.model_validate(job))
             except ValidationError as exc:
                 problems.extend(_problems(exc, f"jobs.{index}."))
+    problems += include_problems(raw)
     check_matrix_size(raw, jobs, where=where, file=file, limit=max_cases)
-    variants: list[Variant] = []
-    seen: set[str] = set()
-    for params, variant in expand_matrix(raw):
-        try:
-            variants.append(Variant.model_validate({"params": params, **variant}))
-        except ValidationError as exc:
-            for line in _problems(exc):
-                if line not in seen:
-                    seen.add(line)
-                    problems.append(line)
+    variants, variant_problems = _variants(raw)
+    problems += variant_problems
     net_jobs: list[IperfJob] = []
     net_jobs_raw = raw.get("net_jobs") or []
     if not isinstance(net_jobs_raw, list):

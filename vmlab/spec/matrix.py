@@ -4,11 +4,17 @@ Axes are found by walking the raw spec alongside the models (:mod:`vmlab.spec.mo
 given for a field that holds one value is an axis, and a field that holds a list (``disks``,
 ``nics``) is an axis only when given a list of lists. Each axis value gets a readable label
 (:func:`_label`); the labels make up the case ids.
+
+``include:`` adds cases the product does not give: each entry is a ``name`` and a partial
+variant merged over the spec's own (mappings merge key by key, anything else is replaced), so an
+entry says only what differs. Axes the entry leaves in place still expand; its cases' ids start
+with its name.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import types
 import typing
@@ -23,6 +29,8 @@ from vmlab.spec.models import Guest
 
 # Keys of the spec file that describe one guest and can therefore be matrix axes.
 _VARIANT_KEYS = ("launcher", "accel", "hypervisor", "guest")
+# An include entry's name: the start of its cases' ids (no "_": that joins axis labels).
+INCLUDE_NAME = r"^[a-z0-9][a-z0-9.+-]{0,39}$"
 
 
 def _list_annotation(annotation: Any) -> Any:
@@ -126,13 +134,7 @@ class _VariantFields(Model):
     guest: Guest = Field(default_factory=Guest)
 
 
-def expand_matrix(raw: Mapping[str, Any]) -> list[tuple[dict[str, str], dict[str, Any]]]:
-    """Cross product of every axis in the guest part of a raw spec.
-
-    Returns (params, variant) pairs where params maps axis path -> readable label, in the order
-    the axes appear in the file, and variant is the raw mapping with one value per axis.
-    """
-    base = {k: raw[k] for k in _VARIANT_KEYS if k in raw}
+def _product(base: Mapping[str, Any]) -> list[tuple[dict[str, str], dict[str, Any]]]:
     axes = list(_axes(base, _VariantFields, ""))
     out: list[tuple[dict[str, str], dict[str, Any]]] = []
     for combo in itertools.product(*(values for _, values in axes)):
@@ -145,10 +147,93 @@ def expand_matrix(raw: Mapping[str, Any]) -> list[tuple[dict[str, str], dict[str
     return out
 
 
+def _variant_part(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: raw[k] for k in _VARIANT_KEYS if k in raw}
+
+
+def _merge(base: Any, override: Any) -> Any:
+    """`override` over `base`: mappings merge key by key, anything else replaces."""
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        merged = {k: _deepcopy(v) for k, v in base.items()}
+        for key, value in override.items():
+            merged[key] = _merge(base[key], value) if key in base else _deepcopy(value)
+        return merged
+    return _deepcopy(override)
+
+
+def include_entries(raw: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The well-formed entries of the spec's ``include:`` as (name, the merged variant part);
+    :func:`include_problems` says what is wrong with the others."""
+    entries = raw.get("include")
+    if not isinstance(entries, list):
+        return []
+    base = _variant_part(raw)
+    out = []
+    for entry in entries:
+        if isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
+            override = {k: v for k, v in entry.items() if k in _VARIANT_KEYS}
+            out.append((entry["name"], _merge(base, override)))
+    return out
+
+
+def include_problems(raw: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the shape of ``include:`` (its variants are validated like any)."""
+    if "include" not in raw:
+        return []
+    entries = raw["include"]
+    if not isinstance(entries, list):
+        return ["include: expected a list of cases, each {name, and what differs: guest, ...}"]
+    problems: list[str] = []
+    names: list[str] = []
+    for index, entry in enumerate(entries):
+        where = f"include.{index}"
+        if not isinstance(entry, Mapping):
+            problems.append(f"{where}: expected a mapping {{name, guest, ...}}")
+            continue
+        name = entry.get("name")
+        if not isinstance(name, str) or not re.fullmatch(INCLUDE_NAME, name):
+            problems.append(
+                f"{where}.name: a case name is 1-40 of a-z 0-9 . + - (it starts the case id)"
+                + (f" (got {name!r})" if name is not None else "")
+            )
+        elif name in names:
+            problems.append(f"{where}.name: {name!r} names an earlier include entry too")
+        else:
+            names.append(name)
+        for key in sorted(set(entry) - {"name", *_VARIANT_KEYS}):
+            problems.append(
+                f"{where}.{key}: unknown key (an include entry holds name and any of: "
+                f"{', '.join(_VARIANT_KEYS)})"
+            )
+        if set(entry) <= {"name"}:
+            problems.append(f"{where}: says nothing that differs (give guest, launcher, ...)")
+    return problems
+
+
+def expand_matrix(raw: Mapping[str, Any]) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    """Cross product of every axis in the guest part of a raw spec, then the ``include:`` cases.
+
+    Returns (params, variant) pairs where params maps axis path -> readable label, in the order
+    the axes appear in the file (an included case's first param is ``include`` -> its name),
+    and variant is the raw mapping with one value per axis.
+    """
+    out = _product(_variant_part(raw))
+    for name, merged in include_entries(raw):
+        out += [({"include": name, **params}, variant) for params, variant in _product(merged)]
+    return out
+
+
 def matrix_axes(raw: Mapping[str, Any]) -> list[tuple[str, int]]:
     """The axes of a raw spec's matrix as (path, number of values), without expanding it."""
-    base = {k: raw[k] for k in _VARIANT_KEYS if k in raw}
-    return [(path, len(values)) for path, values in _axes(base, _VariantFields, "")]
+    return [(path, len(values)) for path, values in _axes(_variant_part(raw), _VariantFields, "")]
+
+
+def count_cases(raw: Mapping[str, Any]) -> int:
+    """How many cases :func:`expand_matrix` gives, without expanding it."""
+    count = math.prod(n for _, n in matrix_axes(raw))
+    for _, merged in include_entries(raw):
+        count += math.prod(len(v) for _, v in _axes(merged, _VariantFields, ""))
+    return count
 
 
 def _deepcopy(data: Any) -> Any:
