@@ -156,6 +156,13 @@ def test_inner_spec_drops_the_hypervisor_and_keeps_the_runtime() -> None:
     assert [inner_case_id(c) for c in plan(spec)[:2]] == inner_ids
 
 
+def test_inner_spec_drops_the_hypervisor_of_include_entries_too() -> None:
+    text = ONE + "include: [{name: nvme, hypervisor: {kind: nested}, guest: {cpus: 1}}]\n"
+    raw = yaml.safe_load(inner_spec(spec_of(text)))
+    assert raw["include"] == [{"name": "nvme", "guest": {"cpus": 1}}]
+    assert [c.id for c in plan(parse_spec(raw))] == ["default", "nvme"]
+
+
 def test_with_nested_makes_every_case_nested() -> None:
     spec = with_nested(default_lab())
     assert spec.nested

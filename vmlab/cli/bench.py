@@ -138,11 +138,6 @@ def _spec(
         from vmlab.nested.plan import with_nested
 
         spec = with_nested(spec)
-    if resumed is not None and spec.nested:
-        raise VmlabError(
-            "--resume does not resume a nested run yet",
-            hint="run the spec again (the L1 image is cached)",
-        )
     return spec
 
 

@@ -69,8 +69,11 @@ def mount_script(modules: Sequence[str], *, configfs: bool, spdk: str | None = N
     return "\n".join(lines) + "\n"
 
 
-def bench_command(*, timeout_scale: float, l2_key: str, spdk: str | None = None) -> str:
-    """The inner bench, detached; its exit code goes to ``rc`` when it ends."""
+def bench_command(
+    *, timeout_scale: float, l2_key: str, spdk: str | None = None, resume: str | None = None
+) -> str:
+    """The inner bench, detached; its exit code goes to ``rc`` when it ends. ``resume``: the
+    inner run (its id under ``RESULTS``, as an earlier attempt left it) to finish instead."""
     env = {
         "PYTHONPATH": f"{PAYLOAD}/src:{PAYLOAD}/site",
         "VMLAB_GUEST_IMAGE": f"{PAYLOAD}/l2/{l2_key}",
@@ -80,8 +83,9 @@ def bench_command(*, timeout_scale: float, l2_key: str, spdk: str | None = None)
     }
     if spdk is not None:
         env["VMLAB_SPDK"] = spdk
+    what = ["--resume", f"{RESULTS}/{resume}"] if resume else [f"{PAYLOAD}/spec.yaml"]
     argv = [
-        "python3", "-m", "vmlab.cli", "bench", f"{PAYLOAD}/spec.yaml", "--ci",
+        "python3", "-m", "vmlab.cli", "bench", *what, "--ci",
         "--results", RESULTS, "--timeout-scale", f"{timeout_scale:g}",
     ]  # fmt: skip
     inner = (
@@ -145,12 +149,33 @@ def follow_bench(
         time.sleep(POLL_INTERVAL_S)
 
 
-def fetch_results(ssh: GuestSSH, dest: Path) -> None:
-    """The inner results directory (with bench.log) as a tar over SSH, unpacked into ``dest``."""
+def stop_bench(ssh: GuestSSH, *, grace_s: float) -> int | None:
+    """Ask the inner bench to stop as an interrupted run (SIGTERM: a background job of a
+    shell ignores SIGINT) and wait up to ``grace_s`` for it to end; its exit code, or None."""
+    ssh.run(f"pkill -TERM -f {shlex.quote('-m vmlab.cli bench')}", timeout_s=30, check=False)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        rc = ssh.run(f"cat {RC_FILE} 2>/dev/null", timeout_s=30, check=False).text.strip()
+        if rc:
+            return int(rc)
+        time.sleep(1.0)
+    return None
+
+
+def fetch_results(ssh: GuestSSH, dest: Path) -> bytes:
+    """The inner results directory (with bench.log) as a tar over SSH, unpacked into ``dest``;
+    returns the tar, which the host keeps as it came (a resumed run sends it back in)."""
     got = ssh.run(f"cd {WORK} && tar -cf - $(ls -d results bench.log 2>/dev/null)", timeout_s=600)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(got.stdout)) as tar:
         extract_data(tar, dest)
+    return got.stdout
+
+
+def send_results(ssh: GuestSSH, tar: bytes) -> None:
+    """An earlier attempt's inner results (:func:`fetch_results`' tar) back onto the scratch
+    disk, for the inner bench to resume."""
+    ssh.run(f"cd {WORK} && tar -xf - results", timeout_s=600, stdin=tar)
 
 
 def l1_uname(ssh: GuestSSH) -> str:

@@ -223,8 +223,9 @@ def l1_plans(spec: BenchSpec, cases: Sequence[Case]) -> list[L1Plan]:
 
 
 def inner_spec(spec: BenchSpec) -> str:
-    """The spec vmlab runs inside L1: the user's YAML without ``hypervisor:`` (the cases run on
-    L1 itself), with the run's runtime override written in."""
+    """The spec vmlab runs inside L1: the user's YAML without ``hypervisor:``, also in its
+    ``include:`` entries (the cases run on L1 itself), with the run's runtime override written
+    in."""
     if not spec.source:
         raise SpecError(
             f"{spec.name}: a nested run needs the spec's YAML text (this spec was built in Python)",
@@ -234,6 +235,9 @@ def inner_spec(spec: BenchSpec) -> str:
     if not isinstance(raw, dict):
         raise SpecError(f"{spec.name}: the spec's YAML is not a mapping")
     raw.pop("hypervisor", None)
+    for entry in raw.get("include") or []:  # an extra case may name its own L1
+        if isinstance(entry, dict):
+            entry.pop("hypervisor", None)
     raw["name"] = spec.name
     if spec.runtime_s is not None:
         raw["runtime_s"] = spec.runtime_s

@@ -14,14 +14,20 @@ The host's run::
                             argv, plan.json (what went into it) and the inner bench.log
 
 L1's disk is a qcow2 overlay in a work directory removed on every exit path (Ctrl-C included);
-the L1 image stays in the cache. A failing L1 fails its cases and the bench goes on.
+the L1 image stays in the cache. A failing L1 fails its cases and the bench goes on. On Ctrl-C
+the inner bench is stopped as an interrupted run and what it finished is brought back first.
+The inner run comes back as a tar too (``hosts/<label>/l1/inner-results.tar``, as it left L1):
+``--resume`` skips an L1 whose cases all finished and sends that tar into a new L1, where the
+inner bench resumes its own run (earlier attempts move to ``attempts/hosts/``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +58,8 @@ log = logging.getLogger(__name__)
 # TCG inside a TCG L1 is many times slower than TCG on the host: the inner bench's deadlines.
 INNER_TIMEOUT_SCALE = {"kvm": 2.0, "tcg": 6.0}
 INNER_BENCH_TIMEOUT_S = 3600.0  # per case, before the scale
+STOP_GRACE_S = 60.0  # Ctrl-C: how long the inner bench may take to stop its guest and record it
+INNER_TAR = "inner-results.tar"  # in hosts/<label>/l1/: the inner run as it left L1
 
 
 class NestedBench:
@@ -66,8 +74,10 @@ class NestedBench:
         options: BenchOptions,
         events: BenchEvents,
         run: RunDir,
+        resumed: bool = False,
     ) -> None:
         self.spec_text = spec_text
+        self.resumed = resumed
         self.cases = {c.id: c for c in cases}
         self.plans = plans
         self.facts = facts
@@ -105,6 +115,9 @@ class NestedBench:
     def run_all(self) -> None:
         total = len(self.cases)
         for plan in self.plans:
+            if self.resumed and all(self._done(cid) for cid in plan.case_ids):
+                self._skip(plan)
+                continue
             try:
                 self._one(plan)
             except VmlabError as exc:
@@ -124,6 +137,37 @@ class NestedBench:
     def _done(self, cid: str) -> bool:
         return self.run_dir.case(cid).status().get("status") == "ok"
 
+    def _skip(self, plan: L1Plan) -> None:
+        """A resumed run's L1 whose cases all finished before: its stored results, its facts."""
+        earlier = self.run_dir.read_optional_json("host.json") or {}
+        for host in earlier.get("nested") or []:
+            if isinstance(host, dict) and host.get("label") == plan.label:
+                self.hosts.append(NestedHost.model_validate(host))
+        for cid in plan.case_ids:
+            self.events.case_finished(self.cases[cid], "skipped", "finished in an earlier run")
+            for job, rep, metrics in self.run_dir.case(cid).stored_metrics():
+                self.outcome.results.append(JobOutcome(cid, job, rep, metrics))
+
+    def _earlier(self, plan: L1Plan) -> bytes | None:
+        """A resumed run: the inner results the latest attempt of this L1 brought back (an
+        attempt that brought none, such as one whose L1 did not boot, leaves the one before
+        it), after moving that attempt's files to ``attempts/hosts/<label>.<n>``."""
+        if not self.resumed:
+            return None
+        hosts, attempts = self.run_dir.path / "hosts", self.run_dir.path / "attempts" / "hosts"
+        kept = hosts / plan.label
+        if kept.is_dir():
+            attempts.mkdir(parents=True, exist_ok=True)
+            n = 1 + sum(1 for p in attempts.glob(f"{plan.label}.*") if p.is_dir())
+            kept.rename(attempts / f"{plan.label}.{n}")
+            if (hosts / f"{plan.label}.json").is_file():
+                (hosts / f"{plan.label}.json").rename(attempts / f"{plan.label}.{n}.json")
+        tars = sorted(
+            attempts.glob(f"{plan.label}.*/l1/{INNER_TAR}"),
+            key=lambda t: int(t.parent.parent.name.rsplit(".", 1)[1]),
+        )
+        return tars[-1].read_bytes() if tars else None
+
     def _fail(self, cid: str, error: str) -> None:
         self.outcome.failed[cid] = error
         case_dir = self.run_dir.case(cid)
@@ -142,6 +186,7 @@ class NestedBench:
         self.events.case_finished(case, "ok", None)
 
     def _one(self, plan: L1Plan) -> None:
+        earlier = self._earlier(plan)
         self.stage(plan, f"image: {plan.hypervisor.kernel} + {', '.join(plan.packages)}")
         l1_image = build_rootfs(
             systemd=False,
@@ -172,20 +217,26 @@ class NestedBench:
             scratch = make_scratch(workdir)
             nvme = make_nvme(workdir, plan.hypervisor.nvme)
             self.stage(plan, f"booting {l1_image.kernel_version} under {self.accel}")
-            with booted_l1(
-                l1_image,
-                plan.hypervisor,
-                accel=self.accel,
-                log_dir=logs,
-                disk_dir=workdir,
-                guest_dir=guest_dir,
-                payload=payload,
-                scratch=scratch,
-                nvme=nvme,
-                key=lab_key(self.options.lab_key_path),
-                timeout_scale=self.options.timeout_scale,
-            ) as l1:
-                self._inside(plan, l1, back, spdk=str(spdk) if spdk else None)
+            try:
+                with booted_l1(
+                    l1_image,
+                    plan.hypervisor,
+                    accel=self.accel,
+                    log_dir=logs,
+                    disk_dir=workdir,
+                    guest_dir=guest_dir,
+                    payload=payload,
+                    scratch=scratch,
+                    nvme=nvme,
+                    key=lab_key(self.options.lab_key_path),
+                    timeout_scale=self.options.timeout_scale,
+                ) as l1:
+                    self._inside(
+                        plan, l1, back, logs, spdk=str(spdk) if spdk else None, earlier=earlier
+                    )
+            except KeyboardInterrupt:
+                self._adopt_interrupted(plan, l1_image.key, back, logs)
+                raise
             self._adopt(plan, l1_image.key, back, logs)
         finally:
             if logs.is_dir():  # L1 never came back with a run: keep its logs anyway
@@ -209,7 +260,16 @@ class NestedBench:
             )
         return prefix
 
-    def _inside(self, plan: L1Plan, l1: Any, back: Path, *, spdk: str | None) -> None:
+    def _inside(
+        self,
+        plan: L1Plan,
+        l1: Any,
+        back: Path,
+        logs: Path,
+        *,
+        spdk: str | None,
+        earlier: bytes | None,
+    ) -> None:
         ssh = l1.ssh
         lio = any(
             d.served_by == "lio" for c in plan.case_ids for d in self.cases[c].variant.guest.disks
@@ -220,8 +280,17 @@ class NestedBench:
         )
         self.stage(plan, f"up ({inner.l1_uname(ssh)}); running {len(plan.case_ids)} case(s)")
         scale = INNER_TIMEOUT_SCALE[self.accel] * self.options.timeout_scale
+        resume = None
+        if earlier is not None:
+            resume = _inner_run_id(earlier)
+        if resume is not None:
+            assert earlier is not None
+            inner.send_results(ssh, earlier)
+            self.stage(plan, f"resuming the inner run {resume}")
         ssh.run(
-            inner.bench_command(timeout_scale=scale, l2_key=self.image.key, spdk=spdk),
+            inner.bench_command(
+                timeout_scale=scale, l2_key=self.image.key, spdk=spdk, resume=resume
+            ),
             timeout_s=inner.COMMAND_TIMEOUT_S,
         )
         by_inner = {v: k for k, v in plan.inner_ids.items()}
@@ -240,13 +309,32 @@ class NestedBench:
                 alive=lambda: l1.vm._check_running("running the bench inside L1"),
             )
             log.info("the bench inside L1 %s exited with %d", plan.label, rc)
+        except KeyboardInterrupt:
+            self.stage(plan, "interrupted: stopping the bench inside L1")
+            try:  # let it record its interrupted case and stop its guest
+                inner.stop_bench(ssh, grace_s=STOP_GRACE_S * self.options.timeout_scale)
+            except VmlabError as exc:
+                log.warning("could not stop the bench inside L1 %s: %s", plan.label, exc)
+            raise
         finally:
             try:  # what the inner run has, also when it failed or was cut short
-                inner.fetch_results(ssh, back)
+                tar = inner.fetch_results(ssh, back)
+                (logs / INNER_TAR).write_bytes(tar)
             except VmlabError as exc:
                 log.warning("could not fetch the inner run from L1 %s: %s", plan.label, exc)
 
-    def _adopt(self, plan: L1Plan, image_key: str, back: Path, logs: Path) -> None:
+    def _adopt_interrupted(self, plan: L1Plan, image_key: str, back: Path, logs: Path) -> None:
+        """Ctrl-C: keep what the inner run finished, never hiding the interrupt."""
+        if not (back / "results").is_dir():
+            return  # interrupted before the inner bench ran: only L1's logs to keep
+        try:
+            self._adopt(plan, image_key, back, logs, interrupted=True)
+        except (VmlabError, OSError) as exc:
+            log.warning("L1 %s: what came back was not kept: %s", plan.label, exc)
+
+    def _adopt(
+        self, plan: L1Plan, image_key: str, back: Path, logs: Path, *, interrupted: bool = False
+    ) -> None:
         if (back / "bench.log").is_file():
             shutil.move(str(back / "bench.log"), str(logs / "bench.log"))
         runs = run_dirs(back / "results") if (back / "results").is_dir() else []
@@ -264,10 +352,18 @@ class NestedBench:
         for cid in plan.case_ids:
             source = inner_run.case(plan.inner_ids[cid])
             if source.exists():
+                self.run_dir.archive_case(cid)  # a resumed run: the earlier attempt's copy
                 self.run_dir.adopt_case(source, cid, host=plan.label)
-            if not self._done(cid):
-                status = self.run_dir.case(cid).status() if self.run_dir.case(cid).exists() else {}
-                self._fail(cid, str(status.get("error") or "the case did not finish inside L1"))
+            if self._done(cid):
+                continue
+            case_dir = self.run_dir.case(cid)
+            status = case_dir.status() if case_dir.exists() else {}
+            if interrupted:  # --resume finishes it
+                case_dir.path.mkdir(parents=True, exist_ok=True)
+                if status.get("status") != "interrupted":
+                    case_dir.set_status("interrupted")
+                continue
+            self._fail(cid, str(status.get("error") or "the case did not finish inside L1"))
         l1_facts = inner_run.read_json("host.json")
         self.hosts.append(
             NestedHost(
@@ -295,15 +391,24 @@ def run_nested_bench(
     resume: RunDir | None = None,
 ) -> BenchOutcome:
     """``vmlab bench`` of a spec whose cases are nested: plan, one run directory, each L1
-    (same signature as :func:`vmlab.bench.run_bench`; a nested run is not resumed yet)."""
-    if resume is not None:
-        raise VmlabError("--resume does not resume a nested run yet", hint="run the spec again")
+    (same signature as :func:`vmlab.bench.run_bench`). ``resume``: an earlier nested run of
+    the same spec, whose unfinished cases run again (see the module's docstring)."""
     sweep_stale()
     cases = plan_cases(spec)
     plans = l1_plans(spec, cases)
     spec_text = inner_spec(spec)
-    run = new_run(spec, facts, image, options.results_root)
-    run.write_json("nested.json", {"plans": [p.describe() for p in plans]})
+    if resume is None:
+        run = new_run(spec, facts, image, options.results_root)
+        run.write_json("nested.json", {"plans": [p.describe() for p in plans]})
+    else:
+        run = resume
+        stored = run.read_optional_json("nested.json") or {}
+        if stored.get("plans") != [p.describe() for p in plans]:
+            raise VmlabError(
+                f"{run.path}: the run's L1 plans (nested.json) are not the ones this vmlab "
+                "makes of its spec",
+                hint="resume it with the vmlab that started it, or run the spec again",
+            )
     run.set_status("running", started=now_iso(), cases=[c.id for c in cases])
     bench = NestedBench(
         spec_text,
@@ -314,5 +419,19 @@ def run_nested_bench(
         options=options,
         events=events or QuietEvents(),
         run=run,
+        resumed=resume is not None,
     )
     return bench.run()
+
+
+def _inner_run_id(tar: bytes) -> str | None:
+    """The id of the run directory in an inner results tar (``results/<id>/spec.json``)."""
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        ids = {
+            parts[1]
+            for name in archive.getnames()
+            if len(parts := name.split("/")) >= 3
+            and parts[0] == "results"
+            and parts[2] == "spec.json"
+        }
+    return sorted(ids)[-1] if ids else None

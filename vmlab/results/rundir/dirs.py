@@ -224,13 +224,18 @@ class RunDir(ArtifactDir):
         return cls(path=path, run_id=path.name)
 
     def spec(self) -> BenchSpec:
-        """The spec this run ran, exactly (overrides such as --runtime included)."""
+        """The spec this run ran, exactly (overrides such as --runtime included), with the
+        YAML it was written in as its ``source`` (a nested run's resume rebuilds L1's from it)."""
         from pydantic import ValidationError  # the spec models: only for the runs that need them
 
         from vmlab.spec import BenchSpec
 
         try:
-            return BenchSpec.model_validate(self.read_json("spec.json"))
+            text = self.file("spec.yaml").read_text()
+        except OSError:
+            text = ""
+        try:
+            return BenchSpec.model_validate({**self.read_json("spec.json"), "source": text})
         except ValidationError as exc:
             raise ResultError(
                 f"spec.json does not validate: {exc}",
