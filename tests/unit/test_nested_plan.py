@@ -12,7 +12,7 @@ from vmlab.errors import SpecError
 from vmlab.guest.rootfs import RootfsImage
 from vmlab.host import HostFacts, kernel_modules
 from vmlab.nested.boot import L1Disks, l1_argv
-from vmlab.nested.inner import bench_command, mount_script
+from vmlab.nested.inner import bench_command, libvirt_script, mount_script
 from vmlab.nested.plan import inner_case_id, inner_spec, l1_plans, with_nested
 from vmlab.plan import plan
 from vmlab.spec import NestedHypervisor, default_lab, load_spec, parse_spec
@@ -128,6 +128,21 @@ jobs: [{name: j, rw: randread, disk: a}]
     assert {"librte-vhost23", "librte-eal23", "liburing2"} <= set(only.packages)
     (plain,) = l1_plans(spec_of(ONE), plan(spec_of(ONE)))
     assert not plain.spdk and "librte-eal23" not in plain.packages
+
+
+def test_a_libvirt_case_gets_libvirtd_in_l1_and_a_qemu_one_does_not() -> None:
+    spec = spec_of(ONE.replace("name: one\n", "name: one\nlauncher: [qemu, libvirt]\n"))
+    (only,) = l1_plans(spec, plan(spec))
+    assert only.libvirt and only.describe()["libvirt"] is True
+    assert {"libvirt-daemon", "libvirt-daemon-driver-qemu", "iptables"} <= set(only.packages)
+    assert "libvirt-daemon-system" not in only.packages  # no default network, no systemd units
+    (plain,) = l1_plans(spec_of(ONE), plan(spec_of(ONE)))
+    assert not plain.libvirt and "libvirt" not in plain.describe()
+    assert "libvirt-daemon" not in plain.packages
+    script = libvirt_script()
+    assert 'security_driver = "none"' in script and "dynamic_ownership = 0" in script
+    assert "python3 -m vmlab.reaper libvirtd" in script  # L1's PID 1 reaps nothing
+    assert script.index("reaper virtlogd") < script.index("reaper libvirtd")
 
 
 def test_bad_hypervisor_values_name_the_field() -> None:

@@ -69,6 +69,45 @@ def mount_script(modules: Sequence[str], *, configfs: bool, spdk: str | None = N
     return "\n".join(lines) + "\n"
 
 
+# libvirtd in L1 runs QEMU as root without relabelling: L2's image is on the read-only payload
+# disk, which libvirt's dynamic ownership would try to chown.
+QEMU_CONF = """\
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+"""
+LIBVIRT_SOCKET = "/run/libvirt/libvirt-sock"
+LIBVIRT_WAIT_S = 600  # libvirtd probes QEMU's capabilities first: minutes under TCG-in-TCG
+
+
+def libvirt_script() -> str:
+    """Shell for L1: virtlogd and libvirtd, each under vmlab's reaper (L1's PID 1 reaps
+    nothing), detached, logs on the scratch disk; returns once libvirtd answers."""
+    env = f"PYTHONPATH={PAYLOAD}/src PYTHONDONTWRITEBYTECODE=1"
+    lines = [
+        "set -e",
+        f"cat > /etc/libvirt/qemu.conf <<'EOF'\n{QEMU_CONF}EOF",
+        "mkdir -p /var/log/libvirt/qemu",
+    ]
+    for daemon in ("virtlogd", "libvirtd"):
+        lines.append(
+            f"setsid nohup env {env} python3 -m vmlab.reaper {daemon} "
+            f"> {WORK}/{daemon}.log 2>&1 < /dev/null &"
+        )
+    lines += [
+        f"deadline=$(( $(date +%s) + {LIBVIRT_WAIT_S} ))",
+        "until python3 -c 'import socket; "
+        f'socket.socket(socket.AF_UNIX).connect("{LIBVIRT_SOCKET}")\' 2> /dev/null; do',
+        '  [ "$(date +%s)" -lt "$deadline" ] || '
+        f"{{ echo 'libvirtd did not answer:' >&2; tail -20 {WORK}/libvirtd.log >&2; exit 1; }}",
+        "  sleep 1",
+        "done",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def bench_command(
     *, timeout_scale: float, l2_key: str, spdk: str | None = None, resume: str | None = None
 ) -> str:

@@ -26,6 +26,9 @@ from vmlab.spec import BenchSpec, BlockBackend, FileBackend, NestedHypervisor, R
 BASE_PACKAGES = ("qemu-system-x86", "qemu-utils", "fio", "python3", "kmod", "iproute2")
 CEPH_CLIENT_PACKAGES = ("ceph-common", "qemu-block-extra")  # rbd CLI, krbd map, QEMU's rbd
 CEPH_MICRO_PACKAGES = ("ceph-mon", "ceph-osd", "ceph-mgr")  # vmlab's micro cluster in L1
+# launcher: libvirt: libvirtd and virtlogd with the QEMU driver (not libvirt-daemon-system: no
+# default network, no systemd units), iptables and dnsmasq for libvirt's own networks.
+LIBVIRT_PACKAGES = ("libvirt-daemon", "libvirt-daemon-driver-qemu", "iptables", "dnsmasq-base")
 # SPDK is no Debian package: L1 gets the host's build (on the payload disk, at the same prefix)
 # and the Debian libraries it links (../shared/tools/build-spdk: DPDK 22.11, librbd, uring).
 SPDK_RUNTIME_PACKAGES = (
@@ -70,6 +73,7 @@ class L1Plan:
     case_ids: tuple[str, ...]  # the host's case ids, in plan order
     inner_ids: Mapping[str, str]  # host case id -> the case id inside L1
     spdk: bool = False  # a case has a disk with target spdk: L1 gets the host's SPDK
+    libvirt: bool = False  # a case has launcher libvirt: L1 starts virtlogd and libvirtd
 
     def describe(self) -> dict[str, Any]:
         """What goes into L1, as stored in the run (nested/<label>/plan.json) and golden."""
@@ -82,6 +86,7 @@ class L1Plan:
             "modules": list(self.modules),
             "cases": {c: self.inner_ids[c] for c in self.case_ids},
             "spdk": self.spdk,
+            **({"libvirt": True} if self.libvirt else {}),
         }
 
 
@@ -93,8 +98,6 @@ def _unsupported(case: Case) -> list[str]:
     """What a case asks for that vmlab cannot yet provide inside L1."""
     problems = []
     guest = case.variant.guest
-    if case.variant.launcher == "libvirt":
-        problems.append("launcher libvirt (L1 has no libvirtd yet): use launcher qemu")
     for disk in guest.disks:
         spdk = disk.spdk if disk.served_by == "spdk" else None
         if spdk is not None and (spdk.rpc_socket is not None or spdk.binary is not None):
@@ -133,6 +136,8 @@ def l1_packages(hv: NestedHypervisor, cases: Sequence[Case], *, net_jobs: bool) 
             wanted.add("iperf3")
         if guest.hostdevs:
             wanted.add("pciutils")
+        if case.variant.launcher == "libvirt":
+            wanted.update(LIBVIRT_PACKAGES)
         for disk in guest.disks:
             if disk.served_by == "lio":  # its D-Bus question needs a bus (vmlab starts one)
                 wanted.update(("targetcli-fb", "dbus-daemon"))
@@ -217,6 +222,7 @@ def l1_plans(spec: BenchSpec, cases: Sequence[Case]) -> list[L1Plan]:
                 case_ids=tuple(c.id for c in group),
                 inner_ids=inner,
                 spdk=any(d.served_by == "spdk" for c in group for d in c.variant.guest.disks),
+                libvirt=any(c.variant.launcher == "libvirt" for c in group),
             )
         )
     return plans

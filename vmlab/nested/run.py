@@ -278,6 +278,9 @@ class NestedBench:
             inner.mount_script(plan.modules, configfs=lio, spdk=spdk),
             timeout_s=inner.COMMAND_TIMEOUT_S,
         )
+        if plan.libvirt:
+            self.stage(plan, "starting virtlogd and libvirtd")
+            ssh.run(inner.libvirt_script(), timeout_s=inner.LIBVIRT_WAIT_S + 60)
         self.stage(plan, f"up ({inner.l1_uname(ssh)}); running {len(plan.case_ids)} case(s)")
         scale = INNER_TIMEOUT_SCALE[self.accel] * self.options.timeout_scale
         resume = None
