@@ -148,6 +148,48 @@ def test_reference_case_2_tap_with_vhost_on_runs_inside_l1(
     assert all(s["metrics"]["received_bits_per_s"] > 0 for s in iperf), iperf
 
 
+LIBVIRT_NETWORKS = """\
+name: nested-libvirt-networks
+launcher: libvirt
+hypervisor: {kind: nested, memory_mib: 2048}
+guest:
+  memory_mib: 512
+  cpus: 1
+  nics:
+    - - {name: lab0, attach: network, forward: nat}
+    - - {name: lab0, attach: network, forward: route}
+  disks:
+    - {name: data, model: virtio-blk, backend: {type: file, format: raw, size: 64M}}
+jobs:
+  - {name: rr, rw: randread, bs: 4k, iodepth: 1, runtime_s: 2, size: 32M}
+net_jobs:
+  - {name: tcp, nic: lab0, duration_s: 2}
+"""
+
+
+def test_libvirt_nat_and_routed_networks_run_inside_l1(
+    nested_ready: GuestImage, lab_env: dict[str, str], tmp_path: Path
+) -> None:
+    """launcher: libvirt inside L1 (virtlogd and libvirtd started there), each guest on a
+    libvirt network of its own, nat and route, reaching the lab's iperf3 and fio through L1's
+    routing: addresses on nobody's host but L1's."""
+    spec = tmp_path / "nested-libvirt.yaml"
+    spec.write_text(LIBVIRT_NETWORKS)
+    _, run = bench(lab_env, str(spec))
+    for case, mode in (("network-nat", "nat"), ("network-route", "route")):
+        where = run / "cases" / case
+        domain = (where / "domain.xml").read_text()
+        assert "<interface type='network'>" in domain, domain
+        network = (where / "network-lab0.xml").read_text()
+        assert f"<forward mode='{mode}'/>" in network, network
+        record = json.loads((where / "network.json").read_text())["nics"][0]
+        assert record["attach"] == "network" and record["forward"] == mode, record
+        iperf = [json.loads(p.read_text()) for p in where.rglob("summary.json") if "tcp" in str(p)]
+        assert iperf and all(s["metrics"]["received_bits_per_s"] > 0 for s in iperf), where
+        fio = json.loads((where / "jobs/rr/r1/summary.json").read_text())
+        assert fio["metrics"]["read_iops"] > 0
+
+
 VHOST_SCSI_KRBD = """\
 name: nested-lio
 hypervisor: {kind: nested}

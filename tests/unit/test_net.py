@@ -265,6 +265,57 @@ def test_vhost_nic_is_refused_before_anything_is_created(
     assert network.nics == []
 
 
+def test_a_nic_on_a_libvirt_network_routes_to_the_lab_through_its_bridge() -> None:
+    nic = _nic(kind="network", fds=(), routes=("10.50.60.0/24 via 10.77.5.1",))
+    assert nic.guest_commands("eth1")[-1] == "ip route add 10.50.60.0/24 via 10.77.5.1 dev eth1"
+
+
+def test_a_libvirt_network_port_needs_an_uplink_with_an_address_in_the_host() -> None:
+    for kwargs in (
+        {},
+        {"uplink": True},
+        {"uplink": True, "uplink_address": True, "uplink_netns": "x"},
+    ):
+        with pytest.raises(RuntimeError, match="uplink_address=True"):
+            LabNetwork(**kwargs).add_network_port("g1", forward="nat", owner="1-2")  # type: ignore[arg-type]
+
+
+class _FakeNetwork:
+    def __init__(self, name: str) -> None:
+        self._name, self.destroyed = name, False
+
+    def name(self) -> str:
+        return self._name
+
+    def isActive(self) -> bool:
+        return True
+
+    def isPersistent(self) -> bool:
+        return False
+
+    def destroy(self) -> None:
+        self.destroyed = True
+
+
+def test_a_stale_lab_network_is_swept_and_a_live_or_foreign_one_is_kept() -> None:
+    """libvirt 9.0 keeps no metadata on networks: the owner is in the name. (A real network
+    here would put its address in the host namespace: the nested tier makes real ones.)"""
+    from vmlab.launch.libvirt_owner import network_owner_tag, sweep_stale_networks
+
+    nets = [
+        _FakeNetwork(f"vmlab-net-{network_owner_tag()}-abc-0"),  # this process: live
+        _FakeNetwork("vmlab-net-999999999-1-abc-0"),  # no such pid
+        _FakeNetwork("default"),  # not vmlab's
+    ]
+
+    class Conn:
+        def listAllNetworks(self, flags: int) -> list[_FakeNetwork]:
+            return nets
+
+    assert sweep_stale_networks(Conn()) == ["vmlab-net-999999999-1-abc-0"]
+    assert [n.destroyed for n in nets] == [False, True, False]
+
+
 def test_lab_network_argument_checks() -> None:
     with pytest.raises(ValueError, match="uplink"):
         LabNetwork(uplink_address=True)

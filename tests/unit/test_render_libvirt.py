@@ -23,7 +23,7 @@ from vmlab.errors import SpecError
 from vmlab.guest.boot import preview_boot
 from vmlab.launch.libvirt import is_local_uri
 from vmlab.launch.libvirt_owner import parse_owner
-from vmlab.net.lab import LabNic
+from vmlab.net.lab import LabNic, LibvirtNetwork
 from vmlab.plan import Case, plan
 from vmlab.render.libvirt import (
     OWNER_NS,
@@ -36,6 +36,7 @@ from vmlab.render.libvirt import (
     preview_runtime,
     rbd_secret_usage,
     render_libvirt,
+    render_network,
     render_secret,
     xml_environment,
 )
@@ -162,7 +163,11 @@ def test_refused_cases_say_why_and_what_to_do() -> None:
 
 
 def test_every_golden_file_belongs_to_a_case() -> None:
-    expected = {f"{name}/{case.id}.xml" for name, case in _renderable()} | {"secret/ceph.xml"}
+    expected = {f"{name}/{case.id}.xml" for name, case in _renderable()} | {
+        "secret/ceph.xml",
+        "libvirt-network/nat.xml",
+        "libvirt-network/route.xml",
+    }
     present = {str(p.relative_to(GOLDEN)) for p in _golden_files()}
     assert present == expected
 
@@ -180,7 +185,7 @@ def test_every_golden_file_passes_virt_xml_validate() -> None:
     files = _golden_files()
     assert files
     for path in files:
-        schema = "secret" if path.parent.name == "secret" else "domain"
+        schema = {"secret": "secret", "libvirt-network": "network"}.get(path.parent.name, "domain")
         done = subprocess.run(
             ["virt-xml-validate", str(path), schema],
             capture_output=True,
@@ -500,3 +505,61 @@ def test_boot_disks_boot_and_reboot_as_on_the_qemu_launcher() -> None:
         else:
             assert root.findtext("on_reboot") == "destroy"
             assert "-no-reboot" in argv
+
+
+NETWORK = LibvirtNetwork(
+    name="vmlab-net-4242-123456-golden-0",
+    bridge="vn0-golden",
+    address=IPv4Interface("10.77.5.1/24"),
+    forward="nat",
+)
+
+
+@pytest.mark.parametrize("forward", ["nat", "route"])
+def test_network_matches_golden(forward: str, regenerate_golden: bool) -> None:
+    golden = GOLDEN / "libvirt-network" / f"{forward}.xml"
+    text = render_network(replace(NETWORK, forward=forward))  # type: ignore[arg-type]
+    if regenerate_golden:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text()
+    root = ET.fromstring(text)
+    assert root.find("forward").attrib == {"mode": forward}  # type: ignore[union-attr]
+    assert root.find("ip").attrib == {"address": "10.77.5.1", "netmask": "255.255.255.0"}  # type: ignore[union-attr]
+    assert root.find("dns").attrib == {"enable": "no"}  # type: ignore[union-attr]  # no dnsmasq
+    assert root.find("ip/dhcp") is None  # vmlab gives the guest its address
+
+
+NETWORK_NIC_SPEC = """
+name: nets
+launcher: libvirt
+guest:
+  nics: [{attach: network, forward: route, vhost: true}]
+"""
+
+
+def test_a_network_nic_is_an_interface_on_its_own_libvirt_network() -> None:
+    (case,) = plan(parse_spec(yaml.safe_load(NETWORK_NIC_SPEC)))
+    nic = replace(fixed_nics(case)[0], kind="network", network=NETWORK)
+    xml = render_libvirt(
+        case,
+        accel="tcg",
+        boot=fixed_boot(case),
+        disks=fixed_sources(case),
+        runtime=preview_runtime(case.id, serial_log=Path("/r/serial.log")),
+        nics=[nic],
+    ).xml
+    (iface,) = ET.fromstring(xml).iterfind("devices/interface")
+    assert iface.attrib == {"type": "network"}
+    assert iface.find("source").attrib == {"network": NETWORK.name}  # type: ignore[union-attr]
+    assert iface.find("driver").attrib == {"name": "vhost"}  # type: ignore[union-attr]
+    preview = render_libvirt(
+        case,
+        accel="tcg",
+        boot=fixed_boot(case),
+        disks=fixed_sources(case),
+        runtime=preview_runtime(case.id, serial_log=Path("/r/serial.log")),
+        nics=None,
+    ).xml
+    (shown,) = ET.fromstring(preview).iterfind("devices/interface/source")
+    assert shown.attrib["network"].startswith("vmlab-net-PID-TICKS-")

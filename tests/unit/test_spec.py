@@ -266,3 +266,20 @@ def test_include_counts_toward_the_matrix_size_limit() -> None:
     with pytest.raises(SpecError, match=r"8 cases \(guest.cpus x2, include: 6\)"):
         parse_spec(raw, max_cases=7)
     assert len(plan(parse_spec(raw, max_cases=8))) == 8  # the entry keeps the cpus axis
+
+
+def test_a_libvirt_network_nic_needs_launcher_libvirt_and_forward_needs_it() -> None:
+    s = spec("""
+name: m
+launcher: libvirt
+guest:
+  nics:
+    - - {attach: network}
+    - - {attach: network, forward: route}
+""")
+    assert [c.id for c in plan(s)] == ["network", "network-route"]
+    assert [c.variant.guest.nics[0].forward_mode for c in plan(s)] == ["nat", "route"]
+    with pytest.raises(SpecError, match="attach network joins a libvirt network: launcher"):
+        spec("name: m\nguest: {nics: [{attach: network}]}\n")
+    with pytest.raises(SpecError, match=r"forward is how a libvirt network .* not tap"):
+        spec("name: m\nguest: {nics: [{attach: tap, forward: nat}]}\n")

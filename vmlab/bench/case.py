@@ -26,10 +26,12 @@ from vmlab.bench.watch import Watchdog
 from vmlab.bench.workloads import JobContext
 from vmlab.bench.workloads.fio import run_guest_jobs
 from vmlab.bench.workloads.iperf import run_net_jobs
+from vmlab.errors import SpecError
 from vmlab.guest.boot import needs_full_image, plan_boot
 from vmlab.guest.image import GuestImage
 from vmlab.guest.ssh import public_line
 from vmlab.launch.base import Launcher, LaunchRequest
+from vmlab.launch.libvirt_owner import network_owner_tag
 from vmlab.launch.qemu import Deadlines, new_guest_dir
 from vmlab.net.lab import LabNetwork, LabNic
 from vmlab.plan import Case
@@ -77,7 +79,21 @@ def private_dir() -> Iterator[Path]:
 
 def add_nic(lab: LabNetwork, launcher: Launcher, case: Case, nic: Nic) -> LabNic:
     """Fds opened in the lab namespace, or a host-side port for a launcher that makes its own
-    tap or macvtap (libvirt)."""
+    tap or macvtap (libvirt), or a libvirt network of the NIC's own (attach network)."""
+    if nic.attach == "network":
+        if not launcher.host_side_nics:
+            raise SpecError(
+                f"NIC {nic.name}: attach network joins a libvirt network, and this case runs "
+                f"with launcher {launcher.name}",
+                hint="run it with launcher: libvirt (or --launcher libvirt)",
+            )
+        return lab.add_network_port(
+            case.id,
+            forward=nic.forward_mode,
+            owner=network_owner_tag(),
+            queues=nic.queues,
+            vhost=nic.vhost,
+        )
     if launcher.host_side_nics:
         return lab.add_host_port(case.id, nic.attach, queues=nic.queues, vhost=nic.vhost)
     add = lab.add_tap if nic.attach == "tap" else lab.add_macvtap
@@ -97,6 +113,16 @@ def network_record(lab: LabNetwork, specs: Sequence[Nic], nics: Sequence[LabNic]
                 "address": str(nic.address),
                 "queues": nic.queues,
                 "vhost": nic.vhost,
+                **(
+                    {
+                        "network": nic.network.name,
+                        "forward": nic.network.forward,
+                        "network_address": str(nic.network.address),
+                        "routes": list(nic.routes),
+                    }
+                    if nic.network is not None
+                    else {}
+                ),
             }
             for spec, nic in zip(specs, nics, strict=True)
         ],
@@ -140,7 +166,13 @@ def measure_case(
     with ExitStack() as stack:
         if guest.hostdevs:  # bound to vfio-pci for this guest, restored after it
             stack.enter_context(vfio_bound(guest.hostdevs, state_file=default_state_file()))
-        lab = stack.enter_context(LabNetwork()) if guest.nics else None
+        # A libvirt network reaches the lab's peers through the host: an uplink with an address.
+        routed = any(n.attach == "network" for n in guest.nics)
+        lab = (
+            stack.enter_context(LabNetwork(uplink=routed, uplink_address=routed))
+            if guest.nics
+            else None
+        )
         nics = [add_nic(lab, launcher, case, n) for n in guest.nics] if lab else []
         if lab is not None:
             case_dir.write_json("network.json", network_record(lab, guest.nics, nics))

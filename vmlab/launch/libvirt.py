@@ -36,12 +36,20 @@ from vmlab.launch.direct import free_port, retry_port
 from vmlab.launch.libvirt_api import _error_code, libvirt_module, remove_domain
 from vmlab.launch.libvirt_owner import (
     current_owner,
+    lab_network,
     lab_secret,
     sweep_stale_domains,
+    sweep_stale_networks,
     sweep_stale_secrets,
 )
 from vmlab.launch.watch import check_kvm, wait_marker
-from vmlab.render.libvirt import DomainRuntime, RenderedDomain, domain_name, render_libvirt
+from vmlab.render.libvirt import (
+    DomainRuntime,
+    RenderedDomain,
+    domain_name,
+    render_libvirt,
+    render_network,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +138,7 @@ class LibvirtLauncher:
         with self.connection() as conn:
             sweep_stale_domains(conn)
             sweep_stale_secrets(conn)
+            sweep_stale_networks(conn)
             with retry_port(
                 lambda suffix: self._launch_once(conn, request, suffix), port_taken=_port_taken
             ) as guest:
@@ -160,7 +169,8 @@ class LibvirtLauncher:
     def _launch_once(
         self, conn: Any, request: LaunchRequest, suffix: str
     ) -> Iterator[LibvirtGuest]:
-        """Secrets (RBD keys) first, then the domain; undone in reverse on every way out."""
+        """Lab networks and secrets (RBD keys) first, then the domain; undone in reverse on
+        every way out."""
         case_dir = request.case_dir
         runtime, rendered = self._render(request, suffix)
         # Saved before it runs: a domain that never starts still leaves its XML behind.
@@ -178,6 +188,19 @@ class LibvirtLauncher:
         )
         _refuse_existing(conn, rendered.name)
         with contextlib.ExitStack() as secrets:
+            for nic in request.nics:
+                if nic.network is None:
+                    continue
+                xml = render_network(nic.network)
+                case_dir.write_text(f"network-{nic.netdev_id}{suffix}.xml", xml)  # saved first
+                try:
+                    secrets.enter_context(lab_network(conn, xml, nic.network.name))
+                except libvirt_module().libvirtError as exc:
+                    raise LaunchError(
+                        f"libvirt could not start the network {nic.network.name}: {exc}",
+                        log=case_dir.file(f"network-{nic.netdev_id}{suffix}.xml"),
+                        hint="libvirt's nat and route modes need iptables and IPv4 forwarding",
+                    ) from exc
             for usage, rbd in rendered.secrets:
                 secrets.enter_context(
                     lab_secret(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -194,4 +195,49 @@ def sweep_stale_secrets(conn: Any) -> list[str]:
         log.warning("removing stale libvirt secret %s (run %s)", usage, owner.run_id)
         secret.undefine()
         removed.append(usage)
+    return removed
+
+
+# --- lab networks (a NIC with attach: network) ------------------------------------------------
+# libvirt 9.0 (Debian 12) keeps no metadata on a network (virNetworkSetMetadata is 9.7), so
+# the owner's pid and start time are in the network's name: vmlab-net-<pid>-<ticks>-<rest>.
+NETWORK_NAME = re.compile(r"vmlab-net-(\d+)-(\d+)-[a-z0-9-]+")
+
+
+def network_owner_tag() -> str:
+    """This process as a libvirt network's name carries it."""
+    pid = os.getpid()
+    return f"{pid}-{start_ticks(pid) or 0}"
+
+
+@contextmanager
+def lab_network(conn: Any, xml: str, name: str) -> Iterator[None]:
+    """A transient libvirt network for one case's guest; destroyed (gone: it is transient)
+    when the guest is."""
+    if not NETWORK_NAME.fullmatch(name):
+        raise ValueError(f"lab network names are vmlab-net-<pid>-<ticks>-...: {name!r}")
+    network = conn.networkCreateXML(xml)
+    try:
+        yield
+    finally:
+        network.destroy()
+
+
+def sweep_stale_networks(conn: Any) -> list[str]:
+    """Destroy ``vmlab-net-*`` networks whose vmlab (named in the network) is gone."""
+    removed: list[str] = []
+    for network in conn.listAllNetworks(0):
+        name = str(network.name())
+        match = NETWORK_NAME.fullmatch(name)
+        if match is None:
+            continue
+        pid, ticks = int(match.group(1)), int(match.group(2))
+        if start_ticks(pid) == ticks:
+            continue  # its vmlab still runs
+        log.warning("removing stale libvirt network %s (pid %d is gone)", name, pid)
+        if network.isActive():
+            network.destroy()
+        if network.isPersistent():
+            network.undefine()
+        removed.append(name)
     return removed

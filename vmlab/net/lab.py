@@ -11,13 +11,19 @@
 
     libvirt ── tap vnetN ─ lb-xxxxxxxx (bridge) ─ lh-xxxxxxxx ═ veth ═ lbp ── br0
     libvirt ── macvtapN on lm-xxxxxxxx ═══════════════════════ veth ═ lmp ── br0
+    libvirt ── vnetN ─ vnN-xxxxxxxx (a libvirt network, 10.A.B.1, nat | route)
+                           └─ the host's routing ─ vl-xxxxxxxx 10.X.Y.2 ═ veth ═ up0 ── br0
 
 QEMU stays in the host namespace; the tap or macvtap it uses lives in the lab namespace and
 reaches QEMU as an inherited fd (``pass_fds``). libvirtd cannot take such fds, so for its
 guests the lab grows host-side ports (:meth:`LabNetwork.add_host_port`) that carry no address,
 not even IPv6 link-local, and libvirt makes its own tap or macvtap on them. Addresses come
 from 10.0.0.0/8 and exist only inside the lab namespace, unless an uplink is asked to carry
-one (``uplink_address=True``).
+one (``uplink_address=True``). A libvirt network (:meth:`LabNetwork.add_network_port`, NIC
+``attach: network``) is the exception by design: libvirt gives its bridge an address in the
+host namespace and NATs or routes its guests out through the host, here over the uplink
+(which then carries 10.X.Y.2) to the lab's peers. Do that on a host whose namespace may carry
+such addresses: a lab host, or a nested L1 (``hypervisor: {kind: nested}``).
 Everything is torn down on exit, in reverse order, on errors and Ctrl-C too.
 """
 
@@ -47,7 +53,7 @@ USER_NET = IPv4Network("10.0.2.0/24")  # QEMU user-mode net: the guests' managem
 VHOST_NET = Path("/dev/vhost-net")
 BRIDGE = "br0"
 FIRST_GUEST_HOST = 10  # .1 bridge, .2 uplink's far end, guests from .10
-NicKind = Literal["tap", "macvtap"]
+NicKind = Literal["tap", "macvtap", "network"]
 
 
 # --- addressing ------------------------------------------------------------------------------
@@ -155,6 +161,8 @@ class LabNic:
     # A NIC libvirt attaches itself has no fds: ``ifname`` is then a device in the host
     # namespace, the lab's host-side bridge (tap) or macvtap parent, with no address on it.
     host_queues: int = 1
+    network: LibvirtNetwork | None = None  # kind network: the network libvirt makes for it
+    routes: tuple[str, ...] = ()  # "NET via ADDR" the guest adds (the lab, beyond its network)
 
     @property
     def queues(self) -> int:
@@ -167,7 +175,21 @@ class LabNic:
         return [
             f"ip link set dev {dev} up",
             f"ip addr add {self.address.with_prefixlen} dev {dev}",
+            *(f"ip route add {route} dev {dev}" for route in self.routes),
         ]
+
+
+@dataclass(frozen=True)
+class LibvirtNetwork:
+    """A libvirt network of one lab NIC (vmlab.render.libvirt.render_network): transient,
+    made before the guest's domain and destroyed after it. Its bridge carries ``address`` in
+    the host namespace; ``forward`` nat masquerades the guest behind the host, route routes
+    its subnet (the lab namespace has a route back through the uplink)."""
+
+    name: str
+    bridge: str
+    address: IPv4Interface
+    forward: Literal["nat", "route"]
 
 
 def check_guest_ifname(name: str) -> str:
@@ -382,6 +404,56 @@ class LabNetwork:
                 gateway=self.addresses.gateway,
                 vhost=vhost,
                 host_queues=queues,
+            )
+        )
+
+    def add_network_port(
+        self,
+        guest: str,
+        *,
+        forward: Literal["nat", "route"],
+        owner: str,
+        queues: int = 1,
+        vhost: bool = False,
+    ) -> LabNic:
+        """A lab NIC on a libvirt network of its own (``<interface type='network'>``): a
+        10.A.B.0/24 that overlaps no route, its .1 on libvirt's bridge, the guest at .10 with a
+        route to the lab through it, and the lab's route back to it through the uplink.
+        ``owner`` (``<pid>-<start ticks>``) goes into the network's name, for the sweep of a
+        network whose vmlab died. The launcher makes the network (vmlab.launch.libvirt)."""
+        if not (self.uplink and self.uplink_address and self.uplink_netns is None):
+            raise RuntimeError("a libvirt network port needs LabNetwork(uplink_address=True)")
+        if vhost:
+            check_vhost()
+        links.check_queues(queues)
+        index, mac = self._next(guest, "network")
+        taken = [self.addresses.subnet, *host_networks(None)]
+        subnet = choose_subnet(taken + [n.network.address.network for n in self.nics if n.network])
+        ns_id = self.name.removeprefix("vmlab-")
+        network = LibvirtNetwork(
+            name=f"vmlab-net-{owner}-{ns_id}-{index}",
+            bridge=f"vn{index}-{ns_id}"[: links.IFNAMSIZ - 1],
+            address=IPv4Interface(f"{subnet.network_address + 1}/{subnet.prefixlen}"),
+            forward=forward,
+        )
+        # The lab's peers answer the guest's subnet through the uplink (route mode: the
+        # guest's own address; nat: the uplink's, which is on the lab subnet anyway).
+        run(ip_argv(self.name, "route", "add", str(subnet), "via", str(self.addresses.uplink.ip)))
+        return self._add(
+            LabNic(
+                guest=guest,
+                kind="network",
+                netdev_id=f"lab{index}",
+                ifname=network.bridge,
+                netns=self.name,
+                mac=mac,
+                fds=(),
+                address=IPv4Interface(f"{subnet.network_address + FIRST_GUEST_HOST}/24"),
+                gateway=self.addresses.gateway,
+                vhost=vhost,
+                host_queues=queues,
+                network=network,
+                routes=(f"{self.addresses.subnet} via {network.address.ip}",),
             )
         )
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import jinja2
 
 from vmlab.errors import SpecError
-from vmlab.net.lab import LabNic
+from vmlab.net.lab import LabNic, LibvirtNetwork
 from vmlab.net.netns import host_side_name
 from vmlab.plan import Case
 from vmlab.render import environment
@@ -64,6 +64,8 @@ from vmlab.vfio import libvirt_hostdev
 
 DOMAIN_TEMPLATE = "libvirt/domain.xml.j2"
 SECRET_TEMPLATE = "libvirt/secret.xml.j2"  # noqa: S105 - a template name
+NETWORK_TEMPLATE = "libvirt/network.xml.j2"
+INTERFACE_TYPES = {"tap": "bridge", "macvtap": "direct", "network": "network"}  # by attach
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 OWNER_NS = "urn:x-vmlab:owner:1"  # our <metadata> element: who started the domain
 OWNER_PREFIX = "vmlab"
@@ -169,7 +171,8 @@ class LibvirtDisk:
 @dataclass(frozen=True)
 class Interface:
     """A lab NIC as libvirt attaches it in the host namespace: ``bridge`` (libvirt's tap on the
-    lab's host-side bridge) or ``direct`` (a macvtap in bridge mode on the host-side parent)."""
+    lab's host-side bridge), ``direct`` (a macvtap in bridge mode on the host-side parent) or
+    ``network`` (libvirt's tap on the NIC's own libvirt network; ``dev`` is its name)."""
 
     alias: str
     type: str
@@ -311,15 +314,22 @@ def interfaces(guest: Guest, nics: Sequence[LabNic] | None) -> list[Interface]:
     out = []
     for index, spec in enumerate(guest.nics):
         if nics is not None:
-            netdev_id, dev, mac = nics[index].netdev_id, nics[index].ifname, nics[index].mac
+            nic = nics[index]
+            netdev_id, mac = nic.netdev_id, nic.mac
+            dev = nic.network.name if nic.network is not None else nic.ifname
         else:
+            netdev_id, mac = f"lab{index}", mac_address(f"{PREVIEW_LAB}/{spec.name}")
+            lab = PREVIEW_LAB.removeprefix("vmlab-")
             prefix = "lb" if spec.attach == "tap" else "lm"
-            netdev_id, dev = f"lab{index}", host_side_name(prefix, PREVIEW_LAB)
-            mac = mac_address(f"{PREVIEW_LAB}/{spec.name}")
+            dev = (
+                f"vmlab-net-PID-TICKS-{lab}-{index}"
+                if spec.attach == "network"
+                else host_side_name(prefix, PREVIEW_LAB)
+            )
         out.append(
             Interface(
                 alias=f"ua-nic-{netdev_id}",
-                type="bridge" if spec.attach == "tap" else "direct",
+                type=INTERFACE_TYPES[spec.attach],
                 dev=dev,
                 mac=mac,
                 model="virtio" if spec.model == "virtio-net-pci" else spec.model,
@@ -449,6 +459,11 @@ def render_libvirt(
             if d.secret_usage is not None and d.source.rbd is not None
         ),
     )
+
+
+def render_network(net: LibvirtNetwork) -> str:
+    """The transient ``<network>`` of a lab NIC with ``attach: network``."""
+    return xml_environment().get_template(NETWORK_TEMPLATE).render(net=net)
 
 
 def render_secret(*, usage_name: str, description: str, usage: str = "ceph") -> str:

@@ -110,7 +110,8 @@ def _label(path: str, value: Any) -> str:
     elif isinstance(value, int | float):
         text = f"{key}-{value}"
     elif isinstance(value, Mapping):
-        parts = [value.get(k) for k in ("kind", "model", "target", "attach", "type", "format")]
+        keys = ("kind", "model", "target", "attach", "forward", "type", "format")
+        parts = [value.get(k) for k in keys]
         backend = value.get("backend")
         if isinstance(backend, Mapping):
             parts += [backend.get("type"), backend.get("format")]

@@ -176,10 +176,15 @@ class Disk(Model):
 
 class Nic(Model):
     """A NIC under test on the bench's lab network (the management NIC stays separate, so SSH
-    works whatever is measured): a tap on the lab bridge or a macvtap in bridge mode."""
+    works whatever is measured): a tap on the lab bridge, a macvtap in bridge mode, or (with
+    launcher libvirt) a libvirt network of its own, ``forward`` nat or route, whose traffic
+    reaches the lab through the host's routing."""
 
     name: str = Field(default="lab0", pattern=r"^[a-z0-9]{1,8}$")
-    attach: Literal["tap", "macvtap"] = "tap"
+    attach: Literal["tap", "macvtap", "network"] = "tap"
+    forward: Literal["nat", "route"] | None = Field(
+        default=None, description="attach network: libvirt's forward mode (default nat)"
+    )
     model: Literal["virtio-net-pci", "e1000e"] = "virtio-net-pci"
     queues: int = Field(default=1, ge=1, le=16)
     vhost: bool = False
@@ -188,7 +193,16 @@ class Nic(Model):
     def _queues(self) -> Nic:
         if self.queues > 1 and self.model != "virtio-net-pci":
             raise ValueError(f"{self.model} has one queue; multi-queue needs virtio-net-pci")
+        if self.forward is not None and self.attach != "network":
+            raise ValueError(
+                f"forward is how a libvirt network leaves the host: attach network, not "
+                f"{self.attach}"
+            )
         return self
+
+    @property
+    def forward_mode(self) -> Literal["nat", "route"]:
+        return self.forward or "nat"
 
 
 class RootfsImageSpec(Model):
@@ -400,6 +414,12 @@ class Variant(Model):
     @property
     def nested(self) -> bool:
         return self.hypervisor != "host"
+
+    @model_validator(mode="after")
+    def _network_needs_libvirt(self) -> Variant:
+        if self.launcher != "libvirt" and any(n.attach == "network" for n in self.guest.nics):
+            raise ValueError("a NIC with attach network joins a libvirt network: launcher: libvirt")
+        return self
 
 
 class Repeat(Model):
