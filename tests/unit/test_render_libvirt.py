@@ -563,3 +563,12 @@ def test_a_network_nic_is_an_interface_on_its_own_libvirt_network() -> None:
     ).xml
     (shown,) = ET.fromstring(preview).iterfind("devices/interface/source")
     assert shown.attrib["network"].startswith("vmlab-net-PID-TICKS-")
+
+
+def test_qemu_alone_refuses_a_network_nic_naming_the_launcher() -> None:
+    from vmlab.render.qemu import nic_plans
+
+    (case,) = plan(parse_spec(yaml.safe_load(NETWORK_NIC_SPEC)))
+    with pytest.raises(SpecError, match="attach network is a libvirt network") as info:
+        nic_plans(case.variant.guest, None)
+    assert "launcher libvirt" in (info.value.hint or "")

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmlab.errors import SpecError
 from vmlab.net.lab import LabNic
 from vmlab.plan import Case
 from vmlab.qemuopts import qemu_quote
@@ -136,6 +137,12 @@ def nic_plans(guest: Guest, nics: Sequence[LabNic] | None) -> list[NicPlan]:
     namespace, or (``nics`` None, for `vmlab render`) with placeholders for them."""
     plans = []
     for index, spec in enumerate(guest.nics):
+        if spec.attach == "network":
+            raise SpecError(
+                f"NIC {spec.name}: attach network is a libvirt network, which QEMU alone "
+                "cannot join",
+                hint="use launcher libvirt (or --launcher libvirt), or attach tap",
+            )
         if nics is not None:
             nic = nics[index]
             netdev_id, mac, fds = nic.netdev_id, nic.mac, tuple(str(fd) for fd in nic.fds)
