@@ -81,9 +81,12 @@ def test_an_interrupted_l1_keeps_the_finished_case_and_marks_the_other_interrupt
     (plan_,) = nb.plans
     back, logs = tmp_path / "back", tmp_path / "l1"
     logs.mkdir()
-    inner_run(back, {"virtio-blk": "ok", "nvme": "interrupted"})
+    inner_run(back, {"virtio-blk": "ok", "nvme": "interrupted", "host-baseline": "ok"})
     nb._adopt_interrupted(plan_, "img", back, logs)
     run = nb.run_dir
+    # L1's own baseline is the run's limit, as a host baseline is (before: left in hosts/).
+    assert run.case("host-baseline").status()["status"] == "ok"
+    assert ("host-baseline", "j") in {(r.case_id, r.job) for r in nb.outcome.results}
     assert run.case("virtio-blk").status()["status"] == "ok"
     assert run.case("nvme").status()["status"] == "interrupted"
     assert nb.outcome.failed == {}  # interrupted is not failed: --resume finishes it
@@ -147,6 +150,25 @@ def test_the_inner_tar_names_its_run_and_the_inner_bench_resumes_it(tmp_path: Pa
     command = bench_command(timeout_scale=6, l2_key="abc", resume=inner.path.name)
     assert f"--resume /root/nested/work/results/{inner.path.name} --ci" in command
     assert "spec.yaml" not in command
+
+
+def test_each_l1_of_a_kernel_axis_has_its_baseline_as_the_limit_of_its_own_cases(
+    tmp_path: Path,
+) -> None:
+    from vmlab.metrics import limit_cases
+
+    text = TWO.replace(
+        "{kind: nested}", "{kind: nested, kernel: [linux-image-amd64, linux-image-cloud-amd64]}"
+    )
+    spec = parse_spec(yaml.safe_load(text), source=text)
+    cases = plan(spec)
+    nb = bench(tmp_path)
+    nb.cases, nb.plans = {c.id: c for c in cases}, l1_plans(spec, cases)
+    ids = [nb._baseline_id(p) for p in nb.plans]
+    assert ids == ["linux-image-amd64_host-baseline", "linux-image-cloud-amd64_host-baseline"]
+    limits = limit_cases([*nb.cases, *ids])
+    assert limits["linux-image-cloud-amd64_nvme"] == "linux-image-cloud-amd64_host-baseline"
+    assert limits["linux-image-amd64_nvme"] == "linux-image-amd64_host-baseline"
 
 
 def test_a_stored_spec_comes_back_with_the_yaml_it_was_written_in(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from vmlab.guest.rootfs import build_rootfs
 from vmlab.guest.ssh import lab_key
 from vmlab.host import HostFacts, NestedHost, pick_accel, scratch_root
 from vmlab.launch.qemu import new_guest_dir, sweep_stale
+from vmlab.metrics import BASELINE_ID
 from vmlab.nested import inner
 from vmlab.nested.boot import booted_l1
 from vmlab.nested.payload import make_nvme, make_payload, make_scratch
@@ -326,6 +327,16 @@ class NestedBench:
             except VmlabError as exc:
                 log.warning("could not fetch the inner run from L1 %s: %s", plan.label, exc)
 
+    def _baseline_id(self, plan: L1Plan) -> str:
+        """The host baseline of ``plan``'s L1 in the run: ``host-baseline`` with one L1, else
+        ``<hypervisor labels>_host-baseline``, the prefix of that L1's case ids, so each case's
+        limit is its own L1's (vmlab.metrics.limit_cases)."""
+        if len(self.plans) == 1:
+            return BASELINE_ID
+        params = self.cases[plan.case_ids[0]].params
+        prefix = "_".join(v for k, v in params.items() if k.startswith("hypervisor"))
+        return f"{prefix or plan.label}_{BASELINE_ID}"
+
     def _adopt_interrupted(self, plan: L1Plan, image_key: str, back: Path, logs: Path) -> None:
         """Ctrl-C: keep what the inner run finished, never hiding the interrupt."""
         if not (back / "results").is_dir():
@@ -352,6 +363,13 @@ class NestedBench:
                 hint=f"its output ends with: {tail.strip()[-500:]}",
             )
         inner_run = RunDir.open(runs[-1])
+        baseline = inner_run.case(BASELINE_ID)
+        if baseline.exists():  # L1's own limit, fio on L1 against the same backing stores
+            bid = self._baseline_id(plan)
+            self.run_dir.archive_case(bid)
+            self.run_dir.adopt_case(baseline, bid, host=plan.label)
+            for job, rep, metrics in self.run_dir.case(bid).stored_metrics():
+                self.outcome.results.append(JobOutcome(bid, job, rep, metrics))
         for cid in plan.case_ids:
             source = inner_run.case(plan.inner_ids[cid])
             if source.exists():
