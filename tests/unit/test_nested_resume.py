@@ -82,7 +82,7 @@ def test_an_interrupted_l1_keeps_the_finished_case_and_marks_the_other_interrupt
     back, logs = tmp_path / "back", tmp_path / "l1"
     logs.mkdir()
     inner_run(back, {"virtio-blk": "ok", "nvme": "interrupted", "host-baseline": "ok"})
-    nb._adopt_interrupted(plan_, "img", back, logs)
+    nb._adopt_what_came(plan_, "img", back, logs, interrupted=True)
     run = nb.run_dir
     # L1's own baseline is the run's limit, as a host baseline is (before: left in hosts/).
     assert run.case("host-baseline").status()["status"] == "ok"
@@ -94,9 +94,18 @@ def test_an_interrupted_l1_keeps_the_finished_case_and_marks_the_other_interrupt
     assert meta["params"]["host"] == plan_.label
 
 
+def test_a_failed_l1_keeps_the_finished_case_and_fails_the_other(tmp_path: Path) -> None:
+    nb = bench(tmp_path)
+    (tmp_path / "l1").mkdir()
+    inner_run(tmp_path / "back", {"virtio-blk": "ok", "nvme": "running"})
+    nb._adopt_what_came(nb.plans[0], "img", tmp_path / "back", tmp_path / "l1", interrupted=False)
+    assert nb.run_dir.case("virtio-blk").status()["status"] == "ok"
+    assert list(nb.outcome.failed) == ["nvme"]
+
+
 def test_an_interrupt_before_the_inner_bench_ran_keeps_only_the_logs(tmp_path: Path) -> None:
     nb = bench(tmp_path)
-    nb._adopt_interrupted(nb.plans[0], "img", tmp_path / "nothing", tmp_path)
+    nb._adopt_what_came(nb.plans[0], "img", tmp_path / "nothing", tmp_path, interrupted=True)
     assert nb.run_dir.case_ids_on_disk() == []
 
 

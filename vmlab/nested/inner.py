@@ -70,7 +70,8 @@ def mount_script(modules: Sequence[str], *, configfs: bool, spdk: str | None = N
 
 
 # libvirtd in L1 runs QEMU as root without relabelling: L2's image is on the read-only payload
-# disk, which libvirt's dynamic ownership would try to chown.
+# disk, which libvirt's dynamic ownership would try to chown (and without libvirt-daemon-system
+# there is neither a qemu.conf nor its libvirt-qemu user).
 QEMU_CONF = """\
 user = "root"
 group = "root"
@@ -88,6 +89,7 @@ def libvirt_script() -> str:
     env = f"PYTHONPATH={PAYLOAD}/src PYTHONDONTWRITEBYTECODE=1"
     lines = [
         "set -e",
+        "mkdir -p /etc/libvirt",  # qemu.conf is libvirt-daemon-system's, which L1 goes without
         f"cat > /etc/libvirt/qemu.conf <<'EOF'\n{QEMU_CONF}EOF",
         "mkdir -p /var/log/libvirt/qemu",
     ]

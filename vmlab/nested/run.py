@@ -236,7 +236,10 @@ class NestedBench:
                         plan, l1, back, logs, spdk=str(spdk) if spdk else None, earlier=earlier
                     )
             except KeyboardInterrupt:
-                self._adopt_interrupted(plan, l1_image.key, back, logs)
+                self._adopt_what_came(plan, l1_image.key, back, logs, interrupted=True)
+                raise
+            except VmlabError:  # L1 died or timed out: the cases it finished still count
+                self._adopt_what_came(plan, l1_image.key, back, logs, interrupted=False)
                 raise
             self._adopt(plan, l1_image.key, back, logs)
         finally:
@@ -337,12 +340,15 @@ class NestedBench:
         prefix = "_".join(v for k, v in params.items() if k.startswith("hypervisor"))
         return f"{prefix or plan.label}_{BASELINE_ID}"
 
-    def _adopt_interrupted(self, plan: L1Plan, image_key: str, back: Path, logs: Path) -> None:
-        """Ctrl-C: keep what the inner run finished, never hiding the interrupt."""
+    def _adopt_what_came(
+        self, plan: L1Plan, image_key: str, back: Path, logs: Path, *, interrupted: bool
+    ) -> None:
+        """Ctrl-C or a failed L1: keep what the inner run finished, never hiding why it
+        ended."""
         if not (back / "results").is_dir():
-            return  # interrupted before the inner bench ran: only L1's logs to keep
+            return  # it ended before the inner bench ran: only L1's logs to keep
         try:
-            self._adopt(plan, image_key, back, logs, interrupted=True)
+            self._adopt(plan, image_key, back, logs, interrupted=interrupted)
         except (VmlabError, OSError) as exc:
             log.warning("L1 %s: what came back was not kept: %s", plan.label, exc)
 
