@@ -85,11 +85,19 @@ LIBVIRT_WAIT_S = 600  # libvirtd probes QEMU's capabilities first: minutes under
 
 def libvirt_script() -> str:
     """Shell for L1: virtlogd and libvirtd, each under vmlab's reaper (L1's PID 1 reaps
-    nothing), detached, logs on the scratch disk; returns once libvirtd answers."""
+    nothing), detached, logs on the scratch disk; returns once libvirtd answers, fails at once
+    with its log if it exits first."""
     env = f"PYTHONPATH={PAYLOAD}/src PYTHONDONTWRITEBYTECODE=1"
+    log = f"{WORK}/libvirtd.log"
     lines = [
         "set -e",
-        "mkdir -p /etc/libvirt",  # qemu.conf is libvirt-daemon-system's, which L1 goes without
+        # libvirtd resolves its built-in QEMU user before it reads qemu.conf: it must exist
+        # (libvirt-daemon-system, which L1 goes without, would add it).
+        "for g in kvm libvirt-qemu; do getent group $g > /dev/null || groupadd --system $g; done",
+        "getent passwd libvirt-qemu > /dev/null || useradd --system --no-create-home "
+        "--home-dir /var/lib/libvirt --gid kvm --groups libvirt-qemu "
+        "--shell /usr/sbin/nologin libvirt-qemu",
+        "mkdir -p /etc/libvirt",  # qemu.conf is libvirt-daemon-system's too
         f"cat > /etc/libvirt/qemu.conf <<'EOF'\n{QEMU_CONF}EOF",
         "mkdir -p /var/log/libvirt/qemu",
     ]
@@ -99,11 +107,14 @@ def libvirt_script() -> str:
             f"> {WORK}/{daemon}.log 2>&1 < /dev/null &"
         )
     lines += [
+        "pid=$!",
         f"deadline=$(( $(date +%s) + {LIBVIRT_WAIT_S} ))",
         "until python3 -c 'import socket; "
         f'socket.socket(socket.AF_UNIX).connect("{LIBVIRT_SOCKET}")\' 2> /dev/null; do',
+        f'  kill -0 "$pid" 2> /dev/null || {{ echo "libvirtd exited:" >&2; tail -20 {log} >&2; '
+        "exit 1; }",
         '  [ "$(date +%s)" -lt "$deadline" ] || '
-        f"{{ echo 'libvirtd did not answer:' >&2; tail -20 {WORK}/libvirtd.log >&2; exit 1; }}",
+        f"{{ echo 'libvirtd did not answer:' >&2; tail -20 {log} >&2; exit 1; }}",
         "  sleep 1",
         "done",
     ]

@@ -27,8 +27,15 @@ BASE_PACKAGES = ("qemu-system-x86", "qemu-utils", "fio", "python3", "kmod", "ipr
 CEPH_CLIENT_PACKAGES = ("ceph-common", "qemu-block-extra")  # rbd CLI, krbd map, QEMU's rbd
 CEPH_MICRO_PACKAGES = ("ceph-mon", "ceph-osd", "ceph-mgr")  # vmlab's micro cluster in L1
 # launcher: libvirt: libvirtd and virtlogd with the QEMU driver (not libvirt-daemon-system: no
-# default network, no systemd units), iptables and dnsmasq for libvirt's own networks.
-LIBVIRT_PACKAGES = ("libvirt-daemon", "libvirt-daemon-driver-qemu", "iptables", "dnsmasq-base")
+# default network, no systemd units), Debian's libvirt-python (built for L1's libvirt0; the
+# payload carries only vmlab's required libraries), iptables and dnsmasq for libvirt networks.
+LIBVIRT_PACKAGES = (
+    "libvirt-daemon",
+    "libvirt-daemon-driver-qemu",
+    "python3-libvirt",
+    "iptables",
+    "dnsmasq-base",
+)
 # SPDK is no Debian package: L1 gets the host's build (on the payload disk, at the same prefix)
 # and the Debian libraries it links (../shared/tools/build-spdk: DPDK 22.11, librbd, uring).
 SPDK_RUNTIME_PACKAGES = (
