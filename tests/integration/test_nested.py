@@ -182,8 +182,16 @@ def test_libvirt_nat_and_routed_networks_run_inside_l1(
         assert "<interface type='network'>" in domain, domain
         network = (where / "network-lab0.xml").read_text()
         assert f"<forward mode='{mode}'/>" in network, network
-        record = json.loads((where / "network.json").read_text())["nics"][0]
+        network_json = json.loads((where / "network.json").read_text())
+        record = network_json["nics"][0]
         assert record["attach"] == "network" and record["forward"] == mode, record
+        # Who the lab's iperf3 server saw: nat masquerades the guest behind the uplink's
+        # address (the lab's .2); route leaves the guest's own address on its packets.
+        server = json.loads((where / "jobs/tcp/r1/server.json").read_text())
+        (connected,) = server["start"]["connected"]
+        lab_uplink = network_json["gateway"].rsplit(".", 1)[0] + ".2"
+        guest = record["address"].split("/")[0]
+        assert connected["remote_host"] == (lab_uplink if mode == "nat" else guest), connected
         iperf = [json.loads(p.read_text()) for p in where.rglob("summary.json") if "tcp" in str(p)]
         assert iperf and all(s["metrics"]["received_bits_per_s"] > 0 for s in iperf), where
         fio = json.loads((where / "jobs/rr/r1/summary.json").read_text())

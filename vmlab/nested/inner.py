@@ -99,7 +99,9 @@ def libvirt_script() -> str:
         "--shell /usr/sbin/nologin libvirt-qemu",
         "mkdir -p /etc/libvirt",  # qemu.conf is libvirt-daemon-system's too
         f"cat > /etc/libvirt/qemu.conf <<'EOF'\n{QEMU_CONF}EOF",
-        "mkdir -p /var/log/libvirt/qemu",
+        # The network driver writes each network's guest MACs under dnsmasq/ (no DHCP here,
+        # but it does) and does not make the folder; libvirt-daemon-system's packaging would.
+        "mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/dnsmasq",
     ]
     for daemon in ("virtlogd", "libvirtd"):
         lines.append(
