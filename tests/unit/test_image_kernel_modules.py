@@ -118,3 +118,31 @@ def test_missing_module_is_a_host_error(moddir: Path) -> None:
 def test_module_name_normalises() -> None:
     assert module_name("kernel/lib/crc-t10dif.ko.xz") == "crc_t10dif"
     assert module_name(Path("a/virtio_net.ko")) == "virtio_net"
+
+
+def test_the_rootfs_initramfs_unpacks_xz_modules_for_busybox_insmod(tmp_path: Path) -> None:
+    """Debian's 6.12 (bookworm-backports) ships .ko.xz; busybox insmod loads plain .ko only."""
+    from vmlab.guest.cpio import iter_entries
+    from vmlab.guest.rootfs.initrd import write_initrd
+
+    tree = tmp_path / "kernel"
+    d = tree / "lib/modules/6.12.0-test"
+    _module(d, "kernel/drivers/virtio/virtio.ko", compress=".xz")
+    _module(d, "kernel/drivers/virtio/virtio_ring.ko", compress=".xz")
+    _module(d, "kernel/drivers/virtio/virtio_pci.ko", depends="virtio_ring,virtio",
+            compress=".xz")  # fmt: skip
+    _module(d, "kernel/drivers/block/virtio_blk.ko", depends="virtio_ring,virtio",
+            compress=".xz")  # fmt: skip
+    busybox = tmp_path / "busybox/bin/busybox"
+    busybox.parent.mkdir(parents=True)
+    busybox.write_text("#!/bin/sh\necho bin/sh\n")  # answers --list-full like busybox
+    busybox.chmod(0o755)
+    out = tmp_path / "initrd.img"
+    write_initrd(out, busybox_tree=tmp_path / "busybox", kernel_tree=tree,
+                 kernel_version="6.12.0-test")  # fmt: skip
+    with out.open("rb") as f:
+        members = {m.name: m for m in iter_entries(f)}
+    blk = members["usr/lib/modules/6.12.0-test/kernel/drivers/block/virtio_blk.ko"]
+    assert blk.data.startswith(b"\x7fELF")  # unpacked
+    listed = next(m for n, m in members.items() if n.endswith("vmlab/modules")).data.split()
+    assert listed and all(p.endswith(b".ko") for p in listed), listed

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vmlab.errors import SpecError
+from vmlab.errors import HostError, SpecError
 from vmlab.guest.rootfs import RootfsImage
 from vmlab.host import HostFacts, kernel_modules
 from vmlab.nested.boot import L1Disks, l1_argv
@@ -153,10 +153,47 @@ def test_bad_hypervisor_values_name_the_field() -> None:
         ("{kind: cloud}", "hypervisor.nested.kind"),
         ("guest", "hypervisor.host: Input should be 'host' (got 'guest')"),
         ("[host, {kind: nested}]", "not a mix"),
+        ("{kind: nested, kernel: linux-image-amd64/sid}", "from bookworm-backports, not sid"),
     ):
         with pytest.raises(SpecError) as info:
             spec_of(ONE.replace("{kind: nested}", bad))
         assert words in "\n".join(info.value.problems), bad
+
+
+def test_a_backports_kernel_is_an_l1_of_its_own_labelled_bpo() -> None:
+    text = ONE.replace(
+        "{kind: nested}",
+        "{kind: nested, kernel: [linux-image-amd64, linux-image-amd64/bookworm-backports]}",
+    )
+    spec = spec_of(text)
+    plans = l1_plans(spec, plan(spec))
+    assert [p.label for p in plans] == ["amd64", "amd64-bpo"]
+    assert plans[1].hypervisor.kernel == "linux-image-amd64/bookworm-backports"
+    assert [c.id for c in plan(spec)] == [
+        "linux-image-amd64",
+        "linux-image-amd64-bookworm-backports",
+    ]
+
+
+def test_another_suite_is_read_from_private_lists_never_the_hosts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmlab.guest.image import debs
+
+    ran: list[list[str]] = []
+    monkeypatch.setattr(debs.proc, "run", lambda argv, **kw: ran.append(list(argv)))
+    options = debs.suite_apt_options("bookworm-backports", tmp_path)
+    root = tmp_path / "apt" / "bookworm-backports"
+    assert (root / "sources.list").read_text() == (
+        "deb http://deb.debian.org/debian bookworm-backports main\n"
+    )
+    assert f"Dir::State::Lists={root / 'lists'}" in options
+    assert f"Dir::Etc::SourceParts={root / 'sources.list.d'}" in options  # not the host's
+    assert ran == [["apt-get", *options, "update"]]
+    debs.suite_apt_options("bookworm-backports", tmp_path)
+    assert len(ran) == 1  # lists less than a day old are reused
+    with pytest.raises(HostError, match="no Debian suite 'sid'"):
+        debs.suite_apt_options("sid", tmp_path)
 
 
 def test_inner_spec_drops_the_hypervisor_and_keeps_the_runtime() -> None:

@@ -4,7 +4,7 @@ that vmlab builds from Debian packages and boots (``{kind: nested, ...}``, see
 
     hypervisor:
       kind: nested
-      kernel: [linux-image-amd64, linux-image-cloud-amd64]   # an axis: two L1 kernels
+      kernel: [linux-image-amd64, linux-image-amd64/bookworm-backports]   # an axis: 6.1, 6.12
       memory_mib: 3072                # left out: enough for the largest case
       packages: [strace]                                      # more Debian packages in L1
 """
@@ -20,6 +20,9 @@ from vmlab.spec.base import Model
 
 # A Debian package name, optionally with =version (Debian Policy 5.6.1 / 5.6.12, loosely).
 DEBIAN_PACKAGE = r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$"
+# L1's kernel may also come from another suite, as apt writes it: linux-image-amd64/<suite>.
+KERNEL_PACKAGE = r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?(/[a-z0-9-]+)?$"
+KERNEL_SUITES = ("bookworm-backports",)  # vmlab.guest.image.debs.EXTRA_SUITES
 DEFAULT_KERNEL = "linux-image-amd64"
 
 
@@ -29,7 +32,11 @@ class NestedHypervisor(Model):
     inside it with this same vmlab."""
 
     kind: Literal["nested"] = "nested"
-    kernel: str = Field(default=DEFAULT_KERNEL, pattern=DEBIAN_PACKAGE)
+    kernel: str = Field(
+        default=DEFAULT_KERNEL,
+        pattern=KERNEL_PACKAGE,
+        description="a Debian kernel package; /bookworm-backports: a newer one from backports",
+    )
     memory_mib: int | None = Field(
         default=None,
         ge=1024,
@@ -53,6 +60,12 @@ class NestedHypervisor(Model):
     def _kernel(cls, v: str) -> str:
         if not v.startswith("linux-image-"):
             raise ValueError(f"{v!r} is not a Debian kernel package (linux-image-...)")
+        suite = v.partition("/")[2]
+        if suite and suite not in KERNEL_SUITES:
+            raise ValueError(
+                f"{v!r}: vmlab takes a kernel from the host's apt sources or from "
+                f"{', '.join(KERNEL_SUITES)}, not {suite}"
+            )
         return v
 
     @field_validator("packages")
@@ -76,8 +89,10 @@ class NestedHypervisor(Model):
 
     @property
     def label(self) -> str:
-        """Readable and file-name safe: the kernel package without ``linux-image-``."""
-        return self.kernel.removeprefix("linux-image-").replace("=", "-").replace(":", "-")
+        """Readable and file-name safe: the kernel package without ``linux-image-``, ``-bpo``
+        for one from bookworm-backports."""
+        name = self.kernel.removeprefix("linux-image-").replace("/bookworm-backports", "-bpo")
+        return name.replace("=", "-").replace(":", "-")
 
 
 def _which(value: Any) -> str:

@@ -40,6 +40,7 @@ class DebRecord:
     sha256: str
     size: int
     depends: str
+    apt_options: tuple[str, ...] = ()  # another suite's private lists (suite_apt_options)
 
     @property
     def deb_name(self) -> str:
@@ -80,8 +81,48 @@ def _parse_records(text: str) -> list[dict[str, str]]:
     return records
 
 
-def apt_show(specs: Sequence[str]) -> list[DebRecord]:
-    argv = ["apt-cache", "show", "--no-all-versions", *specs]
+# Suites beyond the host's apt sources that a build may take a package from (a nested L1's
+# kernel: ``linux-image-amd64/bookworm-backports``), each read into private package lists.
+EXTRA_SUITES = {"bookworm-backports": "main"}
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+LISTS_MAX_AGE_S = 24 * 3600
+
+
+def suite_apt_options(suite: str, cache: Path) -> tuple[str, ...]:
+    """apt options that read ``suite`` alone, from lists under ``<cache>/apt/<suite>`` that
+    are fetched (``apt-get update`` on them only, never the host's) when missing or a day
+    old. The host's apt configuration (proxy, keyrings) still applies."""
+    if suite not in EXTRA_SUITES:
+        raise HostError(
+            f"vmlab reads no Debian suite {suite!r}",
+            hint=f"use one of: {', '.join(EXTRA_SUITES)} (or the host's own sources)",
+        )
+    root = cache / "apt" / suite
+    for sub in ("lists/partial", "cache/archives/partial", "sources.list.d"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    sources = root / "sources.list"
+    sources.write_text(f"deb {DEBIAN_MIRROR} {suite} {EXTRA_SUITES[suite]}\n")
+    options: tuple[str, ...] = (
+        "-o", f"Dir::Etc::SourceList={sources}",
+        "-o", f"Dir::Etc::SourceParts={root / 'sources.list.d'}",
+        "-o", f"Dir::State::Lists={root / 'lists'}",
+        "-o", f"Dir::Cache={root / 'cache'}",
+    )  # fmt: skip
+    if os.geteuid() == 0:
+        options += ("-o", "APT::Sandbox::User=root")  # _apt cannot write into our dir
+    stamp = root / "updated"
+    if not stamp.is_file() or time.time() - stamp.stat().st_mtime > LISTS_MAX_AGE_S:
+        try:
+            proc.run(["apt-get", *options, "update"], timeout_s=300, missing_hint=DEBIAN_HINT)
+        except CommandError as exc:
+            exc.hint = f"check network access to {DEBIAN_MIRROR} ({suite}), then retry"
+            raise
+        stamp.touch()
+    return options
+
+
+def apt_show(specs: Sequence[str], apt_options: Sequence[str] = ()) -> list[DebRecord]:
+    argv = ["apt-cache", *apt_options, "show", "--no-all-versions", *specs]
     try:
         shown = proc.run(argv, timeout_s=60, hint=APT_HINT, missing_hint=DEBIAN_HINT)
     except CommandError as exc:
@@ -100,6 +141,7 @@ def apt_show(specs: Sequence[str]) -> list[DebRecord]:
             sha256=rec.get("SHA256", ""),
             size=int(rec.get("Size", "0") or 0),
             depends=rec.get("Depends", "") + ", " + rec.get("Pre-Depends", ""),
+            apt_options=tuple(apt_options),
         )
     result = []
     for spec in specs:
@@ -151,6 +193,22 @@ def host_library_packages(records: Sequence[DebRecord]) -> dict[str, str]:
     return versions
 
 
+def _download(records: Sequence[DebRecord], options: Sequence[str], tmp: Path) -> None:
+    argv = ["apt-get", *options, "download"]
+    if os.geteuid() == 0 and "APT::Sandbox::User=root" not in options:
+        argv += ["-o", "APT::Sandbox::User=root"]  # _apt cannot write into our dir
+    argv += [f"{r.package}={r.version}" for r in records]
+    try:
+        proc.run(argv, cwd=tmp, timeout_s=900, missing_hint=DEBIAN_HINT)
+    except CommandError as exc:
+        if re.search(r"Can't find a source|Unable to locate|No packages found", exc.output):
+            raise HostError(
+                f"apt-get download failed: {exc.output.strip()}", hint=APT_HINT
+            ) from exc
+        exc.hint = "check network access to the Debian mirror, then retry"
+        raise
+
+
 def fetch_debs(
     records: Sequence[DebRecord], debs_dir: Path, progress: ProgressFn | None
 ) -> dict[str, Path]:
@@ -173,19 +231,11 @@ def fetch_debs(
     note(progress, f"downloading {len(missing)} packages ({total_mb:.1f} MB)")
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=debs_dir))
     try:
-        argv = ["apt-get", "download"]
-        if os.geteuid() == 0:
-            argv += ["-o", "APT::Sandbox::User=root"]  # _apt cannot write into our dir
-        argv += [f"{r.package}={r.version}" for r in missing]
-        try:
-            proc.run(argv, cwd=tmp, timeout_s=900, missing_hint=DEBIAN_HINT)
-        except CommandError as exc:
-            if re.search(r"Can't find a source|Unable to locate|No packages found", exc.output):
-                raise HostError(
-                    f"apt-get download failed: {exc.output.strip()}", hint=APT_HINT
-                ) from exc
-            exc.hint = "check network access to the Debian mirror, then retry"
-            raise
+        by_source: dict[tuple[str, ...], list[DebRecord]] = {}
+        for rec in missing:
+            by_source.setdefault(rec.apt_options, []).append(rec)
+        for options, group in by_source.items():
+            _download(group, options, tmp)
         for rec in missing:
             got = sorted(tmp.glob(f"{rec.package}_*.deb"))
             if len(got) != 1:

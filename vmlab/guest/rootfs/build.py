@@ -237,9 +237,9 @@ def build_rootfs(
     """The cached rootfs image of this variant for the current inputs, built first if needed.
 
     ``extra_packages`` are installed on top of the variant's packages and go into the cache
-    key. ``kernel_package`` (a Debian kernel package, e.g. linux-image-amd64) is booted instead
-    of the default image's kernel, with all its modules in the tree; its exact version and
-    checksum go into the key."""
+    key. ``kernel_package`` (a Debian kernel package, e.g. linux-image-amd64, or from another
+    suite: linux-image-amd64/bookworm-backports) is booted instead of the default image's
+    kernel, with all its modules in the tree; its exact version and checksum go into the key."""
     variant = variant_name(systemd=systemd, cloud_init=cloud_init)
     cache = cache_root if cache_root is not None else paths.cache_dir()
     image = build_image(cache, progress=progress)  # the kernel, busybox-static, the .debs
@@ -247,7 +247,7 @@ def build_rootfs(
     packages = tuple(dict.fromkeys((*rootfs_packages(variant), *extra_packages)))
     note(progress, f"resolving the {variant} rootfs packages with apt")
     versions = {r.package: r.version for r in apt_show(list(packages))}
-    kernel = resolve_kernel(kernel_package) if kernel_package else None
+    kernel = resolve_kernel(kernel_package, cache) if kernel_package else None
     sources_path, sources_text = host_sources()
     material = key_material(image, variant, versions, sources_text, extra_packages, kernel)
     key = compute_key(material)

@@ -8,6 +8,7 @@ ext4 is built in), both from the default image's packages, and an ``/init``
 
 from __future__ import annotations
 
+import lzma
 from pathlib import Path
 
 from vmlab.errors import HostError
@@ -59,10 +60,15 @@ def write_initrd(
     extra = present(moddir, ROOT_FS_MODULES) if root_fs_modules else ()
     plan = resolve_modules(moddir, (*INITRD_MODULES, *extra))
     guest_moddir = f"/usr/lib/modules/{kernel_version}"
-    modules = [(moddir / rel, f"{guest_moddir}/{rel}") for rel in plan.load_order]
-    if any(not src.name.endswith(".ko") for src, _ in modules):
+    # busybox insmod loads plain .ko only: a kernel whose modules are xz-compressed (Debian's
+    # 6.12 in bookworm-backports) has them unpacked into the initramfs.
+    modules = [
+        (moddir / rel, f"{guest_moddir}/{rel.removesuffix('.xz')}") for rel in plan.load_order
+    ]
+    if any(not src.name.endswith((".ko", ".ko.xz")) for src, _ in modules):
         raise HostError(
-            "the guest kernel's modules are compressed; the rootfs initramfs expects plain .ko",
+            "the guest kernel's modules are compressed with other than xz; the rootfs "
+            "initramfs takes plain or xz-compressed .ko",
             hint="vmlab.guest.rootfs needs an update for this kernel package",
         )
     with out.open("wb") as f, NewcWriter(f) as cpio:
@@ -76,7 +82,10 @@ def write_initrd(
         cpio.add_bytes("init", render_initrd_init().encode(), 0o755)
         add_busybox(cpio, busybox_tree / "bin/busybox")
         for src, guest in modules:
-            cpio.add_file(guest, src, 0o644)
+            if src.name.endswith(".xz"):
+                cpio.add_bytes(guest, lzma.decompress(src.read_bytes()), 0o644)
+            else:
+                cpio.add_file(guest, src, 0o644)
         cpio.add_bytes(MODULES_PATH, "".join(f"{g}\n" for _s, g in modules).encode())
         cpio.add_bytes(COMPLETE_PATH, b"")
         return cpio.members

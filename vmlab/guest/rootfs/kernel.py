@@ -10,23 +10,34 @@ from pathlib import Path
 
 from vmlab.errors import HostError
 from vmlab.guest.image.cache import ProgressFn
-from vmlab.guest.image.debs import APT_HINT, DebRecord, apt_show, debs_dir, fetch_debs
+from vmlab.guest.image.debs import (
+    APT_HINT,
+    DebRecord,
+    apt_show,
+    debs_dir,
+    fetch_debs,
+    suite_apt_options,
+)
 
 
-def resolve_kernel(package: str) -> DebRecord:
-    """The versioned linux-image package behind ``package`` (itself when it has a kernel)."""
-    (record,) = apt_show([package])
+def resolve_kernel(package: str, cache: Path) -> DebRecord:
+    """The versioned linux-image package behind ``package`` (itself when it has a kernel);
+    ``package/suite`` reads it from that suite (bookworm-backports: a newer kernel for a
+    Debian 12 userland), through private package lists under ``cache``."""
+    name, _, suite = package.partition("/")
+    options = suite_apt_options(suite, cache) if suite else ()
+    (record,) = apt_show([name], options)
     if re.fullmatch(r"linux-image-\d.*", record.package):
         return record
     match = re.search(r"(linux-image-\d[^\s,(]*)\s*(?:\(=\s*([^)\s]+)\))?", record.depends)
     if match is None:
         raise HostError(
-            f"{package} {record.version} is no kernel image and depends on none "
+            f"{name} {record.version} is no kernel image and depends on none "
             f"({record.depends.strip(', ')!r})",
             hint="name a Debian kernel package, e.g. linux-image-amd64 or linux-image-cloud-amd64",
         )
     versioned = match.group(1) + (f"={match.group(2)}" if match.group(2) else "")
-    (kernel,) = apt_show([versioned])
+    (kernel,) = apt_show([versioned], options)
     return kernel
 
 
