@@ -48,17 +48,19 @@ def test_host_is_the_default_and_nested_has_debian_defaults() -> None:
 def test_kernel_list_is_an_axis_and_makes_one_l1_each() -> None:
     spec = load_spec(EXAMPLES / "nested-kernels.yaml")
     cases = plan(spec)
-    assert [c.id for c in cases] == ["linux-image-amd64", "linux-image-cloud-amd64"]
+    bpo = "linux-image-amd64-bookworm-backports"
+    assert [c.id for c in cases] == ["linux-image-amd64", bpo]
     plans = l1_plans(spec, cases)
-    assert [p.label for p in plans] == ["amd64", "cloud-amd64"]
+    assert [p.label for p in plans] == ["amd64", "amd64-bpo"]
     assert [p.hypervisor.kernel for p in plans] == [
         "linux-image-amd64",
-        "linux-image-cloud-amd64",
+        "linux-image-amd64/bookworm-backports",
     ]
     assert [dict(p.inner_ids) for p in plans] == [
         {"linux-image-amd64": "default"},
-        {"linux-image-cloud-amd64": "default"},
+        {bpo: "default"},
     ]
+    assert all("vhost_net" in p.modules for p in plans)
 
 
 @pytest.mark.parametrize("spec_file", sorted((DATA / "nested").glob("*.yaml")), ids=str)

@@ -51,7 +51,10 @@ def cached_resolve(
     try:
         data = json.loads(cache_file.read_text())
         if data["key"] == key:
-            return [DebRecord(**record) for record in data["records"]]
+            return [
+                DebRecord(**{**record, "apt_options": tuple(record.get("apt_options", ()))})
+                for record in data["records"]
+            ]
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError, TypeError) as exc:
