@@ -187,14 +187,14 @@ class LibvirtLauncher:
             },
         )
         _refuse_existing(conn, rendered.name)
-        with contextlib.ExitStack() as secrets:
+        with contextlib.ExitStack() as owned:
             for nic in request.nics:
                 if nic.network is None:
                     continue
                 xml = render_network(nic.network)
                 case_dir.write_text(f"network-{nic.netdev_id}{suffix}.xml", xml)  # saved first
                 try:
-                    secrets.enter_context(lab_network(conn, xml, nic.network.name))
+                    owned.enter_context(lab_network(conn, xml, nic.network.name))
                 except libvirt_module().libvirtError as exc:
                     raise LaunchError(
                         f"libvirt could not start the network {nic.network.name}: {exc}",
@@ -202,7 +202,7 @@ class LibvirtLauncher:
                         hint="libvirt's nat and route modes need iptables and IPv4 forwarding",
                     ) from exc
             for usage, rbd in rendered.secrets:
-                secrets.enter_context(
+                owned.enter_context(
                     lab_secret(
                         conn,
                         usage_name=usage,

@@ -448,7 +448,9 @@ class LabNetwork:
                 netns=self.name,
                 mac=mac,
                 fds=(),
-                address=IPv4Interface(f"{subnet.network_address + FIRST_GUEST_HOST}/24"),
+                address=IPv4Interface(
+                    f"{subnet.network_address + FIRST_GUEST_HOST}/{subnet.prefixlen}"
+                ),
                 gateway=self.addresses.gateway,
                 vhost=vhost,
                 host_queues=queues,
