@@ -4,7 +4,8 @@ and running fio, the run brought back. Minutes under TCG-in-TCG: marked ``nested
 default run (pyproject addopts) leaves out; run it with ``pytest -m nested``. Measured here
 (2 cores, TCG): one case 244 s with the L1 image cached, case 2 (vhost tap) 349 s including an
 L1 image build, case 4 (LIO over krbd, Ceph in L1) 276 s, VFIO of L1's emulated NVMe 164 s,
-Ctrl-C 79 s (before it also resumed the run)."""
+Ctrl-C 79 s (before it also resumed the run); 2026-12-07: Ctrl-C and resume per stage 132,
+139 and 233 s, libvirt NAT and routed 274 s, kernels 6.1 and 6.12 375 s (6.12's image built)."""
 
 from __future__ import annotations
 
