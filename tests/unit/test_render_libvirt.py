@@ -541,27 +541,19 @@ guest:
 def test_a_network_nic_is_an_interface_on_its_own_libvirt_network() -> None:
     (case,) = plan(parse_spec(yaml.safe_load(NETWORK_NIC_SPEC)))
     nic = replace(fixed_nics(case)[0], kind="network", network=NETWORK)
-    xml = render_libvirt(
-        case,
-        accel="tcg",
-        boot=fixed_boot(case),
-        disks=fixed_sources(case),
-        runtime=preview_runtime(case.id, serial_log=Path("/r/serial.log")),
-        nics=[nic],
-    ).xml
-    (iface,) = ET.fromstring(xml).iterfind("devices/interface")
+
+    def xml(nics: list[LabNic] | None) -> str:
+        runtime = preview_runtime(case.id, serial_log=Path("/r/serial.log"))
+        boot, disks = fixed_boot(case), fixed_sources(case)
+        return render_libvirt(
+            case, accel="tcg", boot=boot, disks=disks, runtime=runtime, nics=nics
+        ).xml
+
+    (iface,) = ET.fromstring(xml([nic])).iterfind("devices/interface")
     assert iface.attrib == {"type": "network"}
     assert iface.find("source").attrib == {"network": NETWORK.name}  # type: ignore[union-attr]
     assert iface.find("driver").attrib == {"name": "vhost"}  # type: ignore[union-attr]
-    preview = render_libvirt(
-        case,
-        accel="tcg",
-        boot=fixed_boot(case),
-        disks=fixed_sources(case),
-        runtime=preview_runtime(case.id, serial_log=Path("/r/serial.log")),
-        nics=None,
-    ).xml
-    (shown,) = ET.fromstring(preview).iterfind("devices/interface/source")
+    (shown,) = ET.fromstring(xml(None)).iterfind("devices/interface/source")
     assert shown.attrib["network"].startswith("vmlab-net-PID-TICKS-")
 
 
