@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from vmlab.spec import BenchSpec, FioJob, Variant
+from vmlab.spec.matrix import case_id
+
+__all__ = ["Case", "case_id", "plan"]
 
 
 @dataclass(frozen=True)
@@ -16,11 +19,6 @@ class Case:
     params: Mapping[str, str]
     variant: Variant
     jobs: tuple[FioJob, ...] = field(default=())
-
-
-def case_id(params: Mapping[str, str]) -> str:
-    """Readable id from the axis values, in spec order: 'virtio-blk', 'nvme_iothread'..."""
-    return "_".join(params.values()) or "default"
 
 
 def plan(spec: BenchSpec) -> list[Case]:

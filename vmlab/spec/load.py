@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from vmlab.errors import SpecError
 from vmlab.spec.matrix import (
     _VARIANT_KEYS,
+    case_id,
     count_cases,
     expand_matrix,
     include_problems,
@@ -169,7 +170,7 @@ def _variants(raw: Mapping[str, Any]) -> tuple[list[Variant], list[str]]:
     matrix_ids: set[str] = set()
     for params, variant in expand_matrix(raw):
         included = params.get("include")
-        cid = "_".join(params.values()) or "default"
+        cid = case_id(params)
         if included is None:
             matrix_ids.add(cid)
         elif cid in matrix_ids:

@@ -135,6 +135,11 @@ class _VariantFields(Model):
     guest: Guest = Field(default_factory=Guest)
 
 
+def case_id(params: Mapping[str, str]) -> str:
+    """Readable id from the axis values, in spec order: 'virtio-blk', 'nvme_iothread'..."""
+    return "_".join(params.values()) or "default"
+
+
 def _product(base: Mapping[str, Any]) -> list[tuple[dict[str, str], dict[str, Any]]]:
     axes = list(_axes(base, _VariantFields, ""))
     out: list[tuple[dict[str, str], dict[str, Any]]] = []
