@@ -196,6 +196,10 @@ def test_another_suite_is_read_from_private_lists_never_the_hosts(
     assert len(ran) == 1  # lists less than a day old are reused
     with pytest.raises(HostError, match="no Debian suite 'sid'"):
         debs.suite_apt_options("sid", tmp_path)
+    # The spec accepts exactly the suites the image build can read (two modules, one list).
+    from vmlab.spec.hypervisor import KERNEL_SUITES
+
+    assert set(KERNEL_SUITES) == set(debs.EXTRA_SUITES)
 
 
 def test_inner_spec_drops_the_hypervisor_and_keeps_the_runtime() -> None:

@@ -287,11 +287,8 @@ class NestedBench:
             ssh.run(inner.libvirt_script(), timeout_s=inner.LIBVIRT_WAIT_S + 60)
         self.stage(plan, f"up ({inner.l1_uname(ssh)}); running {len(plan.case_ids)} case(s)")
         scale = INNER_TIMEOUT_SCALE[self.accel] * self.options.timeout_scale
-        resume = None
-        if earlier is not None:
-            resume = _inner_run_id(earlier)
-        if resume is not None:
-            assert earlier is not None
+        resume = _inner_run_id(earlier) if earlier is not None else None
+        if earlier is not None and resume is not None:
             inner.send_results(ssh, earlier)
             self.stage(plan, f"resuming the inner run {resume}")
         ssh.run(
@@ -318,8 +315,15 @@ class NestedBench:
             log.info("the bench inside L1 %s exited with %d", plan.label, rc)
         except KeyboardInterrupt:
             self.stage(plan, "interrupted: stopping the bench inside L1")
+            grace = STOP_GRACE_S * self.options.timeout_scale
             try:  # let it record its interrupted case and stop its guest
-                inner.stop_bench(ssh, grace_s=STOP_GRACE_S * self.options.timeout_scale)
+                if inner.stop_bench(ssh, grace_s=grace) is None:
+                    log.warning(
+                        "the bench inside L1 %s did not stop within %.0f s: what it wrote so "
+                        "far comes back as it is",
+                        plan.label,
+                        grace,
+                    )
             except VmlabError as exc:
                 log.warning("could not stop the bench inside L1 %s: %s", plan.label, exc)
             raise
