@@ -100,6 +100,7 @@ def lab_run(results: Path, *, evil: str = "", warmup: bool = True) -> Path:
     jobs ``randrw-mix90`` and ``randread``, an argv.sh per case (holding ``evil``), a warm-up r0
     with absurd numbers on virtio-blk."""
     from vmlab.results.importer import group_folder, read_units, write_import
+    from vmlab.results.rundir import read_summary
 
     cases = []
     for case_id, files in LAB.items():
@@ -115,8 +116,8 @@ def lab_run(results: Path, *, evil: str = "", warmup: bool = True) -> Path:
     params.write_text(json.dumps(meta))
     if warmup:
         r0 = run / "cases" / "virtio-blk" / "jobs" / "randrw-mix90" / "r0"
-        r0.mkdir()
-        summary = json.loads((r0.parent / "r1" / "summary.json").read_text())
+        r0.mkdir(parents=True)  # an unpacked r0 beside the import's packed r1...: both are read
+        summary = read_summary(r0.parent / "r1")
         summary["metrics"] = {k: v * 1000 for k, v in summary["metrics"].items()}
         (r0 / "summary.json").write_text(json.dumps(summary))
     return run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from vmlab.cli.report import app
 from vmlab.errors import ResultError
 from vmlab.results.importer import ImportResult, import_tree, infer_params, job_name, read_units
 from vmlab.results.index import default_index_path, list_runs
-from vmlab.results.rundir import scan_run
+from vmlab.results.rundir import read_raw, read_summary, scan_run
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "fio"
 FIO_218 = DATA / "fio-2.18-ssd"
@@ -36,10 +37,7 @@ def _run_for(imported: tuple[Path, ImportResult], folder: Path) -> Path:
 
 
 def _summary(run: Path, case: str, job: str, rep: int = 1) -> dict[str, float]:
-    data = json.loads(
-        (run / "cases" / case / "jobs" / job / f"r{rep}" / "summary.json").read_text()
-    )
-    return dict(data["metrics"])
+    return dict(read_summary(run / "cases" / case / "jobs" / job / f"r{rep}")["metrics"])
 
 
 def test_one_run_per_folder_named_after_it(imported: tuple[Path, ImportResult]) -> None:
@@ -92,20 +90,61 @@ def test_each_fio_plot_file_lands_in_the_job_its_name_says(
     imported: tuple[Path, ImportResult],
 ) -> None:
     run = _run_for(imported, FIO_31)
-    for source in (run / "cases" / "fio-3.1-raid-ssd" / "jobs").glob("*/r1/summary.json"):
-        original = Path(json.loads(source.read_text())["source"]["path"])
-        rw, depth, numjobs = original.stem.split("-")
-        assert source.parent.parent.name == f"{rw}-qd{depth}-nj{numjobs}"
+    summaries = json.loads((run / "cases" / "fio-3.1-raid-ssd" / "summaries.json").read_text())
+    assert summaries
+    for key, summary in summaries.items():
+        rw, depth, numjobs = Path(summary["source"]["path"]).stem.split("-")
+        assert key == f"{rw}-qd{depth}-nj{numjobs}/r1"
 
 
-def test_raw_files_are_copied_byte_for_byte(imported: tuple[Path, ImportResult]) -> None:
+def test_raw_files_are_copied_byte_for_byte(
+    imported: tuple[Path, ImportResult], tmp_path: Path
+) -> None:
     run = _run_for(imported, FIO_218)
-    copy = run / "cases" / "fio-2.18-ssd" / "jobs" / "randwrite-qd128" / "r1" / "fio.json"
-    assert copy.read_bytes() == (FIO_218 / "randwrite-128.json").read_bytes()
+    case = run / "cases" / "fio-2.18-ssd"
+    original = (FIO_218 / "randwrite-128.json").read_bytes()
+    assert read_raw(case / "jobs" / "randwrite-qd128" / "r1") == original
+    # packed: two files for the case, no folder per repetition; `tar -xf raw.tar` in the
+    # case folder puts each raw file where an unpacked case has it
+    assert sorted(p.name for p in case.iterdir()) == [
+        "case.json",
+        "raw.tar",
+        "status.json",
+        "summaries.json",
+    ]
+    shutil.copytree(case, tmp_path / "case")
+    subprocess.run(["tar", "-xf", "raw.tar"], cwd=tmp_path / "case", check=True)
+    extracted = sorted((tmp_path / "case").glob("jobs/*/r*/fio.json"))
+    assert len(extracted) == len(json.loads((case / "summaries.json").read_text())) == 16
+    unpacked = tmp_path / "case" / "jobs" / "randwrite-qd128" / "r1" / "fio.json"
+    assert unpacked.read_bytes() == original
     meta = json.loads((run / "import.json").read_text())
     assert len(meta["files"]) == 16 and all(len(f["sha256"]) == 64 for f in meta["files"])
     assert json.loads((run / "spec.json").read_text())["source"] == "import"
     assert json.loads((run / "status.json").read_text())["source"] == "import"
+
+
+def test_an_unpacked_import_reads_as_the_packed_one(
+    imported: tuple[Path, ImportResult], tmp_path: Path
+) -> None:
+    """Unpacking a case by hand (tar -xf, and summaries.json split into summary.json files)
+    changes nothing a reader sees: scan_run gives the same samples, metrics and order."""
+    run = _run_for(imported, FIO_218)
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    case = copy / "cases" / "fio-2.18-ssd"
+    subprocess.run(["tar", "-xf", "raw.tar"], cwd=case, check=True)
+    for key, summary in json.loads((case / "summaries.json").read_text()).items():
+        (case / "jobs" / key / "summary.json").write_text(json.dumps(summary))
+    (case / "raw.tar").unlink()
+    (case / "summaries.json").unlink()
+    packed, unpacked = scan_run(run), scan_run(copy)
+    assert [(s.job, s.repetition, dict(s.metrics)) for s in packed.samples] == [
+        (s.job, s.repetition, dict(s.metrics)) for s in unpacked.samples
+    ]
+    assert [s.path.relative_to(run) for s in packed.samples] == [
+        s.path.relative_to(copy) for s in unpacked.samples
+    ]
 
 
 def test_constant_options_become_case_parameters(imported: tuple[Path, ImportResult]) -> None:

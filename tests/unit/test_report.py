@@ -29,7 +29,7 @@ from vmlab.report.render import (
     render_markdown,
     write_report,
 )
-from vmlab.results.rundir import scan_run
+from vmlab.results.rundir import read_summary, scan_run
 
 EVIL = "<script>alert(1)</script>|`x`"
 
@@ -73,10 +73,7 @@ def test_means_fractions_and_warmup(lab: Path) -> None:
     job = guest.job("randrw-mix90")
     assert job is not None and job.warmup and job.repetitions == 2
     # mean of r1, r2 read IOPS, by hand from the summaries; r0 (x1000) is excluded
-    reps = [
-        json.loads((lab / f"cases/virtio-blk/jobs/randrw-mix90/r{i}/summary.json").read_text())
-        for i in (1, 2)
-    ]
+    reps = [read_summary(lab / f"cases/virtio-blk/jobs/randrw-mix90/r{i}") for i in (1, 2)]
     expected = sum(r["metrics"]["read_iops"] for r in reps) / 2
     assert job.metrics["read_iops"].stat.mean == pytest.approx(expected)
     host_job = host.job("randrw-mix90")

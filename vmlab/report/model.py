@@ -25,7 +25,7 @@ from vmlab.fio.model import FioOutput
 from vmlab.metrics import BASELINE_ID, DIRECTIONS, METRICS, limit_cases
 from vmlab.report.compare import CompareResult
 from vmlab.report.stats import CellStats, StatOptions, describe
-from vmlab.results.rundir import ArtifactDir, CaseDir, RunRecord, Sample
+from vmlab.results.rundir import CaseDir, RunRecord, Sample, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class Report(BaseModel):
 def _read_fio(sample: Sample, what: str) -> FioOutput | None:
     """The fio report in one repetition's summary.json, or None (logged: no ``what``)."""
     try:
-        data = ArtifactDir(sample.path).read_json("summary.json")
+        data = read_summary(sample.path)
         return FioOutput.model_validate(data["fio"])
     except (ResultError, KeyError, TypeError, ValidationError) as exc:
         log.warning("%s: no %s (%s)", sample.path, what, exc)

@@ -13,10 +13,12 @@ bs, iodepth, numjobs, ioengine, direct, size, unified_rw_reporting) and its serv
 - units of different files with the same parameters are repetitions of one job (r1, r2... in file
   name order); units of one file that would collide keep their fio job name as a parameter.
 
-The raw file is copied byte-for-byte as ``fio.json`` before anything is interpreted; beside it
-``summary.json``: flat metrics, the parsed unit, and its ``source`` (original path, fio job,
-server). One folder and two files per repetition, one index transaction per run: on a disk
-where creating a file costs more than parsing one, that is what an import costs.
+Each case is written packed (:mod:`vmlab.results.rundir.packed`): ``raw.tar`` holds every raw
+file byte-for-byte as ``jobs/<job>/r<N>/fio.json``, written first; ``summaries.json`` maps each
+``<job>/r<N>`` to what a bench's summary.json holds: flat metrics, the parsed unit, and its
+``source`` (original path, fio job, server). Two files per case, not a folder and two files per
+repetition (on this disk creating a file cost more than parsing one), and one index
+transaction per run.
 The run's ``spec.json``, ``status.json`` and ``import.json`` say ``"source": "import"``.
 
 Only ``*.json``, ``*.txt`` and ``*.out`` files are candidates (fio's bandwidth/latency ``.log``
@@ -35,6 +37,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic_core import to_json
 
@@ -47,6 +50,7 @@ from vmlab.fio.summary import summarize
 from vmlab.results.importparams import PARAM_KEYS, infer_params, job_name, natural_key, slug
 from vmlab.results.index import default_index_path, index_record, open_index
 from vmlab.results.rundir import (
+    ArtifactDir,
     CaseRecord,
     RunDir,
     RunRecord,
@@ -55,7 +59,7 @@ from vmlab.results.rundir import (
     now_iso,
     run_stamp,
 )
-from vmlab.results.rundir.dirs import create_file
+from vmlab.results.rundir.packed import PackedRepetition, write_packed
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +206,12 @@ def _iso(timestamp: int | None) -> str | None:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
+def _write_json(where: ArtifactDir, name: str, data: Any) -> None:
+    """The stdlib's encoder is pure Python when it indents: a run's spec.json and import.json
+    list every job and file, and cost an import more than its tar of raw files."""
+    where.write_bytes(name, to_json(data, indent=2) + b"\n")
+
+
 def write_import(
     results_root: Path,
     cases: Sequence[ImportedCase],
@@ -233,7 +243,8 @@ def write_import_record(
         for job in case.jobs:
             jobs.setdefault(job.name, job.params)
     spec_name, description = slug(name) or "import", f"imported from {source}"
-    run.write_json(
+    _write_json(
+        run,
         "spec.json",
         {
             "name": spec_name,
@@ -250,7 +261,8 @@ def write_import_record(
     run.write_json("vmlab.json", {"version": __version__})
     raw = {u.path: u.raw for u in units}
     files = sorted(raw, key=lambda p: natural_key(str(p)))
-    run.write_json(
+    _write_json(
+        run,
         "import.json",
         {
             "source": str(source),
@@ -263,7 +275,7 @@ def write_import_record(
     )
     run.set_status("running", source="import", started=started, cases=[c.case_id for c in cases])
     case_records: list[CaseRecord] = []
-    samples: list[tuple[str, Sample]] = []  # with its folder as a string, the sort key
+    samples: list[tuple[str, Sample]] = []  # with its path as a string, the sort key
     for case in cases:
         case_dir = run.case(case.case_id)
         case_dir.write_json(
@@ -274,17 +286,10 @@ def write_import_record(
                 "variant": {"source": "import", "folder": str(case.folder)},
             },
         )
-        # Plain string paths and os calls: per repetition a folder and two files, and
-        # pathlib's joins and str() were a fifth of the time of writing them.
-        jobs_root = f"{os.fspath(case_dir.path)}/jobs"
-        os.mkdir(jobs_root)  # noqa: PTH102
+        packed: list[PackedRepetition] = []
+        jobs_root = case_dir.path / "jobs"
         for job in case.jobs:
-            job_root = f"{jobs_root}/{job.name}"
-            os.mkdir(job_root)  # noqa: PTH102
             for repetition, unit in enumerate(job.repetitions, start=1):
-                rep = f"{job_root}/r{repetition}"
-                os.mkdir(rep)  # noqa: PTH102
-                create_file(f"{rep}/fio.json", unit.raw)  # the truth, before interpretation
                 measured = unit.fio.model_copy(update={"jobs": [unit.job], "all_clients": None})
                 metrics = summarize(unit.job)
                 summary = {
@@ -297,12 +302,11 @@ def write_import_record(
                         "port": unit.job.port,
                     },
                 }
-                # pydantic-core writes the JSON (the stdlib's indenting encoder is pure
-                # Python and was the largest cost of an import)
-                create_file(f"{rep}/summary.json", to_json(summary, indent=2) + b"\n")
-                samples.append(
-                    (rep, Sample(case.case_id, job.name, repetition, metrics, Path(rep)))
-                )
+                packed.append(PackedRepetition(job.name, repetition, unit.raw, summary))
+                rep = jobs_root / job.name / f"r{repetition}"
+                samples.append((str(rep), Sample(case.case_id, job.name, repetition, metrics, rep)))
+        # raw.tar first (the truth, before what was read from it), then summaries.json
+        write_packed(case_dir.path, packed)
         case_dir.set_status("ok", source="import")
         case_records.append(CaseRecord(case.case_id, "ok", dict(case.params), case_dir.path))
     run.set_status(

@@ -8,6 +8,7 @@ reads them back.
         case.json  argv.json  argv.sh  qemu.log  serial.log  guest.json  status.json
         jobs/<job>/r<N>/  job.fio  fio.json (raw stdout)  fio.stderr  exit.json  summary.json
         jobs/<job>/repeat.json   how many repetitions the job took and why it stopped
+        summaries.json  raw.tar   an imported case: its repetitions packed (:mod:`.packed`)
       attempts/<case-id>.<n>/   what an interrupted or failed case left before a --resume
 
 Artifacts are created exclusively: a second write to the same name is a bug and raises.
@@ -17,6 +18,7 @@ recorded inside it).
 """
 
 from vmlab.results.rundir.dirs import ArtifactDir, CaseDir, RunDir, now_iso
+from vmlab.results.rundir.packed import read_raw, read_summary
 from vmlab.results.rundir.scan import (
     CaseRecord,
     RepeatStop,
@@ -39,6 +41,8 @@ __all__ = [
     "Sample",
     "is_run_dir",
     "now_iso",
+    "read_raw",
+    "read_summary",
     "resolve_run",
     "run_dirs",
     "run_stamp",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vmlab.errors import ResultError
+from vmlab.results.rundir.files import create_file
+from vmlab.results.rundir.packed import repetition_summaries
 
 if TYPE_CHECKING:
     from vmlab.spec import BenchSpec
@@ -31,31 +32,6 @@ _ARGV_FILE = re.compile(r"^argv(?:\.(\d+))?\.sh$")
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-
-
-def create_file(path: str | Path, data: bytes) -> None:
-    """Create ``path`` holding ``data``; never over an existing file (ResultError).
-
-    Plain ``os.open``/``os.write``: ``open()`` adds an fstat, an ioctl and a seek to every
-    file, and an import creates two files per repetition. A missing folder raises
-    FileNotFoundError."""
-    try:
-        fd = os.open(path, _CREATE, 0o666)
-    except FileExistsError as exc:
-        raise ResultError(
-            "refusing to overwrite an artifact",
-            path=Path(path),
-            hint="results are never overwritten; start a new run",
-        ) from exc
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -183,15 +159,10 @@ class CaseDir(ArtifactDir):
 
     def stored_metrics(self) -> list[tuple[str, int, dict[str, float]]]:
         """(job, repetition, flat metrics) of every repetition that has a summary."""
-        out = []
-        for summary in sorted(self.path.glob("jobs/*/r*/summary.json")):
-            match = re.fullmatch(r"r(\d+)", summary.parent.name)
-            if match is None:
-                continue
-            data = json.loads(summary.read_text())
-            metrics = {str(k): float(v) for k, v in data["metrics"].items()}
-            out.append((summary.parent.parent.name, int(match.group(1)), metrics))
-        return out
+        return [
+            (job, repetition, {str(k): float(v) for k, v in data["metrics"].items()})
+            for job, repetition, data, _ in repetition_summaries(self.path)
+        ]
 
 
 @dataclass(frozen=True)

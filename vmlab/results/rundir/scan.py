@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from vmlab.errors import ResultError
 from vmlab.results.rundir.dirs import ArtifactDir, RunDir
+from vmlab.results.rundir.packed import repetition_summaries
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ class Sample:
     """1, 2, ...; 0 is a warm-up and never enters statistics."""
     metrics: Mapping[str, float]
     path: Path
-    """The repetition's directory (fio.json, summary.json...)."""
+    """The repetition's directory (fio.json, summary.json...); in a packed (imported) case
+    the same path names its entries in the case's summaries.json and raw.tar."""
 
 
 @dataclass(frozen=True)
@@ -136,25 +137,16 @@ def run_stamp(path: Path) -> int:
     return 0
 
 
-_REPETITION = re.compile(r"^r(\d+)$")
-
-
 def _samples(case_dir: Path, case_id: str) -> list[Sample]:
     samples = []
-    for summary in sorted(case_dir.glob("jobs/*/r*/summary.json")):
-        match = _REPETITION.match(summary.parent.name)
-        data = _read_json(summary)
-        if match is None or not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+    for job, repetition, data, path in repetition_summaries(case_dir):
+        if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
             continue
         metrics: dict[str, float] = {}
         for key, value in data["metrics"].items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 metrics[str(key)] = float(value)
-        samples.append(
-            Sample(
-                case_id, summary.parent.parent.name, int(match.group(1)), metrics, summary.parent
-            )
-        )
+        samples.append(Sample(case_id, job, repetition, metrics, path))
     return samples
 
 
