@@ -81,7 +81,11 @@ def test_changed_template_changes_image_key(
     templates = tmp_path / "templates"
     shutil.copytree(resources.templates_dir() / "guest", templates / "guest")
     init = templates / "guest/init.sh.j2"
-    init.write_text(init.read_text().replace("hostname {{ hostname }}", "hostname other"))
+    init.write_text(
+        init.read_text().replace(
+            "echo {{ hostname }} > /etc/hostname", "echo other > /etc/hostname"
+        )
+    )
     monkeypatch.setattr(resources, "templates_dir", lambda: templates)
     assert compute_key(key_material(RECORDS, render_init(), host)) != key
 

@@ -67,7 +67,7 @@ from vmlab.guest.image.recipe import (
 )
 from vmlab.guest.image.stubs import STUBBED, build_stubs, stubbed_of
 
-FORMAT_VERSION = 2  # 2: a slim initramfs beside the full one
+FORMAT_VERSION = 3  # 2: a slim initramfs beside the full one; 3: the folders /init writes to in it
 LOCK_TIMEOUT_S = 900.0
 IMAGES = "images"  # <cache>/images/<key>/
 PINNED_IMAGE_ENV = "VMLAB_GUEST_IMAGE"  # a built image's directory, used as it is

@@ -194,9 +194,12 @@ def write_initramfs(
         for top in ("bin", "sbin", "lib", "lib64"):
             cpio.add_dir(f"usr/{top}")
             cpio.add_symlink(top, f"usr/{top}")
-        for name in ("proc", "sys", "dev", "tmp", "run", "var/log", "mnt"):
+        # every folder /init writes to, so that it need not start mkdir for them
+        for name in ("proc", "sys", "dev", "tmp", "run", "var/log", "var/run", "mnt"):
             cpio.add_dir(name)
+        cpio.add_dir("etc/acpi/PWRF")
         cpio.add_dir("root", 0o700)
+        cpio.add_dir("root/.ssh", 0o700)
         cpio.add_chardev("dev/console", 5, 1, 0o600)
         cpio.add_chardev("dev/null", 1, 3, 0o666)
         cpio.add_bytes("init", init_text.encode(), 0o755)
