@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vmlab.guest.cpio import NewcWriter, iter_entries
 from vmlab.guest.image import authkey_cmdline, build_image
-from vmlab.guest.ssh import GuestSSH, lab_key, public_line, wait_banner
+from vmlab.guest.ssh import GuestSSH, lab_key, open_banner, public_line
 from vmlab.host import check_host
 from vmlab.launch.direct import free_port
 from vmlab.launch.qemu import Deadlines, QemuProcess, new_guest_dir
@@ -81,7 +81,7 @@ def boot(
             if ssh is None:
                 return marks
             port, host_key, key = ssh
-            wait_banner("127.0.0.1", port, timeout_s=60)
+            banner = open_banner("127.0.0.1", port, timeout_s=60)  # as vmlab.bench.reach
             marks["SSH banner"] = time.monotonic() - vm.started_at
             with GuestSSH.connect(
                 "127.0.0.1",
@@ -90,6 +90,7 @@ def boot(
                 key=key,  # type: ignore[arg-type]
                 host_key=host_key,
                 timeout_s=60,
+                sock=banner,
             ) as session:
                 marks["SSH login"] = time.monotonic() - vm.started_at
                 session.run("true", timeout_s=30)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paramiko.common import AUTH_SUCCESSFUL, OPEN_SUCCEEDED
 
 from vmlab.errors import GuestError, HostError
-from vmlab.guest.ssh import GuestSSH, lab_key, wait_banner
+from vmlab.guest.ssh import GuestSSH, lab_key, open_banner, wait_banner
 
 
 def _key() -> paramiko.Ed25519Key:
@@ -260,3 +260,18 @@ def test_a_slow_banner_gets_a_longer_window_instead_of_endless_reconnects() -> N
             conn.close()
     assert len(accepted) == 3, len(accepted)
     assert 0.5 < waited < 5, waited
+
+
+def test_the_banner_connection_is_the_one_logged_in_over(hung_server: tuple[int, str]) -> None:
+    """The server accepts one connection only: the login must use open_banner's, whose
+    banner was peeked at and is still there for paramiko to read."""
+    port, host_key = hung_server
+    sock = open_banner("127.0.0.1", port, timeout_s=10)
+    assert sock.recv(4, socket.MSG_PEEK) == b"SSH-"
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    with GuestSSH.connect(
+        "127.0.0.1", port, user="vmlab", key=_key(), host_key=host_key, timeout_s=10, sock=sock
+    ) as ssh:
+        transport = ssh.client.get_transport()
+        assert transport is not None and transport.is_authenticated()
+        assert transport.sock is sock

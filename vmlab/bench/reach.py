@@ -14,6 +14,7 @@ Each stage's time since launch goes into the case's ``timings``.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from vmlab.errors import GuestError
 from vmlab.guest.boot import BootPlan
 from vmlab.guest.cloudinit import check_instance_id, wait_cloud_init
 from vmlab.guest.facts import GuestFacts, collect_facts
-from vmlab.guest.ssh import GuestSSH, wait_banner
+from vmlab.guest.ssh import GuestSSH, open_banner
 from vmlab.launch.base import RunningGuest
 from vmlab.launch.qemu import Deadlines
 from vmlab.net.lab import LabNic, guest_ifname_command
@@ -50,7 +51,7 @@ class Reach:
     def mark(self, stage: str) -> None:
         self.timings[stage] = time.monotonic() - self.vm.started_at
 
-    def login(self, timeout_s: float) -> GuestSSH:
+    def login(self, timeout_s: float, sock: socket.socket | None = None) -> GuestSSH:
         return GuestSSH.connect(
             self.vm.ssh_host,
             self.vm.ssh_port,
@@ -58,6 +59,7 @@ class Reach:
             key=self.key,
             host_key=self.boot.host_key,
             timeout_s=timeout_s,
+            sock=sock,
         )
 
 
@@ -65,9 +67,9 @@ class Reach:
 def reach(r: Reach, stage: Callable[[str], None]) -> Iterator[GuestSSH]:
     """Stages 3-5: a logged-in SSH session to the guest vmlab just booted."""
     stage("waiting for SSH")
-    wait_banner(r.vm.ssh_host, r.vm.ssh_port, timeout_s=r.deadlines.banner_s)
+    banner = open_banner(r.vm.ssh_host, r.vm.ssh_port, timeout_s=r.deadlines.banner_s)
     r.mark("banner_s")
-    with r.login(r.deadlines.login_s) as ssh:
+    with r.login(r.deadlines.login_s, sock=banner) as ssh:
         r.mark("ssh_ready_s")
         if r.boot.instance_id is not None:
             check_instance_id(ssh, r.boot.instance_id)

@@ -69,7 +69,19 @@ def public_line(key: paramiko.PKey, comment: str = "vmlab") -> str:
 
 
 def wait_banner(host: str, port: int, *, timeout_s: float, first_window_s: float = 2.0) -> float:
-    """Wait until an SSH server answers with its 'SSH-' banner; returns seconds waited.
+    """Wait until an SSH server answers with its 'SSH-' banner; returns seconds waited (see
+    :func:`open_banner`, whose connection this closes)."""
+    start = time.monotonic()
+    open_banner(host, port, timeout_s=timeout_s, first_window_s=first_window_s).close()
+    return time.monotonic() - start
+
+
+def open_banner(
+    host: str, port: int, *, timeout_s: float, first_window_s: float = 2.0
+) -> socket.socket:
+    """Wait until an SSH server answers with its 'SSH-' banner; returns that connection with
+    the banner peeked at, not read, so that ``GuestSSH.connect(sock=...)`` logs in over it
+    (a second connection cost the guest another sshd child and the login ~0.03 s under TCG).
 
     QEMU's user-mode hostfwd accepts TCP before the guest's sshd listens, so a successful
     connect proves nothing: only the banner does. A connection that stays silent gets a window
@@ -77,24 +89,30 @@ def wait_banner(host: str, port: int, *, timeout_s: float, first_window_s: float
     window (TCG inside TCG beside a busy L1) would otherwise be reconnected forever, each
     attempt leaving it one more sshd child to serve.
     """
-    start = time.monotonic()
-    deadline = start + timeout_s
+    deadline = time.monotonic() + timeout_s
     window = first_window_s
     last: str = "no attempt"
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((host, port), timeout=2.0) as sock:
-                sock.settimeout(max(min(window, deadline - time.monotonic()), 0.1))
-                try:
-                    data = sock.recv(256)
-                except TimeoutError:
-                    window = min(window * 2, 30.0)
-                    raise
-                if data.startswith(b"SSH-"):
-                    return time.monotonic() - start
-                last = f"got {data[:20]!r} instead of a banner"
+            sock = _nodelay_socket(host, port, timeout_s=2.0)
         except OSError as exc:
             last = str(exc) or type(exc).__name__
+            time.sleep(0.2)
+            continue
+        try:
+            sock.settimeout(max(min(window, deadline - time.monotonic()), 0.1))
+            try:
+                data = sock.recv(256, socket.MSG_PEEK)
+            except TimeoutError:
+                window = min(window * 2, 30.0)
+                raise
+            if data.startswith(b"SSH-"):
+                sock.settimeout(5.0)
+                return sock
+            last = f"got {data[:20]!r} instead of a banner"
+        except OSError as exc:
+            last = str(exc) or type(exc).__name__
+        sock.close()
         time.sleep(0.2)
     raise GuestError(
         f"no SSH banner from {host}:{port} within {timeout_s:.0f} s ({last})",
@@ -149,8 +167,11 @@ class GuestSSH:
         key: paramiko.PKey,
         host_key: str,
         timeout_s: float,
+        sock: socket.socket | None = None,
     ) -> GuestSSH:
-        """Log in, retrying until the deadline (the banner may come before auth is ready)."""
+        """Log in, retrying until the deadline (the banner may come before auth is ready);
+        the first attempt over ``sock`` when given (:func:`open_banner`'s connection), which
+        is then this session's or closed."""
         keytype, blob = host_key.split()[:2]
         pinned = paramiko.PKey.from_type_string(keytype, base64.b64decode(blob))
         deadline = time.monotonic() + timeout_s
@@ -166,7 +187,7 @@ class GuestSSH:
                     port=port,
                     username=user,
                     pkey=key,
-                    sock=_nodelay_socket(host, port, timeout_s=5.0),
+                    sock=sock or _nodelay_socket(host, port, timeout_s=5.0),
                     banner_timeout=min(window, max(deadline - time.monotonic(), 1.0)),
                     auth_timeout=min(window, max(deadline - time.monotonic(), 1.0)),
                     allow_agent=False,
@@ -175,12 +196,17 @@ class GuestSSH:
                 return cls(client, f"{user}@{host}:{port}")
             except paramiko.BadHostKeyException as exc:
                 client.close()
+                if sock is not None:
+                    sock.close()
                 raise GuestError(
                     f"{host}:{port} answered with another host key than the image's",
                     hint="another guest holds this port; stop stale guests",
                 ) from exc
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 client.close()
+                if sock is not None:
+                    sock.close()
+                    sock = None  # the next attempt on a connection of its own
                 last = exc
                 window = min(window * 2, 30.0)
                 time.sleep(0.3)

@@ -21,7 +21,7 @@ import paramiko
 from vmlab import proc
 from vmlab.guest.image import authkey_cmdline
 from vmlab.guest.rootfs import RootfsImage, root_disk_args
-from vmlab.guest.ssh import GuestSSH, public_line, wait_banner
+from vmlab.guest.ssh import GuestSSH, open_banner, public_line
 from vmlab.launch.direct import free_port
 from vmlab.launch.qemu import Deadlines, QemuProcess
 from vmlab.nested.payload import PAYLOAD_SERIAL
@@ -166,7 +166,7 @@ def booted_l1(
             failed=image.failed_marker,
             timeout_s=L1_BOOT_TIMEOUT_S[accel] * timeout_scale,
         )
-        wait_banner("127.0.0.1", ssh_port, timeout_s=L1_LOGIN_TIMEOUT_S * timeout_scale)
+        banner = open_banner("127.0.0.1", ssh_port, timeout_s=L1_LOGIN_TIMEOUT_S * timeout_scale)
         with GuestSSH.connect(
             "127.0.0.1",
             ssh_port,
@@ -174,5 +174,6 @@ def booted_l1(
             key=key,
             host_key=image.host_key,
             timeout_s=L1_LOGIN_TIMEOUT_S * timeout_scale,
+            sock=banner,
         ) as ssh:
             yield L1Host(ssh=ssh, vm=vm, serial_log=serial)
