@@ -6,6 +6,7 @@ import io
 import json
 import platform
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from vmlab.accel import (
 from vmlab.errors import AccelError, LaunchError, VmlabError
 from vmlab.guest.cpio import iter_entries
 from vmlab.host import HostFacts, pick_accel
-from vmlab.launch.watch import kvm_failure, wait_marker
+from vmlab.launch.watch import CHECK_S, POLL_S, kvm_failure, wait_marker
 
 # What QEMU 7.2 printed on hosts of this project's machine kinds.
 PVM_INTERNAL_ERROR = """\
@@ -269,3 +270,38 @@ def test_auto_takes_the_verdict_and_kvm_is_refused_when_it_does_not_work() -> No
     assert pick_accel(facts("kvm"), "tcg") == "tcg"
     with pytest.raises(VmlabError, match=r"KVM was asked for .*, but probe said so"):
         pick_accel(facts("tcg"), "kvm")
+
+
+def test_the_marker_is_seen_within_a_poll_and_the_checks_keep_their_own_pace(
+    tmp_path: Path,
+) -> None:
+    """The serial log is read every POLL_S (a boot is timed to about that), QEMU's liveness
+    only every CHECK_S."""
+    serial = tmp_path / "serial.log"
+    serial.write_text("")
+    checks: list[float] = []
+    written: list[float] = []
+
+    def later() -> None:
+        time.sleep(0.5)
+        serial.write_text("READY\n")
+        written.append(time.monotonic())
+
+    writer = threading.Thread(target=later)
+    writer.start()
+    start = time.monotonic()
+    wait_marker(
+        serial,
+        "READY",
+        failed=None,
+        timeout_s=10,
+        started_at=start,
+        accel="tcg",
+        qemu_log=None,
+        check_alive=lambda when: checks.append(time.monotonic()),
+    )
+    seen = time.monotonic()
+    writer.join()
+    assert seen - written[0] < POLL_S + 0.05, seen - written[0]
+    assert POLL_S < CHECK_S
+    assert 3 <= len(checks) <= (seen - start) / CHECK_S + 2, len(checks)

@@ -14,7 +14,11 @@ from pathlib import Path
 
 from vmlab.errors import AccelError, LaunchError
 
-POLL_S = 0.1
+POLL_S = 0.02
+"""How often the serial log is read for the marker: its mean delay is half of this (at 0.1 s
+boots measured in steps of 0.1 s). Reading a console log is cheap; the checks are not."""
+CHECK_S = 0.1
+"""How often QEMU's liveness and KVM failures are checked meanwhile."""
 
 _KVM_FAILURES = (
     re.compile(r"KVM internal error\. Suberror: \d+"),
@@ -92,6 +96,7 @@ def wait_marker(
     deadline = time.monotonic() + timeout_s
     needle, bad = marker.encode(), failed.encode() if failed else None
     when = f"before the guest printed {marker}"
+    checked = -CHECK_S
     while True:
         data = serial_log.read_bytes() if serial_log.exists() else b""
         if needle in data:
@@ -101,6 +106,11 @@ def wait_marker(
             raise LaunchError(f"guest init failed: {line.strip()}", log=serial_log)
         if b"Kernel panic" in data:
             raise LaunchError("guest kernel panicked", log=serial_log)
+        now = time.monotonic()
+        if now - checked < CHECK_S and now <= deadline:
+            time.sleep(POLL_S)
+            continue
+        checked = now
         check_kvm(accel, qemu_log, when)
         try:
             check_alive(when)
