@@ -37,9 +37,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from pydantic_core import to_json
 
 from vmlab import __version__
 from vmlab.errors import ResultError
@@ -50,7 +47,6 @@ from vmlab.fio.summary import summarize
 from vmlab.results.importparams import PARAM_KEYS, infer_params, job_name, natural_key, slug
 from vmlab.results.index import default_index_path, index_record, open_index
 from vmlab.results.rundir import (
-    ArtifactDir,
     CaseRecord,
     RunDir,
     RunRecord,
@@ -206,12 +202,6 @@ def _iso(timestamp: int | None) -> str | None:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
-def _write_json(where: ArtifactDir, name: str, data: Any) -> None:
-    """The stdlib's encoder is pure Python when it indents: a run's spec.json and import.json
-    list every job and file, and cost an import more than its tar of raw files."""
-    where.write_bytes(name, to_json(data, indent=2) + b"\n")
-
-
 def write_import(
     results_root: Path,
     cases: Sequence[ImportedCase],
@@ -243,8 +233,7 @@ def write_import_record(
         for job in case.jobs:
             jobs.setdefault(job.name, job.params)
     spec_name, description = slug(name) or "import", f"imported from {source}"
-    _write_json(
-        run,
+    run.write_json(
         "spec.json",
         {
             "name": spec_name,
@@ -261,8 +250,7 @@ def write_import_record(
     run.write_json("vmlab.json", {"version": __version__})
     raw = {u.path: u.raw for u in units}
     files = sorted(raw, key=lambda p: natural_key(str(p)))
-    _write_json(
-        run,
+    run.write_json(
         "import.json",
         {
             "source": str(source),
