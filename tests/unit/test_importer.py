@@ -266,3 +266,23 @@ def test_the_indexed_record_is_what_the_directory_says(tmp_path: Path) -> None:
     run, record = write_import_record(tmp_path, [case], name="raid", source=FIO_31)
     assert any(s.repetition == 2 for s in record.samples)
     assert record == scan_run(run.path)
+
+
+def test_the_indexed_record_keeps_the_directory_order_when_a_job_name_prefixes_another(
+    tmp_path: Path,
+) -> None:
+    """Job names that collide get -2, -3...: "seq" and "seq-2" sort as path parts do ("seq"
+    first), which is the order scan_run reads them in; a plain string sort puts "seq-2"
+    first ('-' < '/')."""
+    from dataclasses import replace
+
+    from vmlab.results.importer import group_folder, read_units, write_import_record
+    from vmlab.results.rundir import scan_run
+
+    units = [u for f in sorted(FIO_31.glob("*.json"))[:2] for u in read_units(f)[0]]
+    case = group_folder(units, "raid", FIO_31)
+    first, second = case.jobs[:2]
+    case = replace(case, jobs=(replace(first, name="seq"), replace(second, name="seq-2")))
+    run, record = write_import_record(tmp_path, [case], name="raid", source=FIO_31)
+    assert [s.job for s in record.samples] == ["seq", "seq-2"]
+    assert record == scan_run(run.path)

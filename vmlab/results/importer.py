@@ -263,7 +263,7 @@ def write_import_record(
     )
     run.set_status("running", source="import", started=started, cases=[c.case_id for c in cases])
     case_records: list[CaseRecord] = []
-    samples: list[tuple[str, Sample]] = []  # with its path as a string, the sort key
+    samples: list[Sample] = []
     for case in cases:
         case_dir = run.case(case.case_id)
         case_dir.write_json(
@@ -275,6 +275,7 @@ def write_import_record(
             },
         )
         packed: list[PackedRepetition] = []
+        measured_here: list[Sample] = []
         jobs_root = case_dir.path / "jobs"
         for job in case.jobs:
             for repetition, unit in enumerate(job.repetitions, start=1):
@@ -292,9 +293,12 @@ def write_import_record(
                 }
                 packed.append(PackedRepetition(job.name, repetition, unit.raw, summary))
                 rep = jobs_root / job.name / f"r{repetition}"
-                samples.append((str(rep), Sample(case.case_id, job.name, repetition, metrics, rep)))
+                measured_here.append(Sample(case.case_id, job.name, repetition, metrics, rep))
         # raw.tar first (the truth, before what was read from it), then summaries.json
         write_packed(case_dir.path, packed)
+        # in case order, and in a case by path parts, as scan_run reads them (a string sort
+        # would put a job "seq-2" before "seq")
+        samples.extend(sorted(measured_here, key=lambda s: s.path))
         case_dir.set_status("ok", source="import")
         case_records.append(CaseRecord(case.case_id, "ok", dict(case.params), case_dir.path))
     run.set_status(
@@ -317,7 +321,7 @@ def write_import_record(
         source="import",
         host=None,
         cases=tuple(case_records),
-        samples=tuple(s for _, s in sorted(samples, key=lambda pair: pair[0])),
+        samples=tuple(samples),
         job_params={n: {k: str(v) for k, v in p.items()} for n, p in jobs.items()},
         stamp=run_stamp(run.path),
     )
