@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vmlab.errors import ResultError
-from vmlab.results.rundir.files import create_file
+from vmlab.results.rundir.files import create_file, read_optional_json
 from vmlab.results.rundir.packed import repetition_summaries
 
 if TYPE_CHECKING:
@@ -58,14 +58,7 @@ class ArtifactDir:
 
     def read_optional_json(self, name: str) -> Any:
         """The JSON in ``name``, or None when it is missing or unreadable (logged)."""
-        target = self.path / name
-        try:
-            return json.loads(target.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable (%s); ignored", target, exc)
-            return None
+        return read_optional_json(self.path / name)
 
     def read_json(self, name: str) -> Any:
         target = self.path / name

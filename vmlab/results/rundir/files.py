@@ -1,11 +1,16 @@
-"""Creating an artifact: exclusively, never over an existing file."""
+"""Creating an artifact (exclusively, never over an existing file) and reading one back."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from vmlab.errors import ResultError
+
+log = logging.getLogger(__name__)
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
@@ -30,3 +35,14 @@ def create_file(path: str | Path, data: bytes) -> None:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+
+
+def read_optional_json(path: Path) -> Any:
+    """The JSON in ``path``, or None when it is missing or unreadable (logged)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); ignored", path, exc)
+        return None

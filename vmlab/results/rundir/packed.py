@@ -29,7 +29,7 @@ from typing import Any
 from pydantic_core import to_json
 
 from vmlab.errors import ResultError
-from vmlab.results.rundir.files import create_file
+from vmlab.results.rundir.files import create_file, read_optional_json
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +103,12 @@ def packed_summaries(case_dir: Path) -> dict[str, Any]:
 def repetition_summaries(case_dir: Path) -> Iterator[tuple[str, int, Any, Path]]:
     """(job, repetition, summary, repetition path) of every stored repetition of a case, in
     either layout, sorted by job then repetition path as the folders sort. An unreadable
-    unpacked summary.json is logged and skipped (its summary is None)."""
+    summary.json or summaries.json is logged and its repetitions skipped."""
     found: list[tuple[str, str, int, Any, Path]] = []
     for summary in case_dir.glob("jobs/*/r*/summary.json"):
         match = _REPETITION.match(summary.parent.name)
-        if match is None:
-            continue
-        try:
-            data = json.loads(summary.read_bytes())
-        except (OSError, ValueError) as exc:
-            log.warning("%s: unreadable (%s); ignored", summary, exc)
+        data = read_optional_json(summary)
+        if match is None or data is None:
             continue
         job = summary.parent.parent.name
         found.append((job, summary.parent.name, int(match.group(1)), data, summary.parent))
