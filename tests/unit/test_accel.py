@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import platform
 import subprocess
-import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,6 +26,7 @@ from vmlab.accel import (
 from vmlab.errors import AccelError, LaunchError, VmlabError
 from vmlab.guest.cpio import iter_entries
 from vmlab.host import HostFacts, pick_accel
+from vmlab.launch import watch as watch_module
 from vmlab.launch.watch import CHECK_S, POLL_S, kvm_failure, wait_marker
 
 # What QEMU 7.2 printed on hosts of this project's machine kinds.
@@ -273,35 +275,34 @@ def test_auto_takes_the_verdict_and_kvm_is_refused_when_it_does_not_work() -> No
 
 
 def test_the_marker_is_seen_within_a_poll_and_the_checks_keep_their_own_pace(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The serial log is read every POLL_S (a boot is timed to about that), QEMU's liveness
-    only every CHECK_S."""
+    only every CHECK_S. On a fake clock, so the counts are exact, not timings."""
     serial = tmp_path / "serial.log"
     serial.write_text("")
+    clock = [1000.0]
     checks: list[float] = []
-    written: list[float] = []
 
-    def later() -> None:
-        time.sleep(0.5)
-        serial.write_text("READY\n")
-        written.append(time.monotonic())
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        if clock[0] >= 1000.5 and not serial.read_text():  # the guest prints at 0.5 s
+            serial.write_text("READY\n")
 
-    writer = threading.Thread(target=later)
-    writer.start()
-    start = time.monotonic()
-    wait_marker(
+    # the module's own clock only (patching time itself would reach pytest too)
+    monkeypatch.setattr(
+        watch_module, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=sleep)
+    )
+    seen = wait_marker(
         serial,
         "READY",
         failed=None,
         timeout_s=10,
-        started_at=start,
+        started_at=1000.0,
         accel="tcg",
         qemu_log=None,
-        check_alive=lambda when: checks.append(time.monotonic()),
+        check_alive=lambda when: checks.append(clock[0]),
     )
-    seen = time.monotonic()
-    writer.join()
-    assert seen - written[0] < POLL_S + 0.05, seen - written[0]
-    assert POLL_S < CHECK_S
-    assert 3 <= len(checks) <= (seen - start) / CHECK_S + 2, len(checks)
+    assert 0.5 <= seen < 0.5 + POLL_S + 1e-9, seen
+    assert len(checks) == 5, checks  # at 0, 0.1, 0.2, 0.3, 0.4 s
+    assert all(b - a >= CHECK_S - 1e-9 for a, b in itertools.pairwise(checks))
