@@ -14,17 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vmlab.errors import ResultError
-from vmlab.results.rundir.files import create_file, read_optional_json
+from vmlab.results.rundir.files import create_file, json_bytes, read_optional_json
 from vmlab.results.rundir.packed import repetition_summaries
 
 if TYPE_CHECKING:
     from vmlab.spec import BenchSpec
 
 log = logging.getLogger(__name__)
-
-
-def _dump(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
 
 
 _ARGV_FILE = re.compile(r"^argv(?:\.(\d+))?\.sh$")
@@ -54,7 +50,7 @@ class ArtifactDir:
         return self.write_bytes(name, text.encode())
 
     def write_json(self, name: str, data: Any) -> Path:
-        return self.write_text(name, _dump(data))
+        return self.write_bytes(name, json_bytes(data))
 
     def read_optional_json(self, name: str) -> Any:
         """The JSON in ``name``, or None when it is missing or unreadable (logged)."""
@@ -68,9 +64,12 @@ class ArtifactDir:
             raise ResultError(f"cannot read {name}: {exc}", path=target) from exc
 
     def _replace_json(self, name: str, data: Any) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
         tmp = self.path / f".{name}.tmp"
-        tmp.write_text(_dump(data))
+        try:
+            tmp.write_bytes(json_bytes(data))
+        except FileNotFoundError:  # the first file of its folder (a mkdir for each status
+            self.path.mkdir(parents=True, exist_ok=True)  # costs 0.2 ms on this disk)
+            tmp.write_bytes(json_bytes(data))
         tmp.replace(self.path / name)
 
     def set_status(self, status: str, **fields: Any) -> None:
@@ -166,7 +165,6 @@ class RunDir(ArtifactDir):
     def create(cls, results_root: Path, name: str) -> RunDir:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         base = f"{stamp}-{re.sub(r'[^a-z0-9.-]+', '-', name.lower())}"
-        results_root.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, 1000):
             run_id = base if attempt == 1 else f"{base}-{attempt}"
             path = results_root / run_id
@@ -174,6 +172,9 @@ class RunDir(ArtifactDir):
                 path.mkdir()
             except FileExistsError:
                 continue
+            except FileNotFoundError:  # the first run of a new results root
+                results_root.mkdir(parents=True, exist_ok=True)
+                path.mkdir()
             return cls(path=path, run_id=run_id)
         raise ResultError("cannot allocate a run directory", path=results_root)
 

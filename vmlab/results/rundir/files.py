@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_json
+
 from vmlab.errors import ResultError
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,15 @@ def create_file(path: str | Path, data: bytes) -> None:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+
+
+def json_bytes(data: Any) -> bytes:
+    """``data`` as JSON indented by 2, as ``json.dumps(indent=2)`` writes it (NaN included;
+    models, paths and anything else as pydantic-core writes them, else as ``str``).
+
+    pydantic-core, not the standard library: its encoder is pure Python once indented (2 ms
+    for an import's 19 KB spec.json)."""
+    return to_json(data, indent=2, fallback=str, inf_nan_mode="constants") + b"\n"
 
 
 def read_optional_json(path: Path) -> Any:
