@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import tarfile
@@ -16,6 +17,7 @@ from vmlab.results.rundir.packed import (
     SUMMARIES,
     PackedRepetition,
     repetition_summaries,
+    tar_bytes,
     write_packed,
 )
 
@@ -47,6 +49,32 @@ def test_written_pack_is_a_plain_tar_and_reads_back(tmp_path: Path) -> None:
     # GNU tar extracts it where an unpacked case keeps its raw files
     subprocess.run(["tar", "-xf", RAW_TAR], cwd=tmp_path, check=True)
     assert (tmp_path / "jobs" / "seq" / "r2" / "fio.json").read_bytes() == b"\xff\x00 not utf-8"
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [1, 511, 512, 513, 0], [18 * 512], [19 * 512 - 1]])
+def test_tar_bytes_are_what_tarfile_encodes(sizes: list[int]) -> None:
+    """Each header byte for byte as TarInfo.tobuf writes it (ustar, its name split in two
+    past 100 bytes, pax past 255), and the end as TarFile.close writes it: two zero blocks,
+    then zeros to a 10 KiB record. [18 * 512] ends the data one block before a record's
+    end, where padding only to the record left a lone zero block."""
+    mtime = 1_700_000_000
+    names = ["jobs/seq/r1/fio.json", "jobs/é-lat/r2/fio.json", f"jobs/{'x' * 120}/r3/fio.json"]
+    names.append(f"jobs/{'y' * 300}/r4/fio.json")
+    members = [(names[i % 4], bytes([i]) * size) for i, size in enumerate(sizes)]
+    written = tar_bytes(members, mtime)
+    expected = b""
+    for name, data in members:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), mtime, 0o644
+        fmt = tarfile.USTAR_FORMAT if "y" not in name else tarfile.PAX_FORMAT
+        expected += info.tobuf(fmt, "utf-8", "surrogateescape") + data
+        expected += bytes(-len(data) % tarfile.BLOCKSIZE)
+    assert written[: len(expected)] == expected
+    end = written[len(expected) :]
+    assert len(written) % tarfile.RECORDSIZE == 0
+    assert len(end) >= 2 * tarfile.BLOCKSIZE and end == bytes(len(end))
+    with tarfile.open(fileobj=io.BytesIO(written)) as tar:
+        assert [(m.name, tar.extractfile(m).read()) for m in tar] == members  # type: ignore[union-attr]
 
 
 def test_a_pack_is_never_written_twice(tmp_path: Path) -> None:
