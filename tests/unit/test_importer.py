@@ -286,3 +286,63 @@ def test_the_indexed_record_keeps_the_directory_order_when_a_job_name_prefixes_a
     run, record = write_import_record(tmp_path, [case], name="raid", source=FIO_31)
     assert [s.job for s in record.samples] == ["seq", "seq-2"]
     assert record == scan_run(run.path)
+
+
+def _index_rows(db: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of the index, the run ids replaced by their run's name (a run id holds the
+    second it was made in)."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        names = dict(conn.execute("SELECT id, name FROM runs"))
+        tables = {
+            "runs": "SELECT id, name, status, source, cases, samples FROM runs",
+            "cases": "SELECT run, case_id, status, params FROM cases",
+            "parameters": "SELECT * FROM parameters",
+            "metrics": "SELECT * FROM metrics",
+        }
+        return {
+            table: sorted((names[row[0]], *row[1:]) for row in conn.execute(sql))
+            for table, sql in tables.items()
+        }
+    finally:
+        conn.close()
+
+
+def test_an_import_in_worker_processes_is_the_import_in_one(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    shutil.copytree(DATA, tree)
+    (tree / "fio-3.33" / "broken.json").write_text("{")
+    serial = import_tree(tree, tmp_path / "serial", workers=1)
+    pooled = import_tree(tree, tmp_path / "pooled", workers=3)
+    assert [r.folder for r in pooled.runs] == [r.folder for r in serial.runs]
+    assert [(r.jobs, r.files) for r in pooled.runs] == [(r.jobs, r.files) for r in serial.runs]
+    assert pooled.rejected == serial.rejected
+    assert "broken.json" in {r.path.name for r in serial.rejected}
+    rows = _index_rows(default_index_path(tmp_path / "pooled"))
+    assert rows == _index_rows(default_index_path(tmp_path / "serial"))
+    assert len(rows["runs"]) == 3 and len(rows["metrics"]) > 1000
+
+
+def test_an_interrupted_import_keeps_the_runs_it_indexed_and_leaves_no_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import multiprocessing
+
+    import vmlab.results.importer as importer
+
+    indexed: list[str] = []
+    real = importer.index_record
+
+    def index_then_interrupt(conn: object, record: object) -> None:
+        if indexed:
+            raise KeyboardInterrupt
+        real(conn, record)  # type: ignore[arg-type]
+        indexed.append(record.id)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(importer, "index_record", index_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        import_tree(DATA, tmp_path / "results", workers=2)
+    assert multiprocessing.active_children() == []
+    assert [r.id for r in list_runs(default_index_path(tmp_path / "results"))] == indexed

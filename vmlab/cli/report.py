@@ -78,6 +78,10 @@ def import_(
         str | None, typer.Option(help="run name (default: the folder's path under DIR)")
     ] = None,
     results: ResultsOpt = Path("results"),
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="processes parsing folders side by side (default: one per CPU)"),
+    ] = None,
 ) -> None:
     """Import fio JSON that vmlab did not produce: one run per folder, the folder as its case.
 
@@ -94,7 +98,7 @@ def import_(
     from vmlab.results.importer import import_tree  # the fio models: not for compare
 
     console = _console()
-    result = import_tree(source, results, name=name)
+    result = import_tree(source, results, name=name, workers=workers)
     if result.runs:
         table = Table(title="imported", title_justify="left")
         # The run id is what people copy: never cut or wrapped; the folder is cut short instead.

@@ -18,7 +18,9 @@ file byte-for-byte as ``jobs/<job>/r<N>/fio.json``, written first; ``summaries.j
 ``<job>/r<N>`` to what a bench's summary.json holds: flat metrics, the parsed unit, and its
 ``source`` (original path, fio job, server). Two files per case, not a folder and two files per
 repetition (on this disk creating a file cost more than parsing one), and one index
-transaction per run.
+transaction per run. Folders are parsed and written side by side, by one forked process per CPU
+(``--workers``); this process indexes each run as it arrives, in folder order, so an
+interrupted import keeps every run indexed so far.
 The run's ``spec.json``, ``status.json`` and ``import.json`` say ``"source": "import"``.
 
 Only ``*.json``, ``*.txt`` and ``*.out`` files are candidates (fio's bandwidth/latency ``.log``
@@ -33,10 +35,15 @@ import datetime as dt
 import errno
 import hashlib
 import logging
+import multiprocessing
 import os
-from collections.abc import Mapping, Sequence
+import signal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from vmlab import __version__
 from vmlab.errors import ResultError
@@ -278,6 +285,7 @@ def write_import_record(
         measured_here: list[Sample] = []
         jobs_root = case_dir.path / "jobs"
         for job in case.jobs:
+            job_root = jobs_root / job.name
             for repetition, unit in enumerate(job.repetitions, start=1):
                 measured = unit.fio.model_copy(update={"jobs": [unit.job], "all_clients": None})
                 metrics = summarize(unit.job)
@@ -292,7 +300,7 @@ def write_import_record(
                     },
                 }
                 packed.append(PackedRepetition(job.name, repetition, unit.raw, summary))
-                rep = jobs_root / job.name / f"r{repetition}"
+                rep = job_root / f"r{repetition}"
                 measured_here.append(Sample(case.case_id, job.name, repetition, metrics, rep))
         # raw.tar first (the truth, before what was read from it), then summaries.json
         write_packed(case_dir.path, packed)
@@ -366,8 +374,13 @@ def import_tree(
     *,
     name: str | None = None,
     db_path: Path | None = None,
+    workers: int | None = None,
 ) -> ImportResult:
-    """Import every folder of fio output under ``source`` as one run each, and index them."""
+    """Import every folder of fio output under ``source`` as one run each, and index them.
+
+    Folders are parsed and written by ``workers`` processes (default: one per CPU this
+    process may run on, at most one per folder); this process indexes each run as it
+    arrives, in folder order."""
     if not source.exists():
         raise ResultError(
             "no such file or directory", path=source, hint="pass a folder of fio JSON files"
@@ -384,35 +397,63 @@ def import_tree(
     runs: list[ImportedRun] = []
     rejected: list[Rejected] = []
     root = source.resolve() if source.is_dir() else source.resolve().parent
-    with open_index(db) as conn:  # one connection; one transaction per run
-        for folder, files in folders.items():
-            imported, refused = _import_folder(
-                folder, files, results_root, root, name, len(folders)
-            )
+    task = partial(
+        _import_folder, results_root=results_root, root=root, name=name, folders=len(folders)
+    )
+    count = min(workers or len(os.sched_getaffinity(0)), len(folders))
+    with _each(task, folders.items(), count) as outcomes, open_index(db) as conn:
+        # one connection; one transaction per run
+        for folder, (imported, refused) in zip(folders, outcomes, strict=True):
             rejected.extend(refused)
             if imported is None:
                 continue
-            run, record, case = imported
-            index_record(conn, record)
-            runs.append(ImportedRun(run.run_id, run.path, folder, len(case.jobs), _files(case)))
-            log.info("imported %s as %s (%d jobs)", folder, run.run_id, len(case.jobs))
+            index_record(conn, imported.record)
+            runs.append(imported.run)
+            log.info("imported %s as %s (%d jobs)", folder, imported.run.run_id, imported.run.jobs)
     return ImportResult(tuple(runs), tuple(rejected), ignored)
 
 
-def _files(case: ImportedCase) -> int:
-    return len({u.path for j in case.jobs for u in j.repetitions})
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+@contextmanager
+def _each(task: Callable[[_T], _R], items: Iterable[_T], workers: int) -> Iterator[Iterator[_R]]:
+    """``task`` of every item, in order: in this process for one worker, else in a pool of
+    forked ones (stopped on leaving the block, also on Ctrl-C or an error)."""
+    if workers <= 1:
+        yield map(task, items)
+        return
+    # fork: the children start at once with vmlab imported, and take no part in signals
+    # (Ctrl-C and SIGTERM reach this process, which terminates the pool).
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_quiet_worker) as pool:
+        yield pool.imap(task, items)
+
+
+def _quiet_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@dataclass(frozen=True)
+class _Imported:
+    """What a worker sends back for one folder: small, so that it pickles fast."""
+
+    run: ImportedRun
+    record: RunRecord
 
 
 def _import_folder(
-    folder: Path,
-    files: Sequence[Path],
+    item: tuple[Path, Sequence[Path]],
+    *,
     results_root: Path,
     root: Path,
     name: str | None,
     folders: int,
-) -> tuple[tuple[RunDir, RunRecord, ImportedCase] | None, list[Rejected]]:
+) -> tuple[_Imported | None, list[Rejected]]:
     """One folder -> one run directory (None when no file in it is usable), and what was
     refused."""
+    folder, files = item
     units: list[Unit] = []
     here: list[Rejected] = []
     for path in files:
@@ -435,4 +476,6 @@ def _import_folder(
     run, record = write_import_record(
         results_root, [case], name=run_name, source=folder, rejected=here
     )
-    return (run, record, case), here
+    files_used = len({u.path for j in case.jobs for u in j.repetitions})
+    imported = ImportedRun(run.run_id, run.path, folder, len(case.jobs), files_used)
+    return _Imported(imported, record), here
