@@ -19,6 +19,7 @@ from vmlab.results.index import (
     SyncResult,
     default_index_path,
     get_run,
+    index_record,
     index_run,
     list_runs,
     open_index,
@@ -112,6 +113,24 @@ def test_migration_2_counts_the_cases_and_samples_of_indexed_runs(results: Path)
         (r.id, r.cases, r.samples) for r in written
     ]
     assert sorted((r.id, r.cases, r.samples) for r in written) == [("run-a", 2, 8), ("run-b", 1, 1)]
+
+
+def test_migration_3_keeps_every_metric_row_in_a_table_without_rowid(results: Path) -> None:
+    db = default_index_path(results)
+    warmup = {("nvme", "latency"): {"read_iops": [1.0]}}
+    with open_index(db, migrations=MIGRATIONS[:2]) as conn:  # a v2 index, rows and all
+        index_record(conn, scan_run(make_run(results, "run-a", CELLS, warmup=warmup)))
+        rows = sorted(conn.execute("SELECT * FROM metrics"))
+        assert "metrics_by_name" in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    with open_index(db) as conn:
+        assert schema_version(conn) == 3
+        assert sorted(conn.execute("SELECT * FROM metrics")) == rows and len(rows) > 10
+        schema = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+        assert "metrics_by_name" not in schema
+        assert schema["metrics"].rstrip().endswith("WITHOUT ROWID")
+        # the cascade from runs still reaches the rebuilt table
+        conn.execute("DELETE FROM runs WHERE id = 'run-a'")
+        assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone() == (0,)
 
 
 def test_a_failing_migration_leaves_the_old_version(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ the disk (a crash may lose the last transactions, never consistency; reindex res
 Each migration runs in its own transaction together with the version bump, under
 ``BEGIN IMMEDIATE``, so two processes opening an old index at once apply it exactly once.
 
-Tables (v2):
+Tables (v3):
     runs(id, path, name, status, started, finished, source, host, stamp, indexed,
          cases, samples)                        v2: the run's case count and measured
                                                 repetitions, written with its rows (what
@@ -19,7 +19,8 @@ Tables (v2):
     cases(run, case_id, status, params JSON)
     parameters(run, case_id, job, key, value)   job = '' for the case's own axis values;
                                                 a job's fio options under its name
-    metrics(run, case_id, job, repetition, metric, value)   repetition 0 = warm-up
+    metrics(run, case_id, job, repetition, metric, value)   repetition 0 = warm-up;
+                                                v3: WITHOUT ROWID, no index but its key
 """
 
 from __future__ import annotations
@@ -122,7 +123,38 @@ def _migration_2_run_counts(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_migration_1_initial, _migration_2_run_counts)
+def _migration_3_metrics_clustered(conn: sqlite3.Connection) -> None:
+    """metrics becomes its primary key (WITHOUT ROWID), and loses metrics_by_name.
+
+    Each row went into three b-trees (the rowid table, the key's index, metrics_by_name); now
+    into one. Importing 10,000 files (240,000 rows) spent 0.4 s less in this process. No
+    command looks a metric up across all runs; by run or by parameters
+    (:func:`query_metrics`), the key's (run, case_id) prefix finds the rows."""
+    conn.execute(
+        """CREATE TABLE metrics_v3 (
+            run TEXT NOT NULL,
+            case_id TEXT NOT NULL,
+            job TEXT NOT NULL,
+            repetition INTEGER NOT NULL,
+            metric TEXT NOT NULL,
+            value REAL NOT NULL,
+            PRIMARY KEY (run, case_id, job, repetition, metric),
+            FOREIGN KEY (run, case_id) REFERENCES cases(run, case_id) ON DELETE CASCADE
+        ) WITHOUT ROWID"""
+    )
+    conn.execute(
+        "INSERT INTO metrics_v3 (run, case_id, job, repetition, metric, value)"
+        " SELECT run, case_id, job, repetition, metric, value FROM metrics"
+    )
+    conn.execute("DROP TABLE metrics")  # and its index metrics_by_name
+    conn.execute("ALTER TABLE metrics_v3 RENAME TO metrics")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _migration_1_initial,
+    _migration_2_run_counts,
+    _migration_3_metrics_clustered,
+)
 """Migration k (1-based) takes the schema from version k - 1 to k. Append only."""
 
 
@@ -462,7 +494,13 @@ def query_metrics(
     sql = ["SELECT m.run, m.case_id, m.job, m.repetition, m.metric, m.value FROM metrics m"]
     where = ["m.metric = ?"]
     args: list[Any] = [metric]
-    for key, value in (params or {}).items():
+    for i, (key, value) in enumerate((params or {}).items()):
+        if i == 0:  # the cases that have it (parameters_by_value), then their rows by key
+            where.append(
+                "(m.run, m.case_id) IN (SELECT p.run, p.case_id FROM parameters p"
+                " WHERE p.key = ? AND p.value = ?)"
+            )
+            args += [key, value]
         where.append(
             "EXISTS (SELECT 1 FROM parameters p WHERE p.run = m.run AND p.case_id = m.case_id"
             " AND p.job IN ('', m.job) AND p.key = ? AND p.value = ?)"
