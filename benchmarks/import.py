@@ -15,15 +15,20 @@ first, then every run printed) and ``vmlab compare`` of two of them, each agains
 version`` (the same interpreter and CLI start-up) and against the same command on a results
 root of 10 runs; issue 18 asks for under 0.5 s.
 
+Each of the three is timed ``--repeat`` times, the rounds interleaved, and its median kept. The
+import runs with its default worker processes (one per CPU); json.load and parse in this one.
+
 Prints each time and its ratio to the baseline. Not a test: nothing is asserted.
 
     .venv/bin/python benchmarks/import.py [--files 10000] [--folders 100] [--runs 10000]
+                                          [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -119,28 +124,45 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--folders", type=int, default=100)
     parser.add_argument("--runs", type=int, default=10_000, help="runs in the index bench")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of each stage (median)")
     args = parser.parse_args()
+    workers = len(os.sched_getaffinity(0))
     tmp = Path(tempfile.mkdtemp(prefix="vmlab-bench-import-"))
     try:
         tree = tmp / "tree"
         paths = generate(tree, args.files, args.folders)
         size_mib = sum(p.stat().st_size for p in paths) / 2**20
         load_plain(paths)  # warm the page cache so no stage pays for the disk
-
-        start = time.perf_counter()
         jobs = load_plain(paths)
-        baseline_s = time.perf_counter() - start
 
-        start = time.perf_counter()
-        for path in paths:
-            parse_fio_file(path)
-        parse_s = time.perf_counter() - start
+        def parse_all() -> None:
+            for path in paths:
+                parse_fio_file(path)
 
-        start = time.perf_counter()
-        result = import_tree(tree, tmp / "results")
-        import_s = time.perf_counter() - start
+        imported = []
 
-        print(f"{len(paths)} files ({size_mib:.1f} MiB, {jobs} fio jobs) in {args.folders} folders")
+        def import_all() -> None:
+            imported.append(import_tree(tree, tmp / f"results-{len(imported)}"))
+
+        # Each stage's median of --repeat rounds, interleaved so that a slow spell of the
+        # machine touches every stage alike.
+        rounds: dict[str, list[float]] = {"baseline": [], "parse": [], "import": []}
+        for _ in range(args.repeat):
+            for stage, work in (
+                ("baseline", lambda: load_plain(paths)),
+                ("parse", parse_all),
+                ("import", import_all),
+            ):
+                start = time.perf_counter()
+                work()
+                rounds[stage].append(time.perf_counter() - start)
+        baseline_s, parse_s, import_s = (statistics.median(rounds[s]) for s in rounds)
+        result = imported[0]
+
+        print(
+            f"{len(paths)} files ({size_mib:.1f} MiB, {jobs} fio jobs) in {args.folders} folders;"
+            f" median of {args.repeat} rounds, import with {workers} worker processes"
+        )
         print(f"  json.load          {baseline_s:8.2f} s   1.0x")
         print(f"  parse_fio_file     {parse_s:8.2f} s   {parse_s / baseline_s:5.1f}x")
         print(f"  vmlab import       {import_s:8.2f} s   {import_s / baseline_s:5.1f}x")
