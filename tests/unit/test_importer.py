@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -314,6 +315,7 @@ def test_an_import_in_worker_processes_is_the_import_in_one(tmp_path: Path) -> N
     tree = tmp_path / "tree"
     shutil.copytree(DATA, tree)
     (tree / "fio-3.33" / "broken.json").write_text("{")
+    assert threading.active_count() == 1  # else the import would not fork its workers
     serial = import_tree(tree, tmp_path / "serial", workers=1)
     pooled = import_tree(tree, tmp_path / "pooled", workers=3)
     assert [r.folder for r in pooled.runs] == [r.folder for r in serial.runs]
@@ -342,6 +344,7 @@ def test_an_interrupted_import_keeps_the_runs_it_indexed_and_leaves_no_worker(
         indexed.append(record.id)  # type: ignore[attr-defined]
 
     monkeypatch.setattr(importer, "index_record", index_then_interrupt)
+    assert threading.active_count() == 1  # else the import would not fork its workers
     with pytest.raises(KeyboardInterrupt):
         import_tree(DATA, tmp_path / "results", workers=2)
     assert multiprocessing.active_children() == []

@@ -38,6 +38,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -420,8 +421,11 @@ _R = TypeVar("_R")
 @contextmanager
 def _each(task: Callable[[_T], _R], items: Iterable[_T], workers: int) -> Iterator[Iterator[_R]]:
     """``task`` of every item, in order: in this process for one worker, else in a pool of
-    forked ones (stopped on leaving the block, also on Ctrl-C or an error)."""
-    if workers <= 1:
+    forked ones (stopped on leaving the block, also on Ctrl-C or an error).
+
+    Only a single-threaded process forks: a child gets just the forking thread, and a lock
+    another thread held at that moment (logging's, an allocator's) would stay held in it."""
+    if workers <= 1 or threading.active_count() > 1:
         yield map(task, items)
         return
     # fork: the children start at once with vmlab imported, and take no part in signals
