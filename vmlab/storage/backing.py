@@ -8,7 +8,9 @@ same way: :class:`RunBacking` creates what a run needs (and removes it when the 
 
 from __future__ import annotations
 
+import errno
 import logging
+import mmap
 import os
 import shutil
 import stat
@@ -130,17 +132,64 @@ class RunBacking:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+ZERO_CHUNK = 4 << 20
+
+
 def _create(path: Path, backend: FileBackend) -> None:
     if backend.format == "qcow2":
         qemu_img("create", "-q", "-f", "qcow2", str(path), str(backend.size_bytes))
         return
-    with path.open("wb") as fh:
-        # Allocated, not sparse: guest writes never wait on host block allocation.
-        fh.truncate(backend.size_bytes)
-        try:
-            os.posix_fallocate(fh.fileno(), 0, backend.size_bytes)
-        except OSError as exc:
-            log.debug("fallocate %s: %s (left sparse)", path, exc)
+    log.info("writing the %s scratch file %s (zeros, once per run)", backend.size, path)
+    try:
+        write_zeros(path, backend.size_bytes)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise HostError(
+            f"cannot write the {backend.size} scratch file {path}: {exc.strerror or exc}",
+            hint="scratch disks go under $VMLAB_SCRATCH (default: the temp folder); point it "
+            "at a file system with room (not tmpfs), or make the disk's size smaller",
+        ) from exc
+
+
+def write_zeros(path: Path, size: int) -> None:
+    """Create ``path`` holding ``size`` bytes of zeros, written (O_DIRECT where the file
+    system has it, else through the page cache and fsync'd).
+
+    Written, not fallocated: a fallocated extent is *unwritten* until written, so the guest's
+    reads of it cost the host no I/O at all (ext4 returns zeros), and its first write to each
+    block converts the extent in the host's journal while fio measures. The few thousand
+    extents that a minute of 4k random writes splits a fallocated 1 GiB file into also made
+    deleting it take 4.4 s on this machine's ext4 (mounted with online discard: one discard
+    each), against 0.2 s for a written one; writing it takes 0.8 s."""
+    try:
+        _write_zeros(path, size, direct=True)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        _write_zeros(path, size, direct=False)  # no O_DIRECT on this file system (tmpfs)
+
+
+def _write_zeros(path: Path, size: int, *, direct: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    body = size - size % 4096 if direct else size  # O_DIRECT writes whole blocks
+    fd = os.open(path, flags | (os.O_DIRECT if direct else 0), 0o644)
+    try:
+        # page-aligned, as O_DIRECT needs (a slice of the mmap itself would be a copy)
+        with mmap.mmap(-1, ZERO_CHUNK) as chunk, memoryview(chunk) as zeros:
+            offset = 0
+            while offset < body:
+                offset += os.pwrite(fd, zeros[: min(ZERO_CHUNK, body - offset)], offset)
+    finally:
+        os.close(fd)
+    if direct and offset == size:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)  # the tail, and what went to the cache
+    try:
+        if offset < size:
+            os.pwrite(fd, bytes(size - offset), offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
