@@ -349,3 +349,34 @@ def test_an_interrupted_import_keeps_the_runs_it_indexed_and_leaves_no_worker(
         import_tree(DATA, tmp_path / "results", workers=2)
     assert multiprocessing.active_children() == []
     assert [r.id for r in list_runs(default_index_path(tmp_path / "results"))] == indexed
+
+
+def test_a_report_reads_each_imported_unit_again_from_its_raw_file(
+    imported: tuple[Path, ImportResult],
+) -> None:
+    """summaries.json keeps no parsed report; the report's percentiles and options come from
+    the raw file, as the unit it was imported as: numjobs clones summed, one fio server's
+    job, or the "All clients" sum."""
+    from vmlab.report.model import _read_fio
+
+    for folder in (FIO_333, FIO_31):
+        rec = scan_run(_run_for(imported, folder))
+        expected = {}
+        for path in sorted(folder.iterdir()):
+            try:
+                units, _ = read_units(path.resolve())
+            except ResultError:
+                continue
+            for u in units:
+                key = (str(u.path), u.job.name, u.job.hostname, u.job.port)
+                expected[key] = u.fio.model_copy(update={"jobs": [u.job], "all_clients": None})
+        hosts = set()
+        for sample in rec.samples:
+            source = read_summary(sample.path)["source"]
+            assert "fio" not in read_summary(sample.path)
+            key = (source["path"], source["fio_job"], source["hostname"], source["port"])
+            assert _read_fio(sample, "test") == expected[key]
+            hosts.add(source["hostname"])
+        if folder == FIO_333:
+            assert "all-clients" in hosts and len(hosts) >= 3
+    assert len(expected) > 50

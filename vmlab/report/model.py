@@ -25,7 +25,7 @@ from vmlab.fio.model import FioOutput
 from vmlab.metrics import BASELINE_ID, DIRECTIONS, METRICS, limit_cases
 from vmlab.report.compare import CompareResult
 from vmlab.report.stats import CellStats, StatOptions, describe
-from vmlab.results.rundir import CaseDir, RunRecord, Sample, read_summary
+from vmlab.results.rundir import CaseDir, RunRecord, Sample, read_raw, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +211,14 @@ class Report(BaseModel):
 
 
 def _read_fio(sample: Sample, what: str) -> FioOutput | None:
-    """The fio report in one repetition's summary.json, or None (logged: no ``what``)."""
+    """The fio report in one repetition's summary.json (an import's: read again from its raw
+    file), or None (logged: no ``what``)."""
     try:
         data = read_summary(sample.path)
+        if "fio" not in data and isinstance(data.get("source"), dict):
+            from vmlab.results.importer import measured_fio  # the importer: only for imports
+
+            return measured_fio(read_raw(sample.path), data["source"])
         return FioOutput.model_validate(data["fio"])
     except (ResultError, KeyError, TypeError, ValidationError) as exc:
         log.warning("%s: no %s (%s)", sample.path, what, exc)

@@ -15,8 +15,10 @@ bs, iodepth, numjobs, ioengine, direct, size, unified_rw_reporting) and its serv
 
 Each case is written packed (:mod:`vmlab.results.rundir.packed`): ``raw.tar`` holds every raw
 file byte-for-byte as ``jobs/<job>/r<N>/fio.json``, written first; ``summaries.json`` maps each
-``<job>/r<N>`` to what a bench's summary.json holds: flat metrics, the parsed unit, and its
-``source`` (original path, fio job, server). Two files per case, not a folder and two files per
+``<job>/r<N>`` to its flat metrics and its ``source`` (original path, fio job, server). The
+parsed unit, which a bench's summary.json also holds, is read again from the raw file when a
+report wants it (:func:`measured_fio`): it made summaries.json five times larger, and writing
+it was a tenth of an import. Two files per case, not a folder and two files per
 repetition (on this disk creating a file cost more than parsing one), and one index
 transaction per run. Folders are parsed and written side by side, by one forked process per CPU
 (``--workers``); this process indexes each run as it arrives, in folder order, so an
@@ -140,7 +142,7 @@ def read_units(path: Path, raw: bytes | None = None) -> tuple[list[Unit], list[R
         raise ResultError(exc.message.removeprefix(f"{label}: "), path=path, hint=exc.hint) from exc
     groups: dict[tuple[str, str | None, int | None], list[JobResult]] = {}
     for job in report.jobs:
-        groups.setdefault((job.name, job.hostname, job.port), []).append(job)
+        groups.setdefault(_unit_key(job), []).append(job)
     jobs = [combine_jobs(g) if len(g) > 1 else g[0] for g in groups.values()]
     if report.all_clients is not None:
         # fio prints no options on its sum: it ran what every client ran.
@@ -198,6 +200,23 @@ def group_folder(units: Sequence[Unit], case_id: str, folder: Path) -> ImportedC
         jobs.append(ImportedJob(name, dict(members[0].params), tuple(members)))
     jobs.sort(key=lambda j: natural_key(j.name))
     return ImportedCase(slug(case_id) or "import", constant, folder, tuple(jobs))
+
+
+def _unit_key(job: JobResult) -> tuple[str, str | None, int | None]:
+    return job.name, job.hostname, job.port
+
+
+def measured_fio(raw: bytes, source: Mapping[str, object]) -> FioOutput:
+    """The fio report of one imported repetition, read again from its raw file: the unit
+    ``source`` names (its summary's: fio job, server), alone, as :func:`read_units` made it.
+    Raises ResultError when the file no longer gives that unit."""
+    path = Path(str(source.get("path", "")))
+    key = (source.get("fio_job"), source.get("hostname"), source.get("port"))
+    units, _ = read_units(path, raw)
+    for unit in units:
+        if _unit_key(unit.job) == key:
+            return unit.fio.model_copy(update={"jobs": [unit.job], "all_clients": None})
+    raise ResultError(f"its raw file has no fio job {key[0]!r} on server {key[1]!r}", path=path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,11 +307,9 @@ def write_import_record(
         for job in case.jobs:
             job_root = jobs_root / job.name
             for repetition, unit in enumerate(job.repetitions, start=1):
-                measured = unit.fio.model_copy(update={"jobs": [unit.job], "all_clients": None})
                 metrics = summarize(unit.job)
-                summary = {
+                summary = {  # the parsed unit is not kept: measured_fio reads it from the raw
                     "metrics": metrics,
-                    "fio": measured,
                     "source": {
                         "path": str(unit.path),
                         "fio_job": unit.job.name,
