@@ -1,5 +1,7 @@
 """How long the default guest takes from launch to SSH-ready, against a bare boot of the same
 kernel to /init, measured in the same run (a ratio is meaningful; seconds depend on the host).
+The bare boot has the same kernel options (the image's command line: console, quiet, no
+crypto self-tests...): the ratio is what vmlab adds beyond the kernel, not what options saved.
 Each round boots the bare kernel, the slim initramfs (what a case boots unless a job needs an
 engine it leaves out) and the full one, back to back, and times ``fio --version`` in each guest.
 
@@ -138,7 +140,7 @@ def main() -> None:
         for _ in range(args.runs):
             bare.append(
                 boot(
-                    [*base, "-initrd", str(initrd), "-append", "console=ttyS0 quiet panic=-1"],
+                    [*base, "-initrd", str(initrd), "-append", image.cmdline],
                     BARE_MARKER,
                 )["serial marker"]
             )
