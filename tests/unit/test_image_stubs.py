@@ -137,3 +137,51 @@ def test_the_full_initramfs_is_for_jobs_on_the_engines_the_slim_one_stands_in_fo
     assert needs_full_image(Guest.model_validate({"disks": [client], "nics": lab}), [job])
     krbd = {**client, "backend": {"type": "rbd", "size": "1G", "krbd": True}}
     assert not needs_full_image(Guest.model_validate({"disks": [krbd], "nics": lab}), [job])
+
+
+IPERF3 = Path("/usr/bin/iperf3")
+
+
+@pytest.mark.skipif(not IPERF3.exists(), reason="iperf3 is not installed (scripts/setup does)")
+def test_iperf3_runs_on_loopback_with_the_libcrypto_stand_in_and_its_rsa_option_says_so(
+    tmp_path: Path,
+) -> None:
+    """vmlab's iperf3 client options all work without libcrypto; only --rsa-* needs it."""
+    from vmlab.guest.image.stubs import FEATURE_STUBBED, build_feature_stubs
+    from vmlab.launch.direct import free_port
+    from vmlab.net.iperf import client_argv
+
+    closure = ldd_closure(IPERF3, Path("/nonexistent-tree"))
+    stubs = build_feature_stubs(closure, tmp_path / "stubs")
+    assert set(stubs) == set(FEATURE_STUBBED) == {"libcrypto.so.3"}
+    slim = ldd_closure(IPERF3, Path("/nonexistent-tree"), tmp_path / "stubs")
+    assert slim["/usr/lib/x86_64-linux-gnu/libcrypto.so.3"] == stubs["libcrypto.so.3"]
+    env = {"LD_LIBRARY_PATH": str(tmp_path / "stubs"), "PATH": "/usr/bin:/bin"}
+    for options in ({}, {"reverse": True}, {"udp": True, "bitrate": "10M"}, {"parallel": 2}):
+        port = free_port()
+        server = subprocess.Popen(
+            [IPERF3, "--server", "--one-off", "--port", str(port), "--bind", "127.0.0.1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            argv = client_argv("127.0.0.1", port=port, duration_s=1, iperf3=str(IPERF3), **options)
+            for _ in range(50):  # until the server listens
+                client = subprocess.run(
+                    argv, env=env, capture_output=True, text=True, timeout=30, check=False
+                )
+                if "Connection refused" not in client.stdout + client.stderr:
+                    break
+            assert client.returncode == 0, (options, client.stdout[-400:], client.stderr)
+            assert '"bits_per_second"' in client.stdout
+        finally:
+            server.kill()
+            server.wait()
+    (tmp_path / "key.pem").write_text("not a key: the stand-in stops before reading it\n")
+    rsa = subprocess.run(
+        [IPERF3, "--client", "127.0.0.1", "--port", str(free_port()), "--username", "u",
+         "--rsa-public-key-path", str(tmp_path / "key.pem")],
+        env={**env, "IPERF3_PASSWORD": "p"}, capture_output=True, text=True, timeout=30,
+        check=False,
+    )  # fmt: skip
+    assert rsa.returncode == EXIT_CODE, rsa
+    assert "is a stand-in of libcrypto.so.3" in rsa.stderr, rsa.stderr

@@ -65,7 +65,13 @@ from vmlab.guest.image.recipe import (
     READY_MARKER,
     USER,
 )
-from vmlab.guest.image.stubs import STUBBED, build_stubs, stubbed_of
+from vmlab.guest.image.stubs import (
+    FEATURE_STUBBED,
+    STUBBED,
+    build_feature_stubs,
+    build_stubs,
+    stubbed_of,
+)
 
 FORMAT_VERSION = 3  # 2: a slim initramfs beside the full one; 3: the folders /init writes to in it
 LOCK_TIMEOUT_S = 900.0
@@ -109,6 +115,7 @@ def key_material(
         "host_packages": dict(sorted(host_packages.items())),
         "min_memory_mib": MIN_MEMORY_MIB,
         "stubbed": {soname: list(engines) for soname, engines in sorted(STUBBED.items())},
+        "stubbed_features": {k: list(v) for k, v in sorted(FEATURE_STUBBED.items())},
     }
 
 
@@ -259,6 +266,7 @@ def _build_into(
     stubs = build_stubs(
         tree / "usr/bin/fio", stubbed_of(ldd_closure(tree / "usr/bin/fio", tree)), work / "stubs"
     )
+    features = build_feature_stubs(ldd_closure(tree / "usr/bin/iperf3", tree), work / "stubs")
     note(progress, "writing the initramfs, full and slim")
     (work / "init.sh").write_text(init_text)
     content, slim = (
@@ -297,6 +305,7 @@ def _build_into(
         "initrd": INITRD,
         "slim_initrd": SLIM_INITRD,
         "stubbed": {soname: STUBBED[soname] for soname in sorted(stubs)},
+        "stubbed_features": {soname: FEATURE_STUBBED[soname][1] for soname in sorted(features)},
         "cmdline": BASE_CMDLINE,
         "ready_marker": READY_MARKER,
         "failed_marker": FAILED_MARKER,

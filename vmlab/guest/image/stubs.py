@@ -11,6 +11,11 @@ in the same symbol versions, each of which prints which library and function it 
 exits 127. fio then loads with ~15 objects; a job on one of :data:`FULL_ENGINES`, or a guest
 that is itself the Ceph client (fio's rbd engine in the guest), boots the full initramfs, which
 carries the real libraries (:func:`vmlab.guest.boot.needs_full_image`).
+
+Other binaries of the image link libraries for a feature vmlab never uses
+(:data:`FEATURE_STUBBED`: iperf3's RSA authentication, 4.5 MB of libcrypto); the slim
+initramfs stands in for those too (:func:`build_feature_stubs`), and no job needs the full one
+for them.
 """
 
 from __future__ import annotations
@@ -36,6 +41,13 @@ STUBBED: Mapping[str, tuple[str, ...]] = {
     "libpmemblk.so.1": ("pmemblk",),
 }
 FULL_ENGINES = frozenset(engine for engines in STUBBED.values() for engine in engines)
+# soname -> (the library of the slim initramfs that links it, what of it needs the real one).
+# Stood in for in both images' slim one only; nothing vmlab runs calls them.
+FEATURE_STUBBED: Mapping[str, tuple[str, str]] = {
+    # 4.5 MB of the slim initramfs' 16 MB, for iperf3's --rsa-* authentication; with the
+    # kernel's crypto self-tests gone, unpacking the initramfs is on a boot's critical path.
+    "libcrypto.so.3": ("libiperf.so.0", "iperf3's RSA authentication (--rsa-*)"),
+}
 EXIT_CODE = 127  # what a shell says for "command not found": nothing of the engine ran
 
 # objdump -T: address, 7 flag columns, section, size, then the version (none at all in a
@@ -91,7 +103,11 @@ def stub_source(soname: str, symbols: Sequence[Symbol]) -> tuple[str, str | None
 
     Each function gets an internal C name bound to its real name and version with ``.symver``,
     so that names no C header may clash and one name may appear in two versions."""
-    engines = ", ".join(STUBBED.get(soname, ()))
+    if soname in FEATURE_STUBBED:
+        used = f"(used for {FEATURE_STUBBED[soname][1]}, which vmlab's jobs do not use)"
+    else:
+        engines = ", ".join(STUBBED.get(soname, ()))
+        used = f"(used by fio engines {engines}): vmlab boots the full one for a job on them"
     lines = [
         "/* vmlab: generated stand-in, see vmlab/guest/image/stubs.py */",
         "#include <string.h>",
@@ -100,8 +116,7 @@ def stub_source(soname: str, symbols: Sequence[Symbol]) -> tuple[str, str | None
         "static void vmlab_stub(const char *what) {",
         '    static const char head[] = "vmlab: ";',
         f'    static const char tail[] = " is a stand-in of {soname} in the slim guest '
-        f"initramfs (used by fio engines {engines}): vmlab boots the full one for a job "
-        'on them\\n";',
+        f'initramfs {used}\\n";',
         "    (void)!write(2, head, sizeof head - 1);",
         "    (void)!write(2, what, strlen(what));",
         "    (void)!write(2, tail, sizeof tail - 1);",
@@ -178,6 +193,18 @@ def build_stubs(binary: Path, libraries: Mapping[str, Path], out: Path) -> dict[
             argv.append(f"-Wl,--version-script={map_file}")
         proc.run(argv, timeout_s=120)
         built[soname] = out / soname
+    return built
+
+
+def build_feature_stubs(closure: Mapping[str, Path], out: Path) -> dict[str, Path]:
+    """Stand-ins for :data:`FEATURE_STUBBED` into ``out``, each built against the library of
+    ``closure`` (an ldd closure: guest path -> file) that links it; returns soname ->
+    stand-in. A library the closure no longer has (the package changed) needs none."""
+    by_name = {Path(guest).name: src for guest, src in closure.items()}
+    built: dict[str, Path] = {}
+    for soname, (user, _) in FEATURE_STUBBED.items():
+        if soname in by_name and user in by_name:
+            built.update(build_stubs(by_name[user], {soname: by_name[soname]}, out))
     return built
 
 
