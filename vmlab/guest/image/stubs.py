@@ -41,8 +41,8 @@ STUBBED: Mapping[str, tuple[str, ...]] = {
     "libpmemblk.so.1": ("pmemblk",),
 }
 FULL_ENGINES = frozenset(engine for engines in STUBBED.values() for engine in engines)
-# soname -> (the library of the slim initramfs that links it, what of it needs the real one).
-# Stood in for in both images' slim one only; nothing vmlab runs calls them.
+# soname -> (the library of the image that links it, what of it needs the real one). Stood
+# in for in the slim initramfs only (the full one keeps them); nothing vmlab runs calls them.
 FEATURE_STUBBED: Mapping[str, tuple[str, str]] = {
     # 4.5 MB of the slim initramfs' 16 MB, for iperf3's --rsa-* authentication; with the
     # kernel's crypto self-tests gone, unpacking the initramfs is on a boot's critical path.

@@ -59,7 +59,8 @@ class _TarHeaders:
     ``tarfile`` encodes a template once; a member patches in its name and size and sums the
     checksum again: ``TarInfo.tobuf`` for each of an import's 10,000 members cost 0.3 s, more
     than writing the tar. A name over 100 bytes (a long job name) or a size past the 11
-    octal digits of ustar goes through ``tobuf`` (pax headers) instead."""
+    octal digits of ustar goes through ``tobuf`` instead (ustar's name split in two, or pax
+    headers)."""
 
     def __init__(self, mtime: int) -> None:
         self.mtime = mtime
