@@ -306,3 +306,53 @@ def test_the_marker_is_seen_within_a_poll_and_the_checks_keep_their_own_pace(
     assert 0.5 <= seen < 0.5 + POLL_S + 1e-9, seen
     assert len(checks) == 5, checks  # at 0, 0.1, 0.2, 0.3, 0.4 s
     assert all(b - a >= CHECK_S - 1e-9 for a, b in itertools.pairwise(checks))
+
+
+@pytest.mark.parametrize(
+    ("chunks", "outcome"),
+    [
+        (["Linux version 6.1\nRE", "A", "DY\n"], "ready"),  # the marker cut across reads
+        (["x" * 5000, "\nINIT-FA", "ILED: no eth0\nmore"], "failed"),
+        (["Kernel pa", "nic - not syncing"], "panic"),
+    ],
+)
+def test_words_cut_between_two_reads_of_the_serial_log_are_still_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunks: list[str], outcome: str
+) -> None:
+    """Each poll reads only what the log gained; a word split across two writes is found
+    where the two parts meet. On a fake clock: one chunk more per poll."""
+    serial = tmp_path / "serial.log"
+    serial.write_text("")
+    clock = [1000.0]
+    pending = list(chunks)
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        if pending:
+            with serial.open("a") as fh:
+                fh.write(pending.pop(0))
+
+    monkeypatch.setattr(
+        watch_module, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=sleep)
+    )
+
+    def run() -> float:
+        return wait_marker(
+            serial,
+            "READY",
+            failed="INIT-FAILED",
+            timeout_s=10,
+            started_at=1000.0,
+            accel="tcg",
+            qemu_log=None,
+            check_alive=lambda when: None,
+        )
+
+    if outcome == "ready":
+        assert run() == pytest.approx(3 * POLL_S)  # seen once the last part came
+    else:
+        with pytest.raises(LaunchError) as caught:
+            run()
+        expected = "INIT-FAILED: no eth0" if outcome == "failed" else "panicked"
+        assert expected in str(caught.value)
+    assert not pending

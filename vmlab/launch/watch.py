@@ -72,6 +72,23 @@ def check_kvm(accel: str, qemu_log: Path | None, when: str) -> None:
         raise AccelError(f"KVM failed {when}: {failure}", accel=accel, detail=failure, log=qemu_log)
 
 
+_PANIC = b"Kernel panic"
+
+
+def _read_more(path: Path, data: bytearray) -> int:
+    """Append to ``data`` what ``path`` holds beyond its first ``len(data)`` bytes; returns
+    where the new bytes start. Polled every POLL_S: the serial log is read once, not again
+    from its start at each poll (a cloud guest's console runs to hundreds of KB)."""
+    start = len(data)
+    try:
+        with path.open("rb") as fh:
+            fh.seek(start)
+            data += fh.read()
+    except FileNotFoundError:  # QEMU has not made it yet
+        pass
+    return start
+
+
 def wait_marker(
     serial_log: Path,
     marker: str,
@@ -95,16 +112,18 @@ def wait_marker(
     failure as well."""
     deadline = time.monotonic() + timeout_s
     needle, bad = marker.encode(), failed.encode() if failed else None
+    overlap = max(len(needle), len(bad or b""), len(_PANIC)) - 1  # a word cut between reads
     when = f"before the guest printed {marker}"
     checked = -CHECK_S
+    data = bytearray()
     while True:
-        data = serial_log.read_bytes() if serial_log.exists() else b""
-        if needle in data:
+        start = max(_read_more(serial_log, data) - overlap, 0)  # only what is new is searched
+        if data.find(needle, start) >= 0:
             return time.monotonic() - started_at
-        if bad and bad in data:
-            line = data[data.index(bad) :].split(b"\n", 1)[0].decode(errors="replace")
+        if bad and (at := data.find(bad, start)) >= 0:
+            line = bytes(data[at:]).split(b"\n", 1)[0].decode(errors="replace")
             raise LaunchError(f"guest init failed: {line.strip()}", log=serial_log)
-        if b"Kernel panic" in data:
+        if data.find(_PANIC, start) >= 0:
             raise LaunchError("guest kernel panicked", log=serial_log)
         now = time.monotonic()
         if now - checked < CHECK_S and now <= deadline:
