@@ -64,12 +64,12 @@ class ArtifactDir:
             raise ResultError(f"cannot read {name}: {exc}", path=target) from exc
 
     def _replace_json(self, name: str, data: Any) -> None:
-        tmp = self.path / f".{name}.tmp"
+        tmp, text = self.path / f".{name}.tmp", json_bytes(data)
         try:
-            tmp.write_bytes(json_bytes(data))
+            tmp.write_bytes(text)
         except FileNotFoundError:  # the first file of its folder (a mkdir for each status
             self.path.mkdir(parents=True, exist_ok=True)  # costs 0.2 ms on this disk)
-            tmp.write_bytes(json_bytes(data))
+            tmp.write_bytes(text)
         tmp.replace(self.path / name)
 
     def set_status(self, status: str, **fields: Any) -> None:

@@ -153,8 +153,10 @@ def repetition_summaries(case_dir: Path) -> Iterator[tuple[str, int, Any, Path]]
     found: list[tuple[str, str, int, Any, Path]] = []
     for summary in case_dir.glob("jobs/*/r*/summary.json"):
         match = _REPETITION.match(summary.parent.name)
+        if match is None:  # not a repetition's folder: not read
+            continue
         data = read_optional_json(summary)
-        if match is None or data is None:
+        if data is None:
             continue
         job = summary.parent.parent.name
         found.append((job, summary.parent.name, int(match.group(1)), data, summary.parent))
