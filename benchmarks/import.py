@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 
 from vmlab.fio.parse import parse_fio_file
-from vmlab.results.importer import import_tree
+from vmlab.results.importer import default_workers, import_tree
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "fio"
 NOISE = b"fio: this platform does not support process shared mutexes, forcing use of threads\n"
@@ -126,7 +125,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10_000, help="runs in the index bench")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of each stage (median)")
     args = parser.parse_args()
-    workers = len(os.sched_getaffinity(0))
+    workers = default_workers()
     tmp = Path(tempfile.mkdtemp(prefix="vmlab-bench-import-"))
     try:
         tree = tmp / "tree"

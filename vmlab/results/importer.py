@@ -418,7 +418,7 @@ def import_tree(
     task = partial(
         _import_folder, results_root=results_root, root=root, name=name, folders=len(folders)
     )
-    count = min(workers or len(os.sched_getaffinity(0)), len(folders))
+    count = min(workers or default_workers(), len(folders))
     with _each(task, folders.items(), count) as outcomes, open_index(db) as conn:
         # one connection; one transaction per run
         for folder, (imported, refused) in zip(folders, outcomes, strict=True):
@@ -429,6 +429,11 @@ def import_tree(
             runs.append(imported.run)
             log.info("imported %s as %s (%d jobs)", folder, imported.run.run_id, imported.run.jobs)
     return ImportResult(tuple(runs), tuple(rejected), ignored)
+
+
+def default_workers() -> int:
+    """Worker processes of an import unless asked: one per CPU this process may run on."""
+    return len(os.sched_getaffinity(0))
 
 
 _T = TypeVar("_T")
