@@ -176,7 +176,7 @@ class GuestSSH:
         pinned = paramiko.PKey.from_type_string(keytype, base64.b64decode(blob))
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
-        window = 5.0  # banner and auth, doubled after each failed attempt (see wait_banner)
+        window = 5.0  # banner and auth, doubled after each failed attempt (see open_banner)
         while time.monotonic() < deadline:
             client = paramiko.SSHClient()
             client.get_host_keys().add(f"[{host}]:{port}" if port != 22 else host, keytype, pinned)
